@@ -30,9 +30,10 @@ demo: $(STAMP)
 	$(PY) benchmarks/samplers.py --quick
 
 # Peers for benchmarks/samplers.py: diffusers, and k-diffusion with --no-deps (torchvision would pull
-# a CUDA torch; the benchmark stubs the one torchvision module k_diffusion.sampling imports).
+# a CUDA torch; the benchmark stubs the one torchvision module k_diffusion.sampling imports). torch is
+# named again so that no peer's requirement can replace the pinned CPU build.
 $(BENCH_STAMP): $(STAMP)
-	$(PIP) install --quiet -e '.[bench]'
+	$(PIP) install --quiet -e '.[bench]' torch==2.13.0
 	$(PIP) install --quiet --no-deps k-diffusion==0.1.1.post1
 	touch $(BENCH_STAMP)
 

@@ -24,7 +24,9 @@ Options for every name:
   continuous schedule it keeps alpha(0) = 1. Schedules whose alpha(1) is already 0 accept it as a no-op;
   VE schedules cannot reach zero SNR and raise.
 - ``shift=s``: SD3's resolution shift (Esser et al. 2024, eq. 23), generalised to every schedule as a
-  shift of log-SNR by ``-2 log s``. On ``rectified_flow`` it is exactly t' = s t / (1 + (s - 1) t).
+  shift of log-SNR by ``-2 log s``. On ``rectified_flow`` it is exactly t' = s t / (1 + (s - 1) t); on
+  ``edm`` it scales sigma_max by s. A shift s > 1 needs a schedule that reaches zero SNR at t = 1 (else
+  the shifted noise levels would fall outside [0, 1]) and raises otherwise.
 """
 
 from __future__ import annotations
@@ -259,7 +261,8 @@ class ZeroTerminalSNR(Schedule):
         logsnr = torch.as_tensor(logsnr)
         alpha = _vp_t_alpha(logsnr) / self._scale + self._alpha1
         base_logsnr = torch.log(alpha**2) - torch.log1p(-(alpha**2))
-        return self.base.t_from_logsnr(base_logsnr)
+        t = self.base.t_from_logsnr(base_logsnr)
+        return torch.where(logsnr == -math.inf, torch.ones_like(t), t)
 
 
 class Shifted(Schedule):
@@ -277,7 +280,8 @@ class Shifted(Schedule):
         self.variance_preserving = base.variance_preserving
 
     def _warp(self, t: Tensor) -> Tensor:
-        return self.base.t_from_logsnr(self.base.logsnr(t) - 2 * math.log(self.shift)).to(t.dtype)
+        w = self.base.t_from_logsnr(self.base.logsnr(t) - 2 * math.log(self.shift)).to(t.dtype)
+        return torch.where(t >= 1, torch.ones_like(t), torch.where(t <= 0, torch.zeros_like(t), w))
 
     def coefficients(self, t):
         a_t, s_t, da_t, ds_t = self.base.coefficients(t)
@@ -330,5 +334,14 @@ def get(name: str, *, zero_terminal_snr: bool = False, shift: float | None = Non
     if zero_terminal_snr:
         schedule = _zero_terminal(schedule)
     if shift is not None and shift != 1.0:
-        schedule = Shifted(schedule, shift)
+        schedule = _shift(schedule, float(shift))
     return schedule
+
+
+def _shift(schedule: Schedule, shift: float) -> Schedule:
+    if isinstance(schedule, EDM) and shift > 0:
+        return EDM(schedule.sigma_max * shift)  # ve_sigma scales by the shift: exact, and keeps t in [0, 1]
+    if shift > 1 and float(schedule(torch.tensor(1.0, dtype=torch.float64)).alpha) != 0.0:
+        raise ValueError(f"shift={shift} > 1 would move noise levels past t = 1 of {schedule!r}, whose terminal "
+                         "SNR is not zero; use zero_terminal_snr=True or a schedule that reaches pure noise")
+    return Shifted(schedule, shift)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .schedules import Schedule
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "sliced_wasserstein"]
 
 
 class GaussianMixture:
@@ -131,3 +131,16 @@ class GaussianMixture:
         stds = torch.exp(lo + (hi - lo) * torch.rand(components, dim, generator=g, dtype=torch.float64))
         weights = 0.5 + torch.rand(components, generator=g, dtype=torch.float64)
         return cls(means, stds, weights)
+
+
+def sliced_wasserstein(a: Tensor, b: Tensor, num_directions: int = 256, seed: int = 0) -> float:
+    """Sliced 2-Wasserstein distance between two equal-size point sets ``[N, D]``: the root mean over
+    ``num_directions`` fixed random unit directions of the 1-D W2^2 of the projections."""
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"need two [N, D] sets of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    g = torch.Generator().manual_seed(seed)
+    directions = torch.randn(a.shape[1], num_directions, generator=g, dtype=torch.float64)
+    directions = directions / directions.norm(dim=0, keepdim=True)
+    pa = torch.sort(a.to(torch.float64) @ directions, dim=0).values
+    pb = torch.sort(b.to(torch.float64) @ directions, dim=0).values
+    return float(((pa - pb) ** 2).mean().sqrt())

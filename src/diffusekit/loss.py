@@ -1,0 +1,77 @@
+"""The diffusion training objective, one formula for every parameterization (DESIGN.md section 2).
+
+For data x0, noise ~ N(0, I) and t from the time sampler:
+    x_t = alpha x0 + sigma noise,   target = (x0 - c_skip x_t) / c_out,
+    loss_i = importance_weight_i * weighting(t_i) * mean_over_dims((F(x_t, t) - target)^2).
+The network callable returns the raw output F; it is called as ``network_fn(x_t, t, **cond)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ._tensors import append_dims
+from .parameterizations import Parameterization
+from .schedules import Schedule, ScheduleAt
+from .time_sampling import TimeSampler
+from .weighting import Weighting
+
+__all__ = ["DiffusionLoss", "LossOutput", "loss_by_logsnr_bins"]
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    loss: Tensor  # [batch]: weighted per-example losses, their mean estimates the objective
+    unweighted: Tensor  # [batch]: weighting * MSE without the importance weight (for monitoring)
+    t: Tensor  # [batch]
+    logsnr: Tensor  # [batch]
+
+
+class DiffusionLoss:
+    def __init__(self, schedule: Schedule, parameterization: Parameterization, time_sampler: TimeSampler,
+                 weighting: Weighting):
+        self.schedule, self.parameterization = schedule, parameterization
+        self.time_sampler, self.weighting = time_sampler, weighting
+
+    def at(self, t: Tensor) -> ScheduleAt:
+        """The schedule in float64 (coefficients are then cast to the data's dtype)."""
+        return self.schedule(t.to(torch.float64))
+
+    def __call__(self, network_fn, x0: Tensor, *, generator: torch.Generator | None = None,
+                 noise: Tensor | None = None, t: Tensor | None = None, cond: dict | None = None) -> LossOutput:
+        """Per-example losses for a batch. ``noise`` and ``t`` may be given (then no draw is made)."""
+        n = x0.shape[0]
+        if t is None:
+            draw = self.time_sampler(n, self.schedule, generator=generator)
+            t, importance, u = draw.t, draw.weight, draw.u
+        else:
+            importance, u = torch.ones(n, dtype=torch.float64), None
+        if noise is None:
+            device = generator.device if generator is not None else x0.device
+            noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device)
+        at = self.at(t.to(x0.device))
+        x_t = append_dims(at.alpha, x0) * x0 + append_dims(at.sigma, x0) * noise
+        target = self.parameterization.training_target(x0, noise, at)
+        output = network_fn(x_t, at.t.to(x0.dtype), **(cond or {}))
+        mse = (output - target).pow(2).reshape(n, -1).mean(1)
+        unweighted = self.weighting(at, self.parameterization).to(mse.dtype) * mse
+        if u is not None:
+            self.time_sampler.update(u, unweighted)
+        loss = importance.to(device=mse.device, dtype=mse.dtype) * unweighted
+        return LossOutput(loss, unweighted, at.t, at.logsnr)
+
+
+def loss_by_logsnr_bins(losses: Tensor, logsnr: Tensor, edges: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean loss and count per log-SNR bin (bins between consecutive ``edges``; outside ones are clipped
+    into the first / last bin). Empty bins have a NaN mean."""
+    edges = torch.as_tensor(edges, dtype=torch.float64)
+    nbins = len(edges) - 1
+    k = (torch.bucketize(logsnr.detach().to(torch.float64).cpu(), edges) - 1).clamp(0, nbins - 1)
+    values = losses.detach().to(torch.float64).cpu()
+    sums = torch.zeros(nbins, dtype=torch.float64).index_add_(0, k, values)
+    counts = torch.zeros(nbins, dtype=torch.long).index_add_(0, k, torch.ones_like(k))
+    means = torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan")))
+    return means, counts
