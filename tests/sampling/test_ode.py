@@ -1,0 +1,107 @@
+import math
+
+import pytest
+import torch
+
+from diffusekit import schedules
+from diffusekit.sampling import reference_solve, sample, timesteps
+
+from .helpers import fitted_order, noise, rms, smooth_gmm
+
+EDM = schedules.get("edm")
+RF = schedules.get("rectified_flow")
+
+
+def _convergence(sampler, schedule, spacing, steps_list, **options):
+    gmm = smooth_gmm()
+    denoise = gmm.denoiser(schedule)
+    n = noise(64, 3)
+    errors = []
+    for steps in steps_list:
+        ts = timesteps(schedule, steps, spacing)
+        # the karras grid's last step jumps from sigma_min to 0 by one denoising step: end the reference
+        # the same way, so that only the ODE integration error remains
+        sigma_end = float(schedule(ts[-2]).ve_sigma) if spacing == "karras" else 1e-5
+        ref = reference_solve(denoise, n, schedule, float(ts[0]), ve_sigma_end=sigma_end)
+        errors.append(rms(sample(denoise, n, ts, schedule, sampler, **options), ref))
+    return fitted_order(steps_list, errors), errors
+
+
+CASES = [(sampler, options, expected, schedule, spacing)
+         for sampler, options, expected in [("euler", {}, 1.0), ("heun", {}, 2.0)]
+         for schedule, spacing in [(EDM, "karras"), (RF, "uniform")]]
+# The multistep solvers' last step is a denoising step from the smallest noise level, O(sigma_min^2):
+# on karras grids the reference ends the same way; a uniform-t grid would cap them at order 2.
+CASES += [(sampler, options, expected, schedule, "karras")
+          for sampler, options, expected in [("dpmpp_2m", {}, 2.0), ("multistep", {"order": 3}, 3.0)]
+          for schedule in (EDM, RF)]
+
+
+@pytest.mark.parametrize("sampler,options,expected,schedule,spacing", CASES,
+                         ids=[f"{c[0]}{c[1].get('order', '')}-{c[3]!r}-{c[4]}" for c in CASES])
+def test_convergence_order(sampler, options, expected, schedule, spacing):
+    steps = [16, 24, 32, 48, 64] if expected < 3 else [24, 32, 48, 64, 96]
+    order, errors = _convergence(sampler, schedule, spacing, steps, **options)
+    assert abs(order - expected) < 0.35, (order, errors)
+
+
+def test_multistep_order_4_beats_order_3():
+    _, e3 = _convergence("multistep", EDM, "karras", [32, 64], order=3)
+    _, e4 = _convergence("multistep", EDM, "karras", [32, 64], order=4)
+    assert e4[-1] < e3[-1]
+
+
+def edm_algorithm_1(D, sigmas, x):
+    """EDM Algorithm 1 (Karras et al. 2022) for sigma(t) = t, s(t) = 1, written from the paper."""
+    for i in range(len(sigmas) - 1):
+        t_i, t_next = sigmas[i], sigmas[i + 1]
+        d_i = (x - D(x, t_i)) / t_i  # line 4
+        x_next = x + (t_next - t_i) * d_i  # line 5
+        if t_next != 0:  # line 6
+            d_prime = (x_next - D(x_next, t_next)) / t_next  # line 7
+            x_next = x + (t_next - t_i) * (0.5 * d_i + 0.5 * d_prime)  # line 8
+        x = x_next
+    return x
+
+
+def test_heun_on_edm_karras_is_edm_algorithm_1():
+    gmm = smooth_gmm()
+    n = noise(128, 3)
+    sigmas = [(80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7 for i in range(18)] + [0.0]
+    expected = edm_algorithm_1(lambda x, s: gmm.x0_hat(x, 1.0, s), sigmas, sigmas[0] * n)
+    ts = timesteps(EDM, 18, "karras")
+    ours = sample(gmm.denoiser(EDM), n, ts, EDM, "heun")
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_dpmpp_2m_is_the_published_algorithm():
+    """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2) in ve_sigma with lambda = -log sigma."""
+    gmm = smooth_gmm()
+    n = noise(64, 3)
+    sigmas = timesteps(EDM, 10, "karras").tolist()
+    sigmas = [80 * s for s in sigmas]
+    x, old, h_last = sigmas[0] * n, None, None
+    for i in range(len(sigmas) - 1):
+        d = gmm.x0_hat(x, 1.0, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = d
+            break
+        h = math.log(sigmas[i]) - math.log(sigmas[i + 1])
+        dd = d if old is None else (1 + 1 / (2 * h_last / h)) * d - (1 / (2 * h_last / h)) * old
+        x = (sigmas[i + 1] / sigmas[i]) * x - math.expm1(-h) * dd
+        old, h_last = d, h
+    ours = sample(gmm.denoiser(EDM), n, timesteps(EDM, 10, "karras"), EDM, "dpmpp_2m")
+    torch.testing.assert_close(ours, x, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["cosine", "linear_vp", "rectified_flow"])
+def test_ode_samplers_agree_across_schedules(name):
+    """The PF-ODE depends only on the noise level: 2nd-order solvers on any schedule land close to the
+    same reference from the same start level."""
+    gmm = smooth_gmm()
+    schedule = schedules.get(name)
+    n = noise(64, 3)
+    ts = timesteps(schedule, 64, "karras")
+    ref = reference_solve(gmm.denoiser(schedule), n, schedule, float(ts[0]), ve_sigma_end=0.002)
+    for sampler in ("heun", "dpmpp_2m", "multistep"):
+        assert rms(sample(gmm.denoiser(schedule), n, ts, schedule, sampler), ref) < 5e-3
