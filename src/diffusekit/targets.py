@@ -69,7 +69,7 @@ class GaussianMixture:
 
     # -- noisy marginal ---------------------------------------------------------------------------
     def _posterior(self, x: Tensor, alpha, sigma):
-        """Per-component log-likelihood terms of x_t, component variances and posterior means."""
+        """Per-component log joint terms of x_t, component variances and posterior means."""
         x = x.to(torch.float64)[:, None, :]  # [N, 1, D]
         alpha = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1, 1, 1)
         sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1, 1)
@@ -80,8 +80,25 @@ class GaussianMixture:
         resp = torch.softmax(log_joint, dim=-1)
         return log_joint, resp, var, diff, alpha
 
+    def _x0_hat_shared(self, x: Tensor, alpha: float, sigma: float) -> Tensor:
+        """x0_hat when every sample has the same (alpha, sigma): the quadratic form as matrix products."""
+        x = x.to(torch.float64)
+        var = alpha**2 * self.stds**2 + sigma**2  # [K, D]
+        inv = 1 / var
+        mean = alpha * self.means
+        # sum_d (x_d - m_kd)^2 / v_kd = x^2 @ inv^T - 2 x @ (m inv)^T + sum_d m^2 inv
+        quad = (x * x) @ inv.T - 2 * x @ (mean * inv).T + (mean * mean * inv).sum(1)
+        log_joint = -0.5 * (quad + torch.log(2 * math.pi * var).sum(1)) + torch.log(self.weights)
+        resp = torch.softmax(log_joint, dim=-1)  # [N, K]
+        gain = alpha * self.stds**2 * inv  # E[x0 | x_t, k] = mu_k + gain_k (x - alpha mu_k)
+        return resp @ (self.means - gain * mean) + x * (resp @ gain)
+
     def x0_hat(self, x: Tensor, alpha, sigma) -> Tensor:
         """E[x0 | x_t = x] for coefficients ``alpha``, ``sigma`` (scalars or ``[N]``)."""
+        alpha = torch.as_tensor(alpha, dtype=torch.float64)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        if alpha.numel() == 1 or bool((alpha == alpha.reshape(-1)[0]).all() & (sigma == sigma.reshape(-1)[0]).all()):
+            return self._x0_hat_shared(x, float(alpha.reshape(-1)[0]), float(sigma.reshape(-1)[0])).to(x.dtype)
         _, resp, var, diff, alpha = self._posterior(x, alpha, sigma)
         cond_mean = self.means + alpha * self.stds**2 / var * diff  # [N, K, D]
         return (resp[..., None] * cond_mean).sum(1).to(x.dtype)

@@ -158,10 +158,10 @@ def _two_sample_floor(gmm, n, seed):
 
 
 STOCHASTIC = [
-    ("ddpm", schedules.get("cosine"), "uniform", 400, {}),
-    ("edm", EDM, "karras", 64, {"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}),
-    ("euler_maruyama", schedules.get("linear_vp"), "uniform", 1000, {}),
-    ("euler_maruyama", schedules.get("rectified_flow"), "uniform", 1000, {}),
+    ("ddpm", schedules.get("cosine"), "uniform", 200, {}),
+    ("edm", EDM, "karras", 32, {"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}),
+    ("euler_maruyama", schedules.get("linear_vp"), "uniform", 400, {}),
+    ("euler_maruyama", schedules.get("rectified_flow"), "uniform", 400, {}),
 ]
 
 
@@ -170,7 +170,8 @@ STOCHASTIC = [
                          ids=[f"{s[0]}-{s[1]!r}" for s in STOCHASTIC])
 @pytest.mark.parametrize("target", ["ring2d", "random16d"])
 def test_stochastic_samplers_reproduce_the_target(sampler, schedule, spacing, steps, options, target):
-    """1e4 samples; sliced W2 to fresh exact samples within 1.5x the two-sample floor."""
+    """1e4 samples; sliced W2 to fresh exact samples within 1.5x the two-sample floor (measured: 0.6-1.1x;
+    an EDM sampler with S_noise = 1.3 gives 3.8x in 16-D, 8 Euler steps 5.9x)."""
     gmm = GaussianMixture.ring2d() if target == "ring2d" else GaussianMixture.random(16, 8, seed=4)
     n = 10_000
     floor = _two_sample_floor(gmm, n, seed=11)
