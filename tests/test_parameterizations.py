@@ -52,13 +52,15 @@ def test_targets_are_the_named_quantities():
     for schedule in SCHEDULES.values():
         at = schedule(t)
         a, s, da, ds = (v[:, None] for v in (at.alpha, at.sigma, at.d_alpha, at.d_sigma))
-        close = lambda p, expected: torch.testing.assert_close(  # noqa: E731
-            PARAMS[p].training_target(x0, noise, at), expected, rtol=1e-9, atol=1e-9)
-        close("x0", x0)
-        close("eps", noise)
-        close("v", a * noise - s * x0)  # Salimans & Ho 2022
-        close("velocity", da * x0 + ds * noise)  # d x_t / dt
-        close("score", -noise / s)
+        expected = {
+            "x0": x0,
+            "eps": noise,
+            "v": a * noise - s * x0,  # Salimans & Ho 2022
+            "velocity": da * x0 + ds * noise,  # d x_t / dt
+            "score": -noise / s,
+        }
+        for name, value in expected.items():
+            torch.testing.assert_close(PARAMS[name].training_target(x0, noise, at), value, rtol=1e-9, atol=1e-9)
 
 
 def test_velocity_on_rectified_flow_is_noise_minus_data():

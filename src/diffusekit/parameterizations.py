@@ -8,14 +8,16 @@ section 2). From that pair alone:
 - ``training_target(x0, noise, at) = (x0 - c_skip * x_t) / c_out``, so the loss needs no branch on the
   prediction type; the F-space MSE of a parameterization equals the x0-space MSE weighted by 1 / c_out^2.
 
-| name       | F predicts                      | c_skip                            | c_out                               |
-|------------|---------------------------------|-----------------------------------|-------------------------------------|
-| x0         | x0                              | 0                                 | 1                                   |
-| eps        | noise                           | 1/alpha                           | -sigma/alpha                        |
-| v          | alpha*noise - sigma*x0          | alpha/(alpha^2+sigma^2)           | -sigma/(alpha^2+sigma^2)            |
-| velocity   | d_alpha*x0 + d_sigma*noise      | d_sigma/(alpha d_sigma - sigma d_alpha) | -sigma/(alpha d_sigma - sigma d_alpha) |
-| score      | -noise/sigma                    | 1/alpha                           | sigma^2/alpha                       |
-| edm        | F of the preconditioned network | sd^2 alpha/(sigma^2 + sd^2 alpha^2) | sigma sd/sqrt(sigma^2 + sd^2 alpha^2) |
+| name     | F predicts                 | c_skip                           | c_out                            |
+|----------|----------------------------|----------------------------------|----------------------------------|
+| x0       | x0                         | 0                                | 1                                |
+| eps      | noise                      | 1/a                              | -s/a                             |
+| v        | a*noise - s*x0             | a/(a^2+s^2)                      | -s/(a^2+s^2)                     |
+| velocity | da*x0 + ds*noise           | ds/(a ds - s da)                 | -s/(a ds - s da)                 |
+| score    | -noise/s                   | 1/a                              | s^2/a                            |
+| edm      | preconditioned network F   | sd^2 a/(s^2 + sd^2 a^2)          | s sd/sqrt(s^2 + sd^2 a^2)        |
+
+(a, s, da, ds = alpha, sigma, d_alpha, d_sigma; sd = sigma_data.)
 
 Sign and direction conventions, against the founding notes. Here t=0 is data and t=1 is noise, and
 ``velocity`` is ``d x_t / dt`` along the path: on ``rectified_flow`` it is ``noise - x0``. Seed 000
