@@ -10,7 +10,10 @@
   step is taken exactly (Gauss-Legendre in float64). This is the exponential Adams-Bashforth method of
   DEIS (Zhang & Chen 2023) in lambda with data prediction. Unlike the published DPM-Solver++(3M), whose
   second-difference term carries half the Taylor weight, every order here is exact for polynomial
-  x0_hat, which the convergence test checks.
+  x0_hat, which the convergence test checks. ``corrector=True`` adds UniPC's corrector (Zhao et al.
+  2023, UniC): once x0_hat at the new point is known (it is needed for the next step anyway), the step
+  just taken is redone with it as one more interpolation node, raising the order by one at no extra
+  evaluation. The final step to t = 0 is a denoising step and is not corrected.
 
 All of them are written in x_t with coefficients that stay finite at alpha = 0, so they start at t = 1 on
 rectified-flow and zero-terminal-SNR schedules.
@@ -78,10 +81,10 @@ def dpmpp_2m(denoise, x, grid: Grid, *, cond, callback):
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(24)
 
 
-def _multistep_weights(lams: list[float], h: float) -> np.ndarray:
+def _multistep_weights(lams: list[float], h: float, origin: float | None = None) -> np.ndarray:
     """Weights w_j with sum_j w_j D_j = int_0^h e^{-(h - tau)} P(tau) dtau, P the interpolant of D_j at
-    tau_j = lams[j] - lams[0] (lams[0] is the current point, the rest earlier ones)."""
-    taus = np.asarray(lams, dtype=np.float64) - lams[0]
+    tau_j = lams[j] - origin (origin: the step's start, by default lams[0])."""
+    taus = np.asarray(lams, dtype=np.float64) - (lams[0] if origin is None else origin)
     tau = 0.5 * h * (_NODES + 1)  # Gauss-Legendre nodes on [0, h]
     kernel = 0.5 * h * _WEIGHTS * np.exp(-(h - tau))
     weights = np.empty(len(taus))
@@ -92,16 +95,26 @@ def _multistep_weights(lams: list[float], h: float) -> np.ndarray:
     return weights
 
 
-def multistep(denoise, x, grid: Grid, *, cond, callback, order: int = 3):
+def multistep(denoise, x, grid: Grid, *, cond, callback, order: int = 3, corrector: bool = False):
     if not isinstance(order, int) or not 1 <= order <= 6:
         raise ValueError(f"multistep order must be an integer in 1..6, got {order!r}")
     history: list[tuple[float, object]] = []  # (lambda, x0_hat), newest first
+    previous = None  # (x_i, lambda_i, history before step i) for the corrector
     for i in range(grid.steps):
         x0_hat = call_denoise(denoise, x, grid.t[i], cond)
         if callback is not None:
             callback({"i": i, "t": grid.t[i], "x": x, "x0_hat": x0_hat})
         lam, lam_next = grid.lam(i), grid.lam(i + 1)
+        if corrector and previous is not None and math.isfinite(lam) and grid.t[i + 1] > 0.0:
+            # UniC-style correction (Zhao et al. 2023): redo step i - 1 with the new x0_hat as one more
+            # interpolation node; x0_hat itself is kept (no extra evaluation).
+            x_prev, lam_prev, nodes = previous
+            ratio, _ = _first_order(grid, i - 1)
+            nodes = [(lam, x0_hat)] + nodes
+            w = _multistep_weights([p[0] for p in nodes], lam - lam_prev, origin=lam_prev) * grid.alpha[i]
+            x = ratio * x_prev + sum(float(wj) * d for wj, (_, d) in zip(w, nodes, strict=True))
         history = ([(lam, x0_hat)] + history)[:order] if math.isfinite(lam) else []
+        previous = (x, lam, history[: max(order - 1, 1)]) if math.isfinite(lam) else None
         ratio, weight = _first_order(grid, i)
         if len(history) < 2 or not math.isfinite(lam_next):  # start, restart after t = 1, or last step
             x = ratio * x + weight * x0_hat
