@@ -39,7 +39,7 @@ CASES += [(sampler, options, expected, schedule, "karras")
 
 
 @pytest.mark.parametrize("sampler,options,expected,schedule,spacing", CASES,
-                         ids=[f"{c[0]}{c[1].get('order', '')}{'c' if c[1].get('corrector') else ''}-{c[3]!r}-{c[4]}" for c in CASES])
+                         ids=[f"{c[0]}{c[1].get('order', '')}{'c' * bool(c[1].get('corrector'))}-{c[3]!r}-{c[4]}" for c in CASES])
 def test_convergence_order(sampler, options, expected, schedule, spacing):
     steps = [16, 24, 32, 48, 64] if expected < 3 else [24, 32, 48, 64, 96]
     order, errors = _convergence(sampler, schedule, spacing, steps, **options)
