@@ -38,8 +38,12 @@ CASES += [(sampler, options, expected, schedule, "karras")
           for schedule in (EDM, RF)]
 
 
-@pytest.mark.parametrize("sampler,options,expected,schedule,spacing", CASES,
-                         ids=[f"{c[0]}{c[1].get('order', '')}{'c' * bool(c[1].get('corrector'))}-{c[3]!r}-{c[4]}" for c in CASES])
+def _case_id(case):
+    sampler, options, _, schedule, spacing = case
+    return f"{sampler}{options.get('order', '')}{'c' * bool(options.get('corrector'))}-{schedule!r}-{spacing}"
+
+
+@pytest.mark.parametrize("sampler,options,expected,schedule,spacing", CASES, ids=[_case_id(c) for c in CASES])
 def test_convergence_order(sampler, options, expected, schedule, spacing):
     steps = [16, 24, 32, 48, 64] if expected < 3 else [24, 32, 48, 64, 96]
     order, errors = _convergence(sampler, schedule, spacing, steps, **options)
