@@ -147,3 +147,14 @@ def test_bad_names_and_options():
         schedules.get("cosine", beta=3)
     with pytest.raises(ValueError, match="shift must be > 0"):
         schedules.get("rectified_flow", shift=-1.0)
+
+
+def test_python_numbers_are_evaluated_in_float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        at = schedules.get("cosine")(0.3)
+    finally:
+        torch.set_default_dtype(previous)
+    assert at.alpha.dtype == torch.float64
+    assert schedules.get("edm")(torch.tensor(0.5, dtype=torch.float32)).sigma.dtype == torch.float32

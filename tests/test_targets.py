@@ -55,3 +55,14 @@ def test_sliced_wasserstein_floor_and_shift():
     floor = sliced_wasserstein(a, b)
     assert floor < 0.05
     assert sliced_wasserstein(a, b + 0.3) > 0.15  # a shift of 0.3 along any direction shows up
+
+
+def test_denoiser_with_per_sample_levels_matches_one_at_a_time():
+    gmm = GaussianMixture.ring2d()
+    x = torch.randn(4, 2)
+    sigma = torch.tensor([0.1, 0.5, 1.0, 5.0])
+    for alpha in (1.0, torch.ones(4), torch.tensor([1.0, 0.9, 0.5, 0.1])):
+        batched = gmm.x0_hat(x, alpha, sigma)
+        a = torch.as_tensor(alpha).expand(4)
+        single = torch.cat([gmm.x0_hat(x[i:i + 1], float(a[i]), float(sigma[i])) for i in range(4)])
+        torch.testing.assert_close(batched, single)

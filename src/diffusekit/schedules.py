@@ -77,9 +77,9 @@ class Schedule:
         raise NotImplementedError
 
     def __call__(self, t: Tensor | float) -> ScheduleAt:
-        t = torch.as_tensor(t)
-        if not t.is_floating_point():
-            t = t.to(torch.get_default_dtype())
+        """The schedule at ``t``; Python numbers and integer tensors are evaluated in float64."""
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            t = torch.as_tensor(t, dtype=torch.float64)
         return ScheduleAt(t, *self.coefficients(t))
 
     def logsnr(self, t: Tensor | float) -> Tensor:
@@ -247,7 +247,7 @@ class ZeroTerminalSNR(Schedule):
         if not base.variance_preserving:
             raise ValueError(f"zero_terminal_snr needs a variance-preserving schedule, got {base!r}")
         self.base = base
-        self._alpha1 = float(base(torch.tensor(1.0, dtype=torch.float64)).alpha)
+        self._alpha1 = float(base(1.0).alpha)
         self._scale = 1.0 / (1.0 - self._alpha1)
 
     def coefficients(self, t):
@@ -314,7 +314,7 @@ NAMES = tuple(_BUILDERS)
 
 
 def _zero_terminal(schedule: Schedule) -> Schedule:
-    alpha1 = float(schedule(torch.tensor(1.0, dtype=torch.float64)).alpha)
+    alpha1 = float(schedule(1.0).alpha)
     if alpha1 == 0.0:
         return schedule  # already zero terminal SNR (rectified flow, cosine)
     if isinstance(schedule, DiscreteVP):
@@ -341,7 +341,7 @@ def get(name: str, *, zero_terminal_snr: bool = False, shift: float | None = Non
 def _shift(schedule: Schedule, shift: float) -> Schedule:
     if isinstance(schedule, EDM) and shift > 0:
         return EDM(schedule.sigma_max * shift)  # ve_sigma scales by the shift: exact, and keeps t in [0, 1]
-    if shift > 1 and float(schedule(torch.tensor(1.0, dtype=torch.float64)).alpha) != 0.0:
+    if shift > 1 and float(schedule(1.0).alpha) != 0.0:
         raise ValueError(f"shift={shift} > 1 would move noise levels past t = 1 of {schedule!r}, whose terminal "
                          "SNR is not zero; use zero_terminal_snr=True or a schedule that reaches pure noise")
     return Shifted(schedule, shift)

@@ -23,6 +23,10 @@ from .schedules import Schedule
 __all__ = ["GaussianMixture", "sliced_wasserstein"]
 
 
+def _all_equal(v: Tensor) -> bool:
+    return v.numel() == 1 or bool((v == v.reshape(-1)[0]).all())
+
+
 class GaussianMixture:
     """A mixture of K diagonal Gaussians in D dimensions.
 
@@ -97,7 +101,7 @@ class GaussianMixture:
         """E[x0 | x_t = x] for coefficients ``alpha``, ``sigma`` (scalars or ``[N]``)."""
         alpha = torch.as_tensor(alpha, dtype=torch.float64)
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
-        if alpha.numel() == 1 or bool((alpha == alpha.reshape(-1)[0]).all() & (sigma == sigma.reshape(-1)[0]).all()):
+        if _all_equal(alpha) and _all_equal(sigma):
             return self._x0_hat_shared(x, float(alpha.reshape(-1)[0]), float(sigma.reshape(-1)[0])).to(x.dtype)
         _, resp, var, diff, alpha = self._posterior(x, alpha, sigma)
         cond_mean = self.means + alpha * self.stds**2 / var * diff  # [N, K, D]

@@ -9,7 +9,7 @@
 | ``euler``        | PF-ODE, order 1              |                                           | N             |
 | ``heun``         | PF-ODE, order 2 (EDM Alg. 1) |                                           | 2N - 1        |
 | ``dpmpp_2m``     | PF-ODE, order 2 multistep    |                                           | N             |
-| ``multistep``    | PF-ODE, order k multistep    | ``order=3, corrector=False``              | N             |
+| ``multistep``    | PF-ODE, order k multistep    | ``order=3, corrector, lower_order_final`` | N             |
 | ``edm``          | EDM Alg. 2 (churn)           | ``S_churn, S_tmin, S_tmax, S_noise``      | 2N - 1        |
 | ``euler_maruyama`` | reverse SDE                | ``g="forward"`` (or a scale, or g(t))     | N             |
 | ``ddim``         | DDIM                         | ``eta=0``                                 | N             |

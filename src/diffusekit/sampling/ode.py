@@ -13,7 +13,10 @@
   x0_hat, which the convergence test checks. ``corrector=True`` adds UniPC's corrector (Zhao et al.
   2023, UniC): once x0_hat at the new point is known (it is needed for the next step anyway), the step
   just taken is redone with it as one more interpolation node, raising the order by one at no extra
-  evaluation. The final step to t = 0 is a denoising step and is not corrected.
+  evaluation. The final step to t = 0 is a denoising step and is not corrected. With
+  ``lower_order_final`` (default), grids of fewer than 15 steps take the step onto the last nonzero time
+  at order <= 2, as DPM-Solver does: that step is long in lambda and high-order extrapolation over it
+  hurts at low NFE.
 
 All of them are written in x_t with coefficients that stay finite at alpha = 0, so they start at t = 1 on
 rectified-flow and zero-terminal-SNR schedules.
@@ -95,32 +98,35 @@ def _multistep_weights(lams: list[float], h: float, origin: float | None = None)
     return weights
 
 
-def multistep(denoise, x, grid: Grid, *, cond, callback, order: int = 3, corrector: bool = False):
+def multistep(denoise, x, grid: Grid, *, cond, callback, order: int = 3, corrector: bool = False,
+              lower_order_final: bool = True):
     if not isinstance(order, int) or not 1 <= order <= 6:
         raise ValueError(f"multistep order must be an integer in 1..6, got {order!r}")
     history: list[tuple[float, object]] = []  # (lambda, x0_hat), newest first
-    previous = None  # (x_i, lambda_i, history before step i) for the corrector
+    step = None  # (x_i, lambda_i, nodes) of the step just taken, for the corrector
     for i in range(grid.steps):
         x0_hat = call_denoise(denoise, x, grid.t[i], cond)
         if callback is not None:
             callback({"i": i, "t": grid.t[i], "x": x, "x0_hat": x0_hat})
         lam, lam_next = grid.lam(i), grid.lam(i + 1)
-        if corrector and previous is not None and math.isfinite(lam) and grid.t[i + 1] > 0.0:
-            # UniC-style correction (Zhao et al. 2023): redo step i - 1 with the new x0_hat as one more
-            # interpolation node; x0_hat itself is kept (no extra evaluation).
-            x_prev, lam_prev, nodes = previous
-            ratio, _ = _first_order(grid, i - 1)
+        if corrector and step is not None and grid.t[i + 1] > 0.0:
+            # UniC (Zhao et al. 2023): redo the step just taken with the new x0_hat as one more node;
+            # x0_hat itself is kept, so this costs no evaluation. (Not before the final denoising step,
+            # whose output would not change.)
+            x_prev, lam_prev, nodes = step
             nodes = [(lam, x0_hat)] + nodes
             w = _multistep_weights([p[0] for p in nodes], lam - lam_prev, origin=lam_prev) * grid.alpha[i]
-            x = ratio * x_prev + sum(float(wj) * d for wj, (_, d) in zip(w, nodes, strict=True))
+            x = _first_order(grid, i - 1)[0] * x_prev + sum(float(wj) * d for wj, (_, d) in zip(w, nodes, strict=True))
         history = ([(lam, x0_hat)] + history)[:order] if math.isfinite(lam) else []
-        previous = (x, lam, history[: max(order - 1, 1)]) if math.isfinite(lam) else None
+        k = len(history)
+        if lower_order_final and grid.steps < 15 and i == grid.steps - 2:
+            k = min(k, 2)  # DPM-Solver's lower_order_final: long last steps amplify high-order extrapolation
         ratio, weight = _first_order(grid, i)
-        if len(history) < 2 or not math.isfinite(lam_next):  # start, restart after t = 1, or last step
+        step = (x, lam, history[:k]) if math.isfinite(lam) else None
+        if k < 2 or not math.isfinite(lam_next):  # start, restart after t = 1, or the final denoising step
             x = ratio * x + weight * x0_hat
             continue
-        w = _multistep_weights([p[0] for p in history], lam_next - lam)
-        w = w * (grid.alpha[i + 1])  # weights of x0 in x-space: alpha_next times the x_hat-space integral
-        drift = sum(float(wj) * d for wj, (_, d) in zip(w, history, strict=True))
-        x = ratio * x + drift
+        nodes = history[:k]
+        w = _multistep_weights([p[0] for p in nodes], lam_next - lam) * grid.alpha[i + 1]
+        x = ratio * x + sum(float(wj) * d for wj, (_, d) in zip(w, nodes, strict=True))
     return x
