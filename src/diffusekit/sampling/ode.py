@@ -116,7 +116,7 @@ def multistep(denoise, x, grid: Grid, *, cond, callback, order: int = 3, correct
             x_prev, lam_prev, nodes = step
             nodes = [(lam, x0_hat)] + nodes
             w = _multistep_weights([p[0] for p in nodes], lam - lam_prev, origin=lam_prev) * grid.alpha[i]
-            x = _first_order(grid, i - 1)[0] * x_prev + sum(float(wj) * d for wj, (_, d) in zip(w, nodes, strict=True))
+            x = _combine(_first_order(grid, i - 1)[0], x_prev, w, nodes)
         history = ([(lam, x0_hat)] + history)[:order] if math.isfinite(lam) else []
         k = len(history)
         if lower_order_final and grid.steps < 15 and i == grid.steps - 2:
@@ -128,5 +128,13 @@ def multistep(denoise, x, grid: Grid, *, cond, callback, order: int = 3, correct
             continue
         nodes = history[:k]
         w = _multistep_weights([p[0] for p in nodes], lam_next - lam) * grid.alpha[i + 1]
-        x = ratio * x + sum(float(wj) * d for wj, (_, d) in zip(w, nodes, strict=True))
+        x = _combine(ratio, x, w, nodes)
     return x
+
+
+def _combine(ratio: float, x, weights, nodes):
+    """ratio * x + sum_j weights_j * x0_hat_j, accumulated in place (one temporary, not one per term)."""
+    out = x * ratio
+    for w, (_, x0_hat) in zip(weights, nodes, strict=True):
+        out.add_(x0_hat, alpha=float(w))
+    return out
