@@ -210,11 +210,13 @@ class Config:
 
 
 def ours(label: str, sampler: str, schedule_name: str, spacing: str, spacing_options: dict | None = None,
-         options: dict | None = None, search: bool = False, name: str | None = None) -> Config:
+         options: dict | None = None, search: bool = False, name: str | None = None,
+         schedule_options: dict | None = None) -> Config:
     spacing_options, options = dict(spacing_options or {}), dict(options or {})
+    schedule_options = dict(schedule_options or {})
 
     def setup(problem: Problem, steps: int, clock: Clock):
-        schedule = schedules.get(schedule_name)
+        schedule = schedules.get(schedule_name, **schedule_options)
         ts = timesteps(schedule, steps, spacing, **spacing_options)
         at = schedule(ts[0])
         ve = math.inf if float(at.alpha) == 0.0 else float(at.sigma / at.alpha)
@@ -227,7 +229,7 @@ def ours(label: str, sampler: str, schedule_name: str, spacing: str, spacing_opt
         return run, ve, 1.0
 
     def float64_run(problem: Problem, steps: int) -> Tensor:
-        schedule = schedules.get(schedule_name)
+        schedule = schedules.get(schedule_name, **schedule_options)
         ts = timesteps(schedule, steps, spacing, **spacing_options)
         return sample(problem.gmm.denoiser(schedule), problem.noise.to(torch.float64), ts, schedule,
                       sampler, generator=torch.Generator().manual_seed(SDE_SEED), **options)
@@ -235,7 +237,8 @@ def ours(label: str, sampler: str, schedule_name: str, spacing: str, spacing_opt
     return Config(name or f"{label} {schedule_name}+{spacing}", "diffusekit", setup,
                   heun_type=sampler in ("heun", "edm"),
                   stochastic=sampler in ("edm", "ddpm", "euler_maruyama"),
-                  search=search, meta={"sampler": sampler, "schedule": schedule_name, "spacing": spacing,
+                  search=search, meta={"sampler": sampler, "schedule": schedule_name,
+                                       "schedule_options": schedule_options, "spacing": spacing,
                                        "spacing_options": spacing_options, "options": options,
                                        "float64_run": float64_run})
 
@@ -255,6 +258,7 @@ def ours_configs(search: bool) -> list[Config]:
                  for smin in (0.002, 0.005, 0.01, 0.02)]
         grids += [("edm", "logsnr", {"sigma_min": smin}) for smin in (0.002, 0.005, 0.01, 0.02, 0.05)]
         grids += [("rectified_flow", "uniform", {})]
+        grids += [("rectified_flow", "uniform", {"shift": shift}) for shift in (0.5, 2.0, 3.0)]
         multistep = [("dpmpp_2m", "dpmpp_2m", {})]
         multistep += [(f"multistep{k}", "multistep", {"order": k}) for k in (2, 3, 4)]
         multistep += [(f"multistep{k}+corrector", "multistep", {"order": k, "corrector": True})
@@ -265,8 +269,10 @@ def ours_configs(search: bool) -> list[Config]:
                 if label in ("dpmpp_2m", "multistep2", "multistep3") and grid in defaults:
                     continue  # one of the fixed configurations
                 args = "(" + ",".join(f"{k}={v:g}" for k, v in grid.items()) + ")" if grid else ""
-                configs.append(ours(label, sampler, schedule_name, spacing, grid, opts, search=True,
-                                    name=f"{label} {schedule_name}+{spacing}{args}"))
+                shift = {"shift": grid["shift"]} if "shift" in grid else {}
+                spacing_options = {k: v for k, v in grid.items() if k != "shift"}
+                configs.append(ours(label, sampler, schedule_name, spacing, spacing_options, opts, search=True,
+                                    name=f"{label} {schedule_name}+{spacing}{args}", schedule_options=shift))
     return configs
 
 
@@ -529,6 +535,33 @@ def summary_table(problem: Problem, configs: list[Config], results: dict, best: 
     return "\n".join(lines), rows
 
 
+def per_metric_table(problem: Problem, configs: list[Config], results: dict, budgets: list[int]):
+    """For each accuracy metric separately: the best peer against our best configuration for that metric."""
+    deterministic = [c for c in configs if not c.stochastic]
+    peers = [c for c in deterministic if c.family != "diffusekit"]
+    ours_all = [c for c in deterministic if c.family == "diffusekit"]
+    if not peers:
+        return "", []
+    lines = ["", f"### {problem.name}: best per metric (each metric's own winner; deterministic samplers)", "",
+             "| NFE | metric | best peer | value | ours best | value | peer/ours |",
+             "|---:|---|---|---:|---|---:|---:|"]
+    rows = []
+    for b in budgets:
+        for key in ("median", "rmse", "flip", "swd"):
+
+            def value(c, b=b, key=key):
+                v = results[c.name][b][key]
+                return v if math.isfinite(v) else math.inf
+
+            peer, mine = min(peers, key=value), min(ours_all, key=value)
+            ratio = value(peer) / value(mine) if value(mine) > 0 else (1.0 if value(peer) == 0 else math.inf)
+            rows.append({"nfe": b, "metric": key, "best_peer": peer.name, "peer": value(peer),
+                         "ours_best": mine.name, "ours": value(mine), "ratio": ratio})
+            lines.append(f"| {b} | {key} | {peer.name} | {value(peer):.3g} | {mine.name} | {value(mine):.3g} | "
+                         f"{ratio:.2f} |")
+    return "\n".join(lines), rows
+
+
 def self_check(problem: Problem, configs: list[Config], outputs: dict, budgets: list[int]) -> dict:
     """max |ours - k-diffusion| per budget: float32 from the benchmark runs, float64 rerun here."""
     by_name = {c.name: c for c in configs}
@@ -678,6 +711,8 @@ def main(argv=None) -> int:
                                     f"max |diff| {worst:.2e} > {tolerance:.0e}")
         print(markdown_tables(problem, configs, results, best, args.budgets))
         text, summary = summary_table(problem, configs, results, best, args.budgets)
+        metric_text, per_metric = per_metric_table(problem, configs, results, args.budgets)
+        text += "\n" + metric_text
         print(text)
         sys.stdout.flush()
         report["problems"][problem.name] = {
@@ -688,6 +723,7 @@ def main(argv=None) -> int:
             "ours_best": {b: {"config": best[b]["config"].name, **results[best[b]["config"].name][b]}
                           for b in args.budgets},
             "summary": summary,
+            "best_per_metric": per_metric,
             "configs": [{"name": c.name, "family": c.family, "stochastic": c.stochastic, "search": c.search,
                          "heun_type": c.heun_type, **{k: v for k, v in c.meta.items() if not callable(v)},
                          "results": results[c.name]} for c in configs],
