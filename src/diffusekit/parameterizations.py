@@ -40,6 +40,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._registry import build
 from ._tensors import append_dims
 from .schedules import ScheduleAt
 
@@ -142,9 +143,4 @@ NAMES = tuple(_CLASSES)
 
 def get(name: str, **options) -> Parameterization:
     """Build a parameterization by name (``x0``, ``eps``, ``v``, ``velocity``, ``score``, ``edm``)."""
-    if name not in _CLASSES:
-        raise ValueError(f"unknown parameterization {name!r}; choose one of {', '.join(NAMES)}")
-    try:
-        return _CLASSES[name](**options)
-    except TypeError as e:
-        raise TypeError(f"bad options for parameterization {name!r}: {e}") from None
+    return build("parameterization", _CLASSES, name, options)

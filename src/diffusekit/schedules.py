@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._registry import build
+
 __all__ = ["ScheduleAt", "Schedule", "RectifiedFlow", "Cosine", "LinearVP", "DiscreteVP", "EDM",
            "ZeroTerminalSNR", "Shifted", "get", "NAMES"]
 
@@ -325,12 +327,7 @@ def _zero_terminal(schedule: Schedule) -> Schedule:
 
 def get(name: str, *, zero_terminal_snr: bool = False, shift: float | None = None, **options) -> Schedule:
     """Build a schedule by name; see the module docstring for names and options."""
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(NAMES)}")
-    try:
-        schedule = _BUILDERS[name](**options)
-    except TypeError as e:
-        raise TypeError(f"bad options for schedule {name!r}: {e}") from None
+    schedule = build("schedule", _BUILDERS, name, options)
     if zero_terminal_snr:
         schedule = _zero_terminal(schedule)
     if shift is not None and shift != 1.0:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._registry import build
 from .schedules import Schedule
 
 __all__ = ["TimeDistribution", "Uniform", "LogSNRNormal", "TimeSampler", "TimeDraw", "get_distribution",
@@ -86,12 +87,7 @@ MODES = ("iid", "stratified", "low_discrepancy", "importance")
 
 
 def get_distribution(name: str, **options) -> TimeDistribution:
-    if name not in _DISTRIBUTIONS:
-        raise ValueError(f"unknown time distribution {name!r}; choose one of {', '.join(DISTRIBUTIONS)}")
-    try:
-        return _DISTRIBUTIONS[name](**options)
-    except TypeError as e:
-        raise TypeError(f"bad options for time distribution {name!r}: {e}") from None
+    return build("time distribution", _DISTRIBUTIONS, name, options)
 
 
 @dataclass(frozen=True)

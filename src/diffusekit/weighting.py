@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._registry import build
 from .parameterizations import Parameterization
 from .schedules import ScheduleAt
 
@@ -98,9 +99,4 @@ NAMES = tuple(_CLASSES)
 
 
 def get(name: str = "unit", **options) -> Weighting:
-    if name not in _CLASSES:
-        raise ValueError(f"unknown loss weighting {name!r}; choose one of {', '.join(NAMES)}")
-    try:
-        return _CLASSES[name](**options)
-    except TypeError as e:
-        raise TypeError(f"bad options for weighting {name!r}: {e}") from None
+    return build("loss weighting", _CLASSES, name, options)
