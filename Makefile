@@ -27,7 +27,7 @@ lint: $(STAMP)
 
 # Until the training issue lands, the demo runs the sampler benchmark on exact analytic targets.
 demo: $(STAMP)
-	$(PY) benchmarks/samplers.py --quick
+	$(PY) benchmarks/samplers.py --quick --output runs/demo/samplers_quick.json
 
 # Peers for benchmarks/samplers.py: diffusers, and k-diffusion with --no-deps (torchvision would pull
 # a CUDA torch; the benchmark stubs the one torchvision module k_diffusion.sampling imports). torch is
