@@ -641,7 +641,7 @@ def parse_args(argv=None):
     if unknown:
         parser.error(f"unknown problem(s) {sorted(unknown)}; choose from mog2d, mog64")
     if args.output is None:
-        args.output = RESULTS / ("samplers_quick.json" if args.quick else "samplers.json")  # quick runs: not kept in git
+        args.output = RESULTS / ("samplers_quick.json" if args.quick else "samplers.json")
     return args
 
 
