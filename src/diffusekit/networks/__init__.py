@@ -1,0 +1,1 @@
+"""Networks: ``forward(x, noise_cond, cond=None) -> F``. They know nothing about diffusion."""
