@@ -1,0 +1,65 @@
+"""Exponential moving averages of the weights, parameterised by a half-life in training images.
+
+EDM (Karras et al. 2022, appendix F.3): after each step of ``batch`` images the average moves with
+``beta = 0.5 ** (batch / half_life_images)``, so the averaging horizon does not depend on the batch size.
+With ``rampup`` (EDM uses 0.05) the half-life is at most ``rampup * cur_nimg`` early on, so the average
+is not dominated by the random initialisation. Several rates can be tracked at once (:class:`EMASet`).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+__all__ = ["EMA", "EMASet"]
+
+
+class EMA:
+    def __init__(self, model: nn.Module, half_life_images: float, rampup: float | None = 0.05):
+        if not half_life_images > 0:
+            raise ValueError(f"EMA half-life must be > 0 images, got {half_life_images}")
+        self.half_life_images, self.rampup = float(half_life_images), rampup
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def beta(self, cur_nimg: int, batch: int) -> float:
+        half_life = self.half_life_images
+        if self.rampup is not None:
+            half_life = min(half_life, cur_nimg * self.rampup)
+        return 0.5 ** (batch / max(half_life, 1e-8))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, cur_nimg: int, batch: int) -> None:
+        """Fold in ``model`` after a step that brought the image count to ``cur_nimg``."""
+        beta = self.beta(cur_nimg, batch)
+        for averaged, current in zip(self.model.parameters(), model.parameters(), strict=True):
+            averaged.lerp_(current.detach().to(averaged.dtype), 1 - beta)
+        for averaged, current in zip(self.model.buffers(), model.buffers(), strict=True):
+            averaged.copy_(current)
+
+
+class EMASet:
+    """Named EMAs, e.g. ``{"ema_0.5M": 500_000, "ema_2M": 2_000_000}`` half-lives in images."""
+
+    def __init__(self, model: nn.Module, half_lives: dict[str, float], rampup: float | None = 0.05):
+        self.emas = {name: EMA(model, h, rampup) for name, h in half_lives.items()}
+
+    def update(self, model: nn.Module, cur_nimg: int, batch: int) -> None:
+        for ema in self.emas.values():
+            ema.update(model, cur_nimg, batch)
+
+    def __getitem__(self, name: str) -> EMA:
+        if name not in self.emas:
+            raise KeyError(f"no EMA named {name!r}; this run has {', '.join(self.emas) or 'none'}")
+        return self.emas[name]
+
+    def state_dicts(self) -> dict[str, dict]:
+        return {name: ema.model.state_dict() for name, ema in self.emas.items()}
+
+    def load_state_dicts(self, states: dict[str, dict]) -> None:
+        missing = set(self.emas) - set(states)
+        if missing:
+            raise ValueError(f"checkpoint lacks EMA weights {sorted(missing)}")
+        for name, ema in self.emas.items():
+            ema.model.load_state_dict(states[name])
