@@ -115,7 +115,8 @@ def load_checkpoint(path: str | Path) -> tuple[int, dict, dict[str, dict], dict]
     try:
         training_state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - weights_only refuses pickled code with various errors
-        raise CheckpointError(f"{path / 'state.pt'} holds more than tensors and numbers (refused to load): {e}") from None
+        message = f"{path / 'state.pt'} holds more than tensors and numbers (refused to load): {e}"
+        raise CheckpointError(message) from None
     return meta["cur_nimg"], model_state, ema_states, training_state
 
 
