@@ -1,0 +1,239 @@
+"""DDPM++ U-Net ("SongUNet"): Song et al. 2021, "Score-based generative modeling through stochastic
+differential equations" (DDPM++), in the form Karras et al. 2022 (EDM, Appendix F.2) trained it.
+
+``UNet(x, noise_cond, cond=None) -> F`` maps an image batch ``[B, C_in, H, W]``, a float noise condition
+``[B]`` (whatever the denoiser feeds it, e.g. EDM's ``c_noise``) and optional class labels ``[B]`` to
+``[B, C_out, H, W]``. It knows nothing about diffusion.
+
+Layout, for ``L = len(channel_mult)`` resolutions ``R, R/2, ..., R/2^(L-1)``:
+
+- mapping: noise embedding (positional or Fourier) + class embedding -> two linear+SiLU layers
+  -> ``model_channels * channel_mult_emb`` channels, fed to every block;
+- encoder: a 3x3 stem conv, then per resolution a down-sampling block (except at the top) and
+  ``num_blocks`` blocks; every output is kept as a skip;
+- decoder: at the lowest resolution two blocks (the first with attention), elsewhere an up-sampling block,
+  then ``num_blocks + 1`` blocks, each taking one skip by concatenation;
+- head: GroupNorm, SiLU, near-zero 3x3 conv, so the initial output is ~0.
+
+With ``ddpmpp_cifar10`` this has exactly the parameter count of EDM's CIFAR-10 DDPM++ network (55.73M).
+Differences from EDM's code that leave the function class unchanged: the positional embedding is
+``[cos, sin]`` rather than ``[sin, cos]`` and the attention ``qkv`` channels are ordered (q, k, v) x heads
+(both fixed permutations of a learned layer's inputs or outputs); class labels index a table with a learned
+null class (``diffusekit.networks.embeddings.ClassEmbedding``) instead of a linear map of one-hot vectors
+(same parameter count: EDM's null class is the all-zero vector, which maps to the bias).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffusekit.networks.embeddings import ClassEmbedding, get_noise_embedding
+from diffusekit.networks.layers import NEAR_ZERO_INIT, UNetBlock, conv2d, group_norm, linear
+
+__all__ = ["UNet", "PRESETS"]
+
+# Keyword arguments of UNet for reference layouts.
+PRESETS: dict[str, dict[str, Any]] = {
+    # EDM's CIFAR-10 DDPM++ (train.py --arch=ddpmpp; dropout 0.13 from EDM Table 7): EDM's SongUNet uses the
+    # DDPM-style additive embedding, not adaptive scale/shift, and one attention head.
+    "ddpmpp_cifar10": dict(
+        img_resolution=32, in_channels=3, out_channels=3, model_channels=128, channel_mult=(2, 2, 2),
+        num_blocks=4, attn_resolutions=(16,), dropout=0.13, embedding="positional", adaptive_scale=False,
+    ),
+    # The DDPM CIFAR-10 layout (Ho et al. 2020, Appendix B: 4 resolutions, 2 blocks each, attention at 16x16,
+    # dropout 0.1) with DDPM++ blocks, as EDM's SongUNet builds it by default.
+    "ddpm_cifar10": dict(
+        img_resolution=32, in_channels=3, out_channels=3, model_channels=128, channel_mult=(1, 2, 2, 2),
+        num_blocks=2, attn_resolutions=(16,), dropout=0.1, embedding="positional", adaptive_scale=False,
+    ),
+    # ~52k parameters, for fast tests; uses the defaults (adaptive scale/shift) the presets above turn off.
+    "tiny": dict(
+        img_resolution=16, in_channels=3, out_channels=3, model_channels=8, channel_mult=(1, 2),
+        num_blocks=1, attn_resolutions=(8,), dropout=0.0, embedding="positional",
+    ),
+}
+
+
+class UNet(nn.Module):
+    def __init__(
+        self,
+        img_resolution: int,
+        in_channels: int,
+        out_channels: int,
+        *,
+        model_channels: int = 128,
+        channel_mult: tuple[int, ...] = (1, 2, 2, 2),
+        channel_mult_emb: int = 4,
+        channel_mult_noise: int = 1,
+        num_blocks: int = 4,
+        attn_resolutions: tuple[int, ...] = (16,),
+        dropout: float = 0.1,
+        num_classes: int = 0,
+        embedding: str = "positional",
+        adaptive_scale: bool = True,
+        num_heads: int | None = 1,
+        channels_per_head: int = 64,
+        resample_filter: tuple[int, ...] = (1, 1),
+        resample_proj: bool = True,
+    ):
+        """
+        Args:
+            img_resolution: height = width of inputs; divisible by ``2 ** (len(channel_mult) - 1)``.
+            channel_mult: channels at each resolution, as multiples of ``model_channels``.
+            channel_mult_emb / channel_mult_noise: embedding width / noise-embedding width, as multiples of
+                ``model_channels`` (DDPM++ uses 4 / 1; NCSN++ uses noise 2 with the Fourier embedding).
+            num_blocks: residual blocks per resolution in the encoder (the decoder has one more).
+            attn_resolutions: resolutions whose blocks are followed by self-attention; the first block at
+                the lowest resolution in the decoder always has attention, as in DDPM.
+            num_classes: 0 for an unconditional net; else labels ``0..num_classes-1`` plus the null class
+                ``num_classes`` (``cond=None`` means null for the whole batch).
+            embedding: ``"positional"`` (DDPM++) or ``"fourier"`` (NCSN++) noise embedding.
+            adaptive_scale: ``True``: per-block scale and shift from the embedding; ``False``: additive bias.
+            num_heads: attention heads; ``None`` means ``channels // channels_per_head``.
+            resample_filter: separable FIR filter for resampling (``(1, 1)`` DDPM++, ``(1, 3, 3, 1)`` NCSN++).
+            resample_proj: 1x1 conv on the skip path of every resampling block (EDM's resample_proj).
+        """
+        super().__init__()
+        levels = len(channel_mult)
+        if levels < 1 or img_resolution % 2 ** (levels - 1):
+            raise ValueError(
+                f"img_resolution {img_resolution} must be divisible by 2**(len(channel_mult) - 1) = "
+                f"{2 ** (levels - 1)} for channel_mult {tuple(channel_mult)}"
+            )
+        resolutions = [img_resolution >> level for level in range(levels)]
+        unknown = sorted(set(attn_resolutions) - set(resolutions))
+        if unknown:
+            raise ValueError(f"attn_resolutions {unknown} are not among the U-Net resolutions {resolutions}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0 = unconditional), got {num_classes}")
+        self.img_resolution, self.in_channels, self.out_channels = img_resolution, in_channels, out_channels
+        self.num_classes = num_classes
+
+        # Mapping network (DDPM++: embedding -> Linear -> SiLU -> Linear -> SiLU).
+        noise_channels = model_channels * channel_mult_noise
+        emb_channels = model_channels * channel_mult_emb
+        self.map_noise = get_noise_embedding(embedding, noise_channels)
+        self.map_class = ClassEmbedding(num_classes, noise_channels) if num_classes else None
+        self.map_layer0 = linear(noise_channels, emb_channels)
+        self.map_layer1 = linear(emb_channels, emb_channels)
+
+        def block(cin: int, cout: int, res: int, **kwargs: Any) -> UNetBlock:
+            heads = num_heads if num_heads is not None else cout // channels_per_head
+            kwargs.setdefault("attention", res in attn_resolutions)
+            return UNetBlock(
+                cin, cout, emb_channels, num_heads=heads, dropout=dropout, adaptive_scale=adaptive_scale,
+                resample_proj=resample_proj, resample_filter=resample_filter, **kwargs,
+            )
+
+        self.stem = conv2d(in_channels, model_channels, 3)
+        widths = [model_channels * mult for mult in channel_mult]
+        self.encoder, skips = _encoder(block, model_channels, widths, resolutions, num_blocks)
+        # `takes_skip[i]`: decoder block i concatenates the latest unused skip to its input.
+        self.decoder, self.takes_skip = _decoder(block, widths, resolutions, num_blocks, attn_resolutions, skips)
+        self.out_norm = group_norm(widths[0])
+        self.out_conv = conv2d(widths[0], out_channels, 3, scale=NEAR_ZERO_INIT)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> UNet:
+        """``UNet(**PRESETS[name], **overrides)``; e.g. ``UNet.from_preset("ddpmpp_cifar10", num_classes=10)``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown U-Net preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def embed(self, noise_cond: Tensor, cond: Tensor | None, batch: int) -> Tensor:
+        """The embedding vector fed to every block: ``[B, emb_channels]``."""
+        if noise_cond.shape != (batch,):
+            raise ValueError(f"noise_cond must have shape [{batch}], got {tuple(noise_cond.shape)}")
+        emb = self.map_noise(noise_cond)
+        if self.map_class is not None:
+            emb = emb + self.map_class(cond, batch, emb.device)
+        elif cond is not None:
+            raise ValueError("class labels were given to an unconditional UNet (num_classes=0)")
+        emb = emb.to(self.map_layer0.weight.dtype)
+        emb = F.silu(self.map_layer0(emb))
+        return F.silu(self.map_layer1(emb))
+
+    def forward(self, x: Tensor, noise_cond: Tensor, cond: Tensor | None = None) -> Tensor:
+        expected = (self.in_channels, self.img_resolution, self.img_resolution)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"expected input of shape [B, {', '.join(map(str, expected))}], got {tuple(x.shape)}")
+        emb = self.embed(noise_cond, cond, x.shape[0])
+
+        x = self.stem(x)
+        skips = [x]
+        for block in self.encoder:
+            x = block(x, emb)
+            skips.append(x)
+        for block, takes_skip in zip(self.decoder, self.takes_skip, strict=True):
+            if takes_skip:
+                x = torch.cat([x, skips.pop()], dim=1)
+            x = block(x, emb)
+        return self.out_conv(F.silu(self.out_norm(x)))
+
+
+BlockFactory = Callable[..., UNetBlock]  # (cin, cout, resolution, resample=None, attention=...) -> UNetBlock
+
+
+def _encoder(
+    block: BlockFactory, stem_channels: int, widths: list[int], resolutions: list[int], num_blocks: int
+) -> tuple[nn.ModuleList, list[int]]:
+    """Per resolution: a down-sampling block (none at the top), then ``num_blocks`` blocks.
+
+    Returns the blocks and the channel count of every skip the decoder will consume (the stem's first).
+    """
+    blocks, skips, cout = nn.ModuleList(), [stem_channels], stem_channels
+    for level, (width, res) in enumerate(zip(widths, resolutions, strict=True)):
+        if level > 0:
+            blocks.append(block(cout, cout, res, resample="down", attention=False))
+            skips.append(cout)
+        for _ in range(num_blocks):
+            blocks.append(block(cout, width, res))
+            cout = width
+            skips.append(cout)
+    return blocks, skips
+
+
+def _decoder(
+    block: BlockFactory,
+    widths: list[int],
+    resolutions: list[int],
+    num_blocks: int,
+    attn_resolutions: tuple[int, ...],
+    skips: list[int],
+) -> tuple[nn.ModuleList, list[bool]]:
+    """Per resolution, bottom up: the middle of the U (block + attention, block; Ho et al. 2020, App. B) or an
+    up-sampling block, then ``num_blocks + 1`` blocks that each concatenate one skip.
+
+    Returns the blocks and, for each, whether it takes a skip.
+    """
+    blocks, takes_skip, skips, cout = nn.ModuleList(), [], list(skips), widths[-1]
+    for level in reversed(range(len(widths))):
+        width, res = widths[level], resolutions[level]
+        if level == len(widths) - 1:
+            middle = [block(cout, cout, res, attention=True), block(cout, cout, res, attention=False)]
+        else:
+            middle = [block(cout, cout, res, resample="up", attention=False)]
+        blocks.extend(middle)
+        takes_skip.extend([False] * len(middle))
+        for idx in range(num_blocks + 1):
+            # DDPM++ attends once per decoder resolution, after the last block.
+            attend = idx == num_blocks and res in attn_resolutions
+            blocks.append(block(cout + skips.pop(), width, res, attention=attend))
+            takes_skip.append(True)
+            cout = width
+    return blocks, takes_skip
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+if __name__ == "__main__":  # pragma: no cover - prints the size of each preset
+    for preset in PRESETS:
+        with torch.device("meta"):
+            print(f"{preset:>16}: {count_parameters(UNet.from_preset(preset)):,} parameters")
