@@ -37,6 +37,7 @@ def test_tiny_network_learns_and_samples(make_network):
         losses.append(float(loss.detach()))
     assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
     with torch.no_grad():
-        x = sample(denoiser, torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float32), timesteps(schedule, 10, "uniform"), schedule,
-                   "dpmpp_2m", cond={"cond": torch.tensor([0, 1, 0, 1])})
+        noise = torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float32)
+        x = sample(denoiser, noise, timesteps(schedule, 10, "uniform"), schedule, "dpmpp_2m",
+                   cond={"cond": torch.tensor([0, 1, 0, 1])})
     assert x.shape == (4, 1, 8, 8) and bool(torch.isfinite(x).all())
