@@ -15,8 +15,8 @@ def _data(n=24, size=8):
 
 def _config(**overrides):
     base = dict(total_images=192, batch_size=16, accumulation=2, checkpoint_every=64, lr=1e-3,
-                time_mode="importance", time_options={"bins": 4, "warmup": 2}, ema_half_lives={"fast": 100.0, "slow": 1000.0},
-                network_options={"dropout": 0.1})
+                time_mode="importance", time_options={"bins": 4, "warmup": 2},
+                ema_half_lives={"fast": 100.0, "slow": 1000.0}, network_options={"dropout": 0.1})
     return TrainConfig(**{**base, **overrides})
 
 
