@@ -9,7 +9,8 @@ images (noised with the DDPM linear schedule, t uniform in 0..999). Every model 
 Configurations, per width (``full``: 128, ``half``: 64 channels at 32x32):
 
 - ``diffusers``: ``UNet2DModel`` in the DDPM CIFAR-10 layout (Ho et al. 2020; 4 resolutions, 2 blocks each,
-  attention at 16x16, widths ``w x (1, 2, 2, 2)``, dropout 0.1), as ``google/ddpm-cifar10-32`` configures it;
+  widths ``w x (1, 2, 2, 2)``, dropout 0.1; ``AttnDownBlock2D`` attends at 16x16 and, as the up-block list
+  mirrors the down-block list, ``AttnUpBlock2D`` at 8x8, plus the middle block at 4x4);
 - ``ours preset``: ``UNet.from_preset("ddpm_cifar10", model_channels=w)``, the same layout with DDPM++
   blocks (resampling is done by residual blocks rather than single convs, so it has more FLOPs);
 - ``ours FLOP-matched``: the configuration, among a small search over ``channel_mult`` and ``resample_proj``
