@@ -71,7 +71,9 @@ class Denoiser(nn.Module):
 
     def network_output(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
         """The raw network output F at (x_t, t); ``t`` has shape [batch]."""
-        at = self.at(t)
+        return self._network_output(x_t, self.at(t), cond)
+
+    def _network_output(self, x_t: Tensor, at: ScheduleAt, cond) -> Tensor:
         # at least float32: a bf16 noise code would blur nearby noise levels together
         code_dtype = torch.promote_types(x_t.dtype, torch.float32)
         noise_code = self.c_noise(at).to(device=x_t.device, dtype=code_dtype)
@@ -79,6 +81,6 @@ class Denoiser(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
         """x0_hat at (x_t, t)."""
-        at = self.at(t)
-        output = self.network_output(x_t, t, cond)
+        at = self.at(t)  # evaluated once for both the network's input and the output conversion
+        output = self._network_output(x_t, at, cond)
         return self.parameterization.to_x0(output.to(x_t.dtype), x_t, at)
