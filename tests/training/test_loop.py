@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from diffusekit.config import ConfigError, resolve
 from diffusekit.data import ImageArrays
 from diffusekit.training.checkpoint import latest_valid
-from diffusekit.training.loop import TrainConfig, Trainer, train
+from diffusekit.training.loop import Trainer, train
 
 
 def _data(n=24, size=8):
@@ -13,11 +14,11 @@ def _data(n=24, size=8):
     return ImageArrays(images, rng.integers(0, 2, n).astype(np.int64), 2, ("a", "b"))
 
 
-def _config(**overrides):
-    base = dict(total_images=192, batch_size=16, accumulation=2, checkpoint_every=64, lr=1e-3,
-                time_mode="importance", time_options={"bins": 4, "warmup": 2},
-                ema_half_lives={"fast": 100.0, "slow": 1000.0}, network_options={"dropout": 0.1})
-    return TrainConfig(**{**base, **overrides})
+def _config(*overrides):
+    base = ["run.total_images=192", "optim.batch_size=16", "optim.accumulation=2", "run.checkpoint_every=64",
+            "optim.lr=1e-3", "objective.time_mode=importance", "objective.time_options={bins: 4, warmup: 2}",
+            "ema.half_lives={fast: 100, slow: 1000}", "network.options={dropout: 0.1}", "run.log_every=32"]
+    return resolve("tiny", overrides=base + list(overrides))
 
 
 def _weights(trainer: Trainer):
@@ -29,7 +30,8 @@ def _weights(trainer: Trainer):
 def test_stopped_and_resumed_run_is_bit_identical(tmp_path, network):
     torch.set_default_dtype(torch.float32)
     try:
-        config = _config(network=network, network_options={"dropout": 0.1} if network == "unet" else {})
+        config = _config(f"network.kind={network}", "network.options={dropout: 0.1}" if network == "unet"
+                         else "network.options={}")
         data = _data()
         whole = train(config, data, tmp_path / "whole")
         train(config, data, tmp_path / "split", until_images=100)  # last checkpoint at 64: 36 images are redone
@@ -48,9 +50,16 @@ def test_loss_decreases_and_checkpoints_are_pruned(tmp_path):
     torch.set_default_dtype(torch.float32)
     try:
         losses = []
-        trainer = train(_config(total_images=640, keep_checkpoints=2, time_mode="stratified"), _data(),
-                        tmp_path, log=lambda row: losses.append(float(row["loss"])))
-        assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+        class Hooks:
+            def on_log(self, trainer, record):
+                losses.append(record["loss"])
+
+        trainer = train(_config("run.total_images=640", "run.keep_checkpoints=2", "objective.time_mode=stratified"),
+                        _data(), tmp_path, hooks=Hooks())
+        assert len(losses) == 20
+        assert np.mean(losses[-4:]) < np.mean(losses[:4])
         names = sorted(p.name for p in trainer.checkpoint_dir.iterdir())
         assert names == ["ckpt-000000000576", "ckpt-000000000640"]
     finally:
@@ -58,7 +67,7 @@ def test_loss_decreases_and_checkpoints_are_pruned(tmp_path):
 
 
 def test_bad_config():
-    with pytest.raises(ValueError, match="multiple of accumulation"):
-        TrainConfig(batch_size=10, accumulation=4)
-    with pytest.raises(ValueError, match="p_uncond"):
-        TrainConfig(p_uncond=1.0)
+    with pytest.raises(ConfigError, match="multiple of optim.accumulation"):
+        _config("optim.batch_size=10", "optim.accumulation=4")
+    with pytest.raises(ConfigError, match="p_uncond"):
+        _config("objective.p_uncond=1.0")

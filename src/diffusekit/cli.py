@@ -1,0 +1,310 @@
+"""The ``diffusekit`` command (also ``python -m diffusekit``): train, sample, presets, info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+# -- train ------------------------------------------------------------------------------------------
+def _train_config(args):
+    from .config import apply_override, merge, parse_override, preset, read_file, validate
+    from .training.rundir import stored_config
+
+    run_dir = Path(args.run_dir)
+    stored = stored_config(run_dir) if (run_dir / "config.yaml").exists() else None
+    if stored is not None and args.preset is None and not args.config:
+        config = stored  # continuing a run with its own recipe
+    else:
+        config = preset(args.preset or "mnist")
+        for path in args.config:
+            config = merge(config, read_file(path))
+    shortcuts = {"data.name": args.data, "run.total_images": args.images, "optim.batch_size": args.batch_size,
+                 "run.checkpoint_every": args.checkpoint_every, "run.seed": args.seed, "run.device": args.device}
+    for key, value in shortcuts.items():
+        if value is not None:
+            config = apply_override(config, key.split("."), value)
+    for text in args.set:
+        keys, value = parse_override(text)
+        config = apply_override(config, keys, value)
+    return validate(config)
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from .monitor import ProgressBar
+    from .training.build import load_training_data
+    from .training.checkpoint import latest_valid
+    from .training.loop import Trainer
+    from .training.rundir import RunDirectory
+
+    config = _train_config(args)
+    run_dir = Path(args.run_dir)
+    newest = latest_valid(run_dir / "checkpoints")
+    if args.resume == "never" and newest is not None:
+        raise CLIError(f"{run_dir} already holds checkpoints (newest: {newest.name}); continue it with "
+                       "--resume auto or choose a new --run-dir (nothing was changed)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    data = load_training_data(config.data)
+    trainer = Trainer(config, data, run_dir)
+    resume_from = None if args.resume in ("auto", "never") else Path(args.resume)
+    if args.resume != "never" and trainer.resume(resume_from):
+        print(f"resumed from {resume_from or latest_valid(run_dir / 'checkpoints')} at {trainer.cur_nimg:,} images",
+              file=sys.stderr)
+    rundir = RunDirectory(run_dir, config)
+    rundir.check_resume()
+    rundir.open(trainer.cur_nimg, trainer.device)
+    params = sum(p.numel() for p in trainer.network.parameters())
+    print(f"training {config.network.kind} ({params / 1e6:.2f}M parameters) on {config.data.name} "
+          f"({len(data):,} images {tuple(trainer.info['image_shape'])}, {trainer.num_classes} classes) for "
+          f"{config.run.total_images:,} images on {trainer.device}; run directory {run_dir}", file=sys.stderr)
+    rundir.progress = ProgressBar(config.run.total_images, initial=trainer.cur_nimg, unit="img",
+                                  disable=args.quiet)
+    try:
+        trainer.run(hooks=rundir)
+    except KeyboardInterrupt:
+        rundir.close()
+        newest = latest_valid(run_dir / "checkpoints")
+        print(f"\ninterrupted at {trainer.cur_nimg:,} images; newest checkpoint: {newest}; continue with "
+              f"--resume auto", file=sys.stderr)
+        return 130
+    rundir.close()
+    summary = {"run_dir": str(run_dir), "cur_nimg": trainer.cur_nimg, "wall_s": round(time.perf_counter() - started, 1),
+               **_peak(trainer.device)}
+    print(json.dumps(summary), file=sys.stderr)
+    return 0
+
+
+def _peak(device):
+    from .training.rundir import peak_memory_mb
+
+    return peak_memory_mb(device)
+
+
+# -- sample -----------------------------------------------------------------------------------------
+def _labels(args, model):
+    import torch
+
+    from .generate import class_major_labels
+
+    if args.class_ is not None:
+        if not model.num_classes:
+            raise CLIError("--class was given but the model is unconditional")
+        names = model.class_names
+        label = names.index(args.class_) if args.class_ in names else None
+        if label is None:
+            try:
+                label = int(args.class_)
+            except ValueError:
+                raise CLIError(f"--class {args.class_!r}: not a class; classes: {', '.join(names)}") from None
+        if not 0 <= label < model.num_classes:
+            raise CLIError(f"--class {label}: out of range 0..{model.num_classes - 1}")
+        return torch.full((args.n,), label, dtype=torch.long)
+    return class_major_labels(args.n, model.num_classes) if model.num_classes else None
+
+
+def cmd_sample(args) -> int:
+    import numpy as np
+    import torch
+
+    from .generate import generate, load_model
+    from .images import make_grid, save_png, to_uint8
+    from .monitor import ProgressBar
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".npz", ""):
+        raise CLIError(f"--out {out}: write a .png grid, a .npz array file or a directory of PNGs")
+    device = args.device or "cpu"
+    model = load_model(args.source, ema=args.ema, device=device)
+    s = model.config.sample
+    sampler = args.sampler or s.sampler
+    options = dict(s.options) if sampler == s.sampler else {}
+    for text in args.option:
+        from .config import parse_override
+
+        keys, value = parse_override(text)
+        options[".".join(keys)] = value
+    labels = _labels(args, model)
+    guidance = args.guidance if args.guidance is not None else (s.guidance if labels is not None else 1.0)
+    steps = args.steps or s.steps
+    started = time.perf_counter()
+    with ProgressBar(args.n, unit="img", disable=args.quiet) as bar:
+        images = generate(model.denoiser, args.n, model.image_shape, labels=labels, num_classes=model.num_classes,
+                          sampler=sampler, steps=steps, spacing=args.spacing or s.spacing, guidance=guidance,
+                          options=options, seed=args.seed, batch_size=args.batch_size, device=device,
+                          progress=bar.update)
+    wall = time.perf_counter() - started
+    if out.suffix.lower() == ".png":
+        columns = args.columns or (math.ceil(args.n / model.num_classes) if labels is not None and args.class_ is None
+                                   else math.ceil(math.sqrt(args.n)))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_png(make_grid(images, columns), out)
+    elif out.suffix.lower() == ".npz":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp.npz")
+        meta = {"checkpoint": str(model.checkpoint), "cur_nimg": model.cur_nimg, "weights": model.weights,
+                "sampler": sampler, "steps": steps, "guidance": guidance, "seed": args.seed, "options": options}
+        np.savez(tmp, images=images.numpy(), labels=(labels if labels is not None else torch.full((args.n,), -1)
+                                                     ).numpy(), meta=json.dumps(meta))
+        tmp.replace(out)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        pixels = to_uint8(images)
+        for i in range(args.n):
+            save_png(pixels[i], out / f"{i:06d}.png")
+    print(json.dumps({"out": str(out), "n": args.n, "checkpoint": str(model.checkpoint), "weights": model.weights,
+                      "sampler": sampler, "steps": steps, "guidance": guidance, "wall_s": round(wall, 2)}),
+          file=sys.stderr)
+    return 0
+
+
+# -- presets / info ---------------------------------------------------------------------------------
+def cmd_presets(args) -> int:
+    from .config import PRESETS, dump_yaml, preset
+    from .config import presets as presets_module
+
+    if args.show:
+        print(dump_yaml(preset(args.show)), end="")
+        return 0
+    descriptions = {}
+    for line in (presets_module.__doc__ or "").splitlines():
+        if line.startswith("- ``") and "``:" in line:
+            name, text = line[4:].split("``:", 1)
+            descriptions[name] = text.strip()
+    for name in PRESETS:
+        c = preset(name)
+        print(f"{name:14s} {c.data.name:14s} {c.network.kind}:{c.network.preset:16s} "
+              f"{c.run.total_images:>12,} img  {descriptions.get(name, '')}")
+    print("\nshow one in full: diffusekit presets --show NAME", file=sys.stderr)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .monitor import read_metrics
+    from .training.checkpoint import CheckpointError, _verify
+    from .training.rundir import stored_config
+
+    run_dir = Path(args.run_dir)
+    config = stored_config(run_dir)
+    if config is None:
+        raise CLIError(f"{run_dir} is not a run directory (no config.yaml)")
+    checkpoints = []
+    ckpt_dir = run_dir / "checkpoints"
+    for path in sorted(ckpt_dir.glob("ckpt-*")) if ckpt_dir.is_dir() else []:
+        try:
+            _verify(path)
+            status = "ok"
+        except CheckpointError as e:
+            status = f"DAMAGED: {e}"
+        size = sum(f.stat().st_size for f in path.iterdir())
+        checkpoints.append({"path": str(path), "cur_nimg": int(path.name[5:]), "mb": round(size / 2**20, 2),
+                            "status": status})
+    metrics = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    env = json.loads((run_dir / "environment.json").read_text()) if (run_dir / "environment.json").exists() else {}
+    info = {"run_dir": str(run_dir), "data": config.data.name,
+            "network": f"{config.network.kind}:{config.network.preset}",
+            "objective": f"{config.objective.schedule}/{config.objective.parameterization}",
+            "total_images": config.run.total_images, "checkpoints": checkpoints,
+            "last_metrics": metrics[-1] if metrics else None, "sessions": len(env.get("sessions", [])),
+            "samples": sorted(str(p) for p in (run_dir / "samples").glob("*.png"))[-3:]}
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"run {run_dir}: {info['network']} on {info['data']}, {info['objective']}, "
+          f"{config.run.total_images:,} images planned, {info['sessions']} session(s)")
+    last = info["last_metrics"]
+    if last:
+        print(f"  last log: {last.get('cur_nimg', 0):,} images, loss {last.get('loss')}, "
+              f"{last.get('img_per_s')} img/s, peak RSS {last.get('peak_rss_mb')} MiB")
+    for c in checkpoints:
+        print(f"  {c['path']}  {c['cur_nimg']:>12,} img  {c['mb']:8.2f} MiB  {c['status']}")
+    if not checkpoints:
+        print("  no checkpoints yet")
+    for s in info["samples"]:
+        print(f"  samples: {s}")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffusekit", description="Train and sample diffusion and flow-matching "
+                                     "models. Durations and intervals count training images.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model (or continue a run)",
+                       description="Train from a preset, config files and --set overrides (applied in that order).")
+    t.add_argument("--preset", help="named starting config (see `diffusekit presets`; default mnist, or the run's "
+                   "stored config when continuing a run)")
+    t.add_argument("--config", action="append", default=[], metavar="FILE",
+                   help="YAML/TOML/JSON config laid over the preset (repeatable)")
+    t.add_argument("--run-dir", required=True, help="directory for config, logs, samples and checkpoints")
+    t.add_argument("--data", help="built-in dataset name or an image folder (sets data.name)")
+    t.add_argument("--images", type=int, help="training duration in images (sets run.total_images)")
+    t.add_argument("--batch-size", type=int, help="images per optimizer step (sets optim.batch_size)")
+    t.add_argument("--checkpoint-every", type=int, help="checkpoint interval in images (sets run.checkpoint_every)")
+    t.add_argument("--seed", type=int, help="sets run.seed")
+    t.add_argument("--resume", default="auto", help="auto: continue from the newest valid checkpoint if any (default); "
+                   "never: refuse if the run directory has checkpoints; or a checkpoint path")
+    t.add_argument("--device", help="cpu, cuda or cuda:N (sets run.device)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set optim.lr=1e-3 (repeatable; value read as YAML)")
+    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="generate images from a run or checkpoint")
+    s.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT")
+    s.add_argument("--n", type=int, required=True, help="number of images")
+    s.add_argument("--out", required=True, help="FILE.png (grid), FILE.npz (float images + labels) or DIR (PNGs)")
+    s.add_argument("--sampler", help="sampler name (default: the run's sample.sampler)")
+    s.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps)")
+    s.add_argument("--spacing", help="time grid spacing: uniform, karras, logsnr, trailing")
+    s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="sampler option, e.g. order=3")
+    s.add_argument("--guidance", type=float, help="classifier-free guidance weight (1 = none)")
+    s.add_argument("--class", dest="class_", metavar="C", help="class index or name (default: every class in turn)")
+    s.add_argument("--seed", type=int, default=0, help="image i uses noise seeded by (seed, i)")
+    s.add_argument("--ema", help="EMA name, or 'model' for the raw weights (default: the run's sample.ema / first EMA)")
+    s.add_argument("--batch-size", type=int, default=250)
+    s.add_argument("--columns", type=int, help="grid columns for .png output")
+    s.add_argument("--device", help="cpu, cuda or cuda:N")
+    s.add_argument("--threads", type=int)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("presets", help="list the named presets")
+    p.add_argument("--show", metavar="NAME", help="print one preset's full config as YAML")
+    p.set_defaults(func=cmd_presets)
+
+    i = sub.add_parser("info", help="summarise a run directory")
+    i.add_argument("run_dir", metavar="RUN_DIR")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+    from .data import DatasetNotInstalled
+    from .training.checkpoint import CheckpointError
+
+    try:
+        return args.func(args)
+    except (CLIError, ConfigError, DatasetNotInstalled, CheckpointError, FileNotFoundError) as e:
+        print(f"diffusekit {args.command}: error: {e}", file=sys.stderr)
+        return 2

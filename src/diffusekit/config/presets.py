@@ -1,0 +1,83 @@
+"""Named starting points. Each preset is a partial config laid over the defaults of :class:`Config`.
+
+- ``tiny``: a few seconds of training on MNIST at 16x16; for tests and smoke runs.
+- ``mnist``: the demo default (``make demo``): class-conditional MNIST, sized to train in about
+  8 CPU minutes and sample in about one (docs/demo.md has the measurements behind the choices).
+- ``fashion-mnist``: the same recipe, wider and longer, for Fashion-MNIST.
+- ``tiles``: 32x32 RGB Dungeon Crawl sprites (Debian crawl-tiles-data), class = sprite sheet.
+- ``mnist-dit``: a DiT-S/2 on MNIST padded to 32x32 (a GPU-sized run).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from .schema import Config
+from .typed import ConfigError, merge
+
+__all__ = ["PRESETS", "preset"]
+
+_FLOW = {"schedule": "rectified_flow", "parameterization": "velocity", "time_distribution": "logit_normal",
+         "time_mode": "stratified", "p_uncond": 0.1}
+
+PRESETS: dict[str, dict] = {
+    "tiny": {
+        "data": {"name": "mnist", "resolution": 16, "limit": 2_048},
+        "objective": _FLOW,
+        "network": {"kind": "unet", "preset": "tiny"},
+        "optim": {"batch_size": 16, "lr": 2e-3},
+        "ema": {"half_lives": {"ema": 500.0}},
+        "run": {"total_images": 256, "checkpoint_every": 128, "log_every": 64, "sample_every": None},
+        "sample": {"steps": 4, "grid_columns": 2},
+    },
+    "mnist": {
+        "data": {"name": "mnist"},
+        "objective": _FLOW,
+        "network": {"kind": "unet", "preset": "tiny",
+                    "options": {"model_channels": 32, "channel_mult": [1, 2, 2], "num_blocks": 1,
+                                "attn_resolutions": [7], "dropout": 0.0}},
+        "optim": {"batch_size": 64, "lr": 2e-3, "warmup_images": 5_000},
+        "ema": {"half_lives": {"ema": 20_000.0}},
+        "run": {"total_images": 24_000, "checkpoint_every": 8_000, "log_every": 640, "sample_every": 8_000},
+        "sample": {"sampler": "multistep", "steps": 20, "guidance": 1.0, "grid_columns": 10},
+    },
+    "fashion-mnist": {
+        "data": {"name": "fashion-mnist", "resolution": 32, "resize": "pad"},
+        "objective": _FLOW,
+        "network": {"kind": "unet", "preset": "ddpm_cifar10",
+                    "options": {"model_channels": 64, "channel_mult": [1, 2, 2], "dropout": 0.1}},
+        "optim": {"batch_size": 128, "lr": 1e-3, "warmup_images": 50_000},
+        "ema": {"half_lives": {"ema": 500_000.0}},
+        "run": {"total_images": 5_000_000, "checkpoint_every": 250_000, "log_every": 10_000,
+                "sample_every": 250_000, "milestone_every": 1_000_000},
+        "sample": {"steps": 25, "guidance": 1.5},
+    },
+    "tiles": {
+        "data": {"name": "tiles", "resolution": 32},
+        "objective": _FLOW,
+        "network": {"kind": "unet", "preset": "ddpm_cifar10",
+                    "options": {"model_channels": 96, "channel_mult": [1, 2, 2], "dropout": 0.1}},
+        "optim": {"batch_size": 128, "lr": 5e-4, "warmup_images": 50_000},
+        "ema": {"half_lives": {"ema": 500_000.0}},
+        "run": {"total_images": 10_000_000, "checkpoint_every": 250_000, "log_every": 10_000,
+                "sample_every": 250_000, "milestone_every": 1_000_000},
+        "sample": {"steps": 25, "guidance": 1.5, "grid_columns": 8},
+    },
+    "mnist-dit": {
+        "data": {"name": "mnist", "resolution": 32, "resize": "pad"},
+        "objective": _FLOW,
+        "network": {"kind": "dit", "preset": "DiT-S/2"},
+        "optim": {"batch_size": 256, "lr": 1e-4, "warmup_images": 100_000, "grad_clip": 1.0},
+        "ema": {"half_lives": {"ema": 500_000.0}},
+        "run": {"total_images": 10_000_000, "checkpoint_every": 500_000, "log_every": 20_000,
+                "sample_every": 500_000, "milestone_every": 2_000_000, "precision": "bf16"},
+        "sample": {"steps": 25, "guidance": 1.5},
+    },
+}
+
+
+def preset(name: str) -> Config:
+    """The named preset as a full :class:`Config`."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return merge(Config(), copy.deepcopy(PRESETS[name]))

@@ -1,0 +1,104 @@
+"""The training configuration: typed dataclasses, one per concern, all in plain values.
+
+Every field is a number, a string, a bool, None or a free-form ``*_options`` dict, so a configuration
+round-trips through YAML / TOML / JSON and the checkpoint exactly. Durations and intervals count
+training images (EDM's kimg convention), never steps, so changing the batch size keeps the schedule.
+Names are checked against the library's own registries in :func:`diffusekit.config.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["Config", "DataConfig", "ObjectiveConfig", "NetworkConfig", "OptimConfig", "EMAConfig", "RunConfig",
+           "SampleConfig"]
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"  # a built-in dataset (diffusekit.data.DATASETS) or an image folder
+    split: str = "train"
+    limit: int | None = None  # use only the first N examples of the split (small-data runs, tests)
+    resolution: int | None = None  # None: the dataset's own (required for image folders)
+    channels: int | None = None  # None: the dataset's own; 1 or 3 converts
+    resize: Literal["resize", "pad"] = "resize"  # how to reach `resolution` (pad: e.g. MNIST 28 -> 32)
+    conditional: bool = True  # use the class labels (when the dataset has them)
+    workers: int = 0  # DataLoader worker processes preparing batches (0: in the training process)
+
+
+@dataclass
+class ObjectiveConfig:
+    schedule: str = "rectified_flow"
+    schedule_options: dict = field(default_factory=dict)  # e.g. {zero_terminal_snr: true, shift: 3}
+    parameterization: str = "velocity"
+    parameterization_options: dict = field(default_factory=dict)
+    time_distribution: str = "logit_normal"
+    time_mode: str = "stratified"  # iid | stratified | low_discrepancy | importance
+    time_options: dict = field(default_factory=dict)
+    weighting: str = "unit"
+    weighting_options: dict = field(default_factory=dict)
+    sigma_data: float = 0.5
+    noise_conditioning: Literal["logsnr", "t", "timestep"] = "logsnr"
+    p_uncond: float = 0.1  # condition dropout for classifier-free guidance (Ho & Salimans 2022)
+
+
+@dataclass
+class NetworkConfig:
+    kind: Literal["unet", "dit"] = "unet"
+    preset: str = "tiny"  # diffusekit.networks.unet.PRESETS / dit.PRESETS
+    options: dict = field(default_factory=dict)  # constructor overrides, e.g. {model_channels: 64}
+
+
+@dataclass
+class OptimConfig:
+    batch_size: int = 32  # images per optimizer step (over all accumulation rounds)
+    accumulation: int = 1
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    lr: float = 2e-4
+    warmup_images: int = 0
+    decay: Literal["constant", "cosine", "inverse_sqrt"] = "constant"
+    decay_images: int | None = None  # cosine: the decay length (default: run.total_images); inverse_sqrt: t_ref
+    grad_clip: float | None = 1.0
+
+
+@dataclass
+class EMAConfig:
+    half_lives: dict = field(default_factory=lambda: {"ema": 50_000.0})  # name -> half-life in images
+    rampup: float | None = 0.05  # EDM: the half-life is at most rampup * images seen
+
+
+@dataclass
+class RunConfig:
+    total_images: int = 1_000
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    milestone_every: int | None = None  # checkpoints at multiples of this are never pruned
+    log_every: int = 1_000  # images between metric records (JSONL, TensorBoard)
+    sample_every: int | None = None  # images between sample grids from the EMA (None: at checkpoints)
+    seed: int = 0
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of the forward pass
+    compile: bool = False  # torch.compile the network
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "multistep"
+    steps: int = 20
+    spacing: str = "uniform"
+    guidance: float = 1.0  # classifier-free guidance weight w: x0 = u + w (c - u); 1 = none
+    options: dict = field(default_factory=lambda: {"order": 2, "corrector": True})
+    ema: str | None = None  # which EMA samples (None: the first)
+    grid_columns: int = 10  # samples per class row of the grids
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)

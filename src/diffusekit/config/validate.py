@@ -1,0 +1,89 @@
+"""Checks a config beyond its types: names against the library's registries (by building the objects,
+so the choices listed are always the real ones) and the relations between fields."""
+
+from __future__ import annotations
+
+import re
+
+from .schema import Config
+from .typed import ConfigError
+
+__all__ = ["validate"]
+
+
+def _check(key: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def _positive(key: str, value, allow_zero: bool = False) -> None:
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate(config: Config) -> Config:
+    """Raise :class:`ConfigError` naming the first bad field; returns ``config`` unchanged."""
+    from .. import parameterizations, schedules, time_sampling, weighting
+    from ..networks import dit, unet
+    from ..sampling import SAMPLERS, SPACINGS
+
+    o = config.objective
+    _check("objective.schedule", schedules.get, o.schedule, **o.schedule_options)
+    _check("objective.parameterization", parameterizations.get, o.parameterization, **o.parameterization_options)
+    _check("objective.time_distribution", time_sampling.get, o.time_distribution, o.time_mode, **o.time_options)
+    _check("objective.weighting", weighting.get, o.weighting, **o.weighting_options)
+    if not 0.0 <= o.p_uncond < 1.0:
+        raise ConfigError(f"objective.p_uncond must be in [0, 1), got {o.p_uncond}")
+    _positive("objective.sigma_data", o.sigma_data)
+
+    presets = unet.PRESETS if config.network.kind == "unet" else dit.PRESETS
+    if config.network.preset not in presets:
+        raise ConfigError(f"network.preset: unknown {config.network.kind} preset {config.network.preset!r}; "
+                          f"choose one of {', '.join(presets)}")
+
+    opt = config.optim
+    _positive("optim.batch_size", opt.batch_size)
+    _positive("optim.accumulation", opt.accumulation)
+    if opt.batch_size % opt.accumulation:
+        raise ConfigError(f"optim.batch_size {opt.batch_size} must be a multiple of optim.accumulation "
+                          f"{opt.accumulation}")
+    _positive("optim.lr", opt.lr)
+    _positive("optim.warmup_images", opt.warmup_images, allow_zero=True)
+    _positive("optim.decay_images", opt.decay_images)
+    _positive("optim.grad_clip", opt.grad_clip)
+
+    if not config.ema.half_lives:
+        raise ConfigError("ema.half_lives: at least one EMA is needed (name: half-life in images)")
+    for name, half_life in config.ema.half_lives.items():
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise ConfigError(f"ema.half_lives: EMA name {name!r} may use only letters, digits, '_' and '-'")
+        if not isinstance(half_life, (int, float)) or isinstance(half_life, bool) or half_life <= 0:
+            raise ConfigError(f"ema.half_lives.{name}: expected a positive number of images, got {half_life!r}")
+    _positive("ema.rampup", config.ema.rampup)
+
+    r = config.run
+    for key in ("total_images", "checkpoint_every", "keep_checkpoints", "log_every", "milestone_every",
+                "sample_every"):
+        _positive(f"run.{key}", getattr(r, key))
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", r.device):
+        raise ConfigError(f"run.device: {r.device!r} is not a device; use cpu, cuda or cuda:N")
+
+    s = config.sample
+    if s.sampler not in SAMPLERS:
+        raise ConfigError(f"sample.sampler: unknown sampler {s.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if s.spacing not in SPACINGS:
+        raise ConfigError(f"sample.spacing: unknown spacing {s.spacing!r}; choose one of {', '.join(SPACINGS)}")
+    _positive("sample.steps", s.steps)
+    _positive("sample.grid_columns", s.grid_columns)
+    if s.ema is not None and s.ema not in config.ema.half_lives:
+        raise ConfigError(f"sample.ema: no EMA named {s.ema!r}; this config has {', '.join(config.ema.half_lives)}")
+
+    d = config.data
+    if d.channels not in (None, 1, 3):
+        raise ConfigError(f"data.channels must be 1, 3 or null, got {d.channels}")
+    _positive("data.resolution", d.resolution)
+    _positive("data.limit", d.limit)
+    _positive("data.workers", d.workers, allow_zero=True)
+    return config

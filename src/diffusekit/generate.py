@@ -1,0 +1,132 @@
+"""Generating images from a trained model: checkpoint loading, per-sample seeds, classifier-free guidance.
+
+- :func:`load_model` rebuilds the network exactly as trained from a checkpoint (or a run directory's
+  newest valid one) and returns a denoiser around the chosen EMA (or the raw weights).
+- :func:`generate` draws ``n`` images. Sample i starts from noise seeded by ``(seed, i)``, so an image
+  does not depend on which other images are drawn, nor on the batch size beyond float rounding (batched
+  convolutions may sum in another order) for the deterministic samplers; stochastic ones also draw
+  per-batch noise seeded by ``(seed, first index)``. The same call always gives the same output.
+- Guidance (Ho & Salimans 2022): ``x0 = x0_uncond + w (x0_cond - x0_uncond)``; ``w = 1`` is the plain
+  conditional model and costs one network call, otherwise the conditional and null-class halves go
+  through the network as one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .config import Config, from_dict
+from .denoiser import Denoiser
+from .sampling import sample, timesteps
+from .training.build import build_denoiser, build_network
+from .training.checkpoint import CheckpointError, latest_valid, load_checkpoint
+
+__all__ = ["LoadedModel", "load_model", "generate", "class_major_labels", "resolve_checkpoint"]
+
+
+@dataclass
+class LoadedModel:
+    denoiser: Denoiser
+    config: Config
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    class_names: list[str]
+    cur_nimg: int
+    checkpoint: Path
+    weights: str  # the EMA name or "model"
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or the newest valid checkpoint of a run directory."""
+    path = Path(path)
+    if (path / "meta.json").exists():
+        return path
+    for directory in (path / "checkpoints", path):
+        if directory.is_dir():
+            found = latest_valid(directory)
+            if found is not None:
+                return found
+    raise CheckpointError(f"{path} is neither a checkpoint nor a run directory with a valid checkpoint")
+
+
+def load_model(path: str | Path, ema: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """``ema``: an EMA name, ``"model"`` for the raw weights, or None for the config's ``sample.ema`` (else the
+    first EMA)."""
+    checkpoint = resolve_checkpoint(path)
+    cur_nimg, model_state, ema_states, state = load_checkpoint(checkpoint)
+    config = from_dict(Config, state["config"])
+    info = state["data_info"]
+    name = ema or config.sample.ema or next(iter(ema_states), "model")
+    if name == "model":
+        weights = model_state
+    elif name in ema_states:
+        weights = ema_states[name]
+    else:
+        raise ValueError(f"{checkpoint} has no EMA named {name!r}; it has {', '.join(ema_states) or 'none'} "
+                         "(or 'model' for the raw weights)")
+    network = build_network(config.network, tuple(info["image_shape"]), info["num_classes"])
+    network.load_state_dict(weights)
+    network.to(device, torch.float32).eval().requires_grad_(False)
+    return LoadedModel(build_denoiser(config, network), config, tuple(info["image_shape"]), info["num_classes"],
+                       list(info["class_names"]), cur_nimg, checkpoint, name)
+
+
+def class_major_labels(n: int, num_classes: int) -> Tensor:
+    """Labels 0,0,..,1,1,.. covering the classes as evenly as possible (a grid row per class)."""
+    return torch.sort(torch.arange(n) % num_classes).values
+
+
+def _guided(denoiser: Denoiser, guidance: float, num_classes: int):
+    def denoise(x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        if cond is None or guidance == 1.0:
+            return denoiser(x, t, cond)
+        null = torch.full_like(cond, num_classes)
+        both = denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null]))
+        conditional, unconditional = both.chunk(2)
+        return unconditional + guidance * (conditional - unconditional)
+    return denoise
+
+
+def _noise(shape: tuple[int, ...], seed: int, first: int, count: int) -> Tensor:
+    out = torch.empty((count, *shape), dtype=torch.float32)
+    for j in range(count):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + first + j)
+        out[j] = torch.randn(shape, generator=g, dtype=torch.float32)
+    return out
+
+
+@torch.no_grad()
+def generate(denoiser: Denoiser, n: int, image_shape: tuple[int, int, int], *, labels: Tensor | None = None,
+             num_classes: int = 0, sampler: str = "multistep", steps: int = 20, spacing: str = "uniform",
+             guidance: float = 1.0, options: dict | None = None, seed: int = 0, batch_size: int = 250,
+             device: str | torch.device = "cpu", progress=None) -> Tensor:
+    """``n`` images, float32 [n, C, H, W] in (about) [-1, 1], on the CPU. ``labels``: [n] class indices for a
+    conditional model (None: unconditional, or the null class for a conditional one)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if labels is not None:
+        if not num_classes:
+            raise ValueError("class labels were given but the model is unconditional")
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if labels.shape != (n,) or labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(f"labels must be {n} class indices in 0..{num_classes - 1}")
+    if guidance != 1.0 and labels is None:
+        raise ValueError("guidance needs class labels (a conditional model and --class or class-major labels)")
+    schedule = denoiser.schedule
+    ts = timesteps(schedule, steps, spacing)
+    denoise = _guided(denoiser, guidance, num_classes)
+    out = []
+    for first in range(0, n, batch_size):
+        count = min(batch_size, n - first)
+        noise = _noise(image_shape, seed, first, count).to(device)
+        cond = {} if labels is None else {"cond": labels[first:first + count].to(device)}
+        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + first + 7_919)
+        x = sample(denoise, noise, ts, schedule, sampler, generator=generator, cond=cond, **(options or {}))
+        out.append(x.float().cpu())
+        if progress is not None:
+            progress(count)
+    return torch.cat(out)

