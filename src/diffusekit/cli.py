@@ -117,18 +117,17 @@ def _labels(args, model):
 
 
 def cmd_sample(args) -> int:
-    import numpy as np
     import torch
 
     from .generate import generate, load_model
-    from .images import make_grid, save_png, to_uint8
     from .monitor import ProgressBar
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    if out.suffix.lower() not in (".png", ".npz", ""):
-        raise CLIError(f"--out {out}: write a .png grid, a .npz array file or a directory of PNGs")
+    outs = [Path(o) for o in args.out]
+    for out in outs:
+        if out.suffix.lower() not in (".png", ".npz", ""):
+            raise CLIError(f"--out {out}: write a .png grid, a .npz array file or a directory of PNGs")
     device = args.device or "cpu"
     model = load_model(args.source, ema=args.ema, device=device)
     s = model.config.sample
@@ -149,28 +148,46 @@ def cmd_sample(args) -> int:
                           options=options, seed=args.seed, batch_size=args.batch_size, device=device,
                           progress=bar.update)
     wall = time.perf_counter() - started
-    if out.suffix.lower() == ".png":
-        columns = args.columns or (math.ceil(args.n / model.num_classes) if labels is not None and args.class_ is None
-                                   else math.ceil(math.sqrt(args.n)))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_png(make_grid(images, columns), out)
-    elif out.suffix.lower() == ".npz":
-        out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"checkpoint": str(model.checkpoint), "cur_nimg": model.cur_nimg, "weights": model.weights,
+            "sampler": sampler, "steps": steps, "guidance": guidance, "seed": args.seed, "options": options}
+    for out in outs:
+        _write_samples(out, images, labels, meta, args, class_major=labels is not None and args.class_ is None,
+                       num_classes=model.num_classes)
+    print(json.dumps({"out": [str(o) for o in outs], "n": args.n, "checkpoint": str(model.checkpoint),
+                      "weights": model.weights, "sampler": sampler, "steps": steps, "guidance": guidance,
+                      "wall_s": round(wall, 2)}),
+          file=sys.stderr)
+    return 0
+
+
+def _write_samples(out: Path, images, labels, meta: dict, args, class_major: bool, num_classes: int) -> None:
+    """One output: a .png grid (a row per class for class-major samples, at most --columns of each), a .npz
+    with the float images, labels (-1: unconditional) and the sampling metadata, or a directory of PNGs."""
+    import numpy as np
+    import torch
+
+    from .images import make_grid, save_png, to_uint8
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    suffix = out.suffix.lower()
+    if suffix == ".png":
+        if class_major and len(images) >= num_classes:
+            per_class = len(images) // num_classes
+            shown = min(per_class, args.columns or 10)
+            rows = [images[labels == c][:shown] for c in range(num_classes)]
+            save_png(make_grid(torch.cat(rows), shown), out)
+        else:
+            save_png(make_grid(images, args.columns or math.ceil(math.sqrt(len(images)))), out)
+    elif suffix == ".npz":
         tmp = out.with_name(f".{out.name}.tmp.npz")
-        meta = {"checkpoint": str(model.checkpoint), "cur_nimg": model.cur_nimg, "weights": model.weights,
-                "sampler": sampler, "steps": steps, "guidance": guidance, "seed": args.seed, "options": options}
-        np.savez(tmp, images=images.numpy(), labels=(labels if labels is not None else torch.full((args.n,), -1)
-                                                     ).numpy(), meta=json.dumps(meta))
+        stored = labels if labels is not None else torch.full((len(images),), -1)
+        np.savez(tmp, images=images.numpy(), labels=stored.numpy(), meta=json.dumps(meta))
         tmp.replace(out)
     else:
         out.mkdir(parents=True, exist_ok=True)
         pixels = to_uint8(images)
-        for i in range(args.n):
+        for i in range(len(images)):
             save_png(pixels[i], out / f"{i:06d}.png")
-    print(json.dumps({"out": str(out), "n": args.n, "checkpoint": str(model.checkpoint), "weights": model.weights,
-                      "sampler": sampler, "steps": steps, "guidance": guidance, "wall_s": round(wall, 2)}),
-          file=sys.stderr)
-    return 0
 
 
 # -- presets / info ---------------------------------------------------------------------------------
@@ -270,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="generate images from a run or checkpoint")
     s.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT")
     s.add_argument("--n", type=int, required=True, help="number of images")
-    s.add_argument("--out", required=True, help="FILE.png (grid), FILE.npz (float images + labels) or DIR (PNGs)")
+    s.add_argument("--out", required=True, action="append", help="FILE.png (grid; a row per class), FILE.npz (float "
+                   "images + labels + metadata) or DIR (one PNG per image); repeatable: one sampling, several outputs")
     s.add_argument("--sampler", help="sampler name (default: the run's sample.sampler)")
     s.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps)")
     s.add_argument("--spacing", help="time grid spacing: uniform, karras, logsnr, trailing")
@@ -280,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="image i uses noise seeded by (seed, i)")
     s.add_argument("--ema", help="EMA name, or 'model' for the raw weights (default: the run's sample.ema / first EMA)")
     s.add_argument("--batch-size", type=int, default=250)
-    s.add_argument("--columns", type=int, help="grid columns for .png output")
+    s.add_argument("--columns", type=int, help="grid columns for .png output (per class row: at most this many, "
+                   "default 10)")
     s.add_argument("--device", help="cpu, cuda or cuda:N")
     s.add_argument("--threads", type=int)
     s.add_argument("--quiet", action="store_true")

@@ -57,10 +57,14 @@ def linear(in_features: int, out_features: int, scale: float = 1.0) -> nn.Linear
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with at least 4 channels per group and at most 32 groups (EDM), eps 1e-6 (DDPM++)."""
+    """GroupNorm with at least 4 channels per group and at most 32 groups (EDM), eps 1e-6 (DDPM++). Where EDM's
+    ``min(32, channels // 4)`` does not divide the width (e.g. 144), the largest group count below it that does."""
     if channels < 4:
         raise ValueError(f"group norm needs at least 4 channels (4 per group), got {channels}")
-    return nn.GroupNorm(min(32, channels // 4), channels, eps=1e-6)
+    groups = min(32, channels // 4)
+    while channels % groups:
+        groups -= 1
+    return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
 class Resample(nn.Module):
