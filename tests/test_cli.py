@@ -127,3 +127,28 @@ def test_python_dash_m_help():
     out = subprocess.run([sys.executable, "-m", "diffusekit", "train", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "--resume" in out and "--set" in out
+
+
+def test_train_on_an_image_folder_with_class_subfolders(tmp_path):
+    rng = np.random.default_rng(0)
+    for label in ("cats", "dogs"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / label / f"{i}.png")
+    run_dir = tmp_path / "run"
+    argv = ["train", "--preset", "tiny", "--quiet", "--threads", "1", "--run-dir", str(run_dir), "--data",
+            str(tmp_path / "data"), "--images", "32", "--set", "data.resolution=8", "--set", "data.limit=null",
+            "--set", "network.options.attn_resolutions=[4]"]
+    assert main(argv) == 0
+    assert main(["sample", str(run_dir), "--n", "4", "--steps", "2", "--class", "dogs", "--quiet",
+                 "--out", str(tmp_path / "dogs.npz"), "--out", str(tmp_path / "dogs.png")]) == 0
+    samples = np.load(tmp_path / "dogs.npz")
+    assert samples["images"].shape == (4, 3, 8, 8) and set(samples["labels"].tolist()) == {1}
+    assert Image.open(tmp_path / "dogs.png").mode == "RGB"
+
+
+def test_class_major_png_shows_a_row_per_class(run, tmp_path):
+    assert main(["sample", str(run), "--n", "40", "--steps", "2", "--quiet", "--columns", "3",
+                 "--out", str(tmp_path / "g.png")]) == 0
+    assert Image.open(tmp_path / "g.png").size == (2 + 3 * 18, 2 + 10 * 18)  # 10 rows of the first 3 per class

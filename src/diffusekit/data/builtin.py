@@ -58,7 +58,10 @@ class ImageArrays:
         """Images as float NCHW in [-1, 1] and labels, for the given indices (all by default)."""
         images = self.images if indices is None else self.images[np.asarray(indices)]
         labels = self.labels if indices is None else self.labels[np.asarray(indices)]
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        images = np.ascontiguousarray(images)
+        if not images.flags.writeable:  # arrays read straight from a file buffer; torch wants writable memory
+            images = images.copy()
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
         return x, torch.from_numpy(np.asarray(labels, dtype=np.int64))
 
 

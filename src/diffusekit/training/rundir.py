@@ -207,5 +207,7 @@ class RunDirectory:
         records = [r for r in read_metrics(self.path / "metrics.jsonl") if isinstance(r.get("loss"), float)]
         if len(records) < 2:
             return None
+        # TensorBoard-style smoothing; lighter for short runs, where 0.9 would lag far behind the raw curve
+        smoothing = 0.9 if len(records) >= 200 else 0.6
         return plot_loss_curve(self.path / "loss.png", [r["cur_nimg"] for r in records],
-                               [r["loss"] for r in records])
+                               [r["loss"] for r in records], smoothing=smoothing)
