@@ -324,6 +324,6 @@ def main(argv=None) -> int:
 
     try:
         return args.func(args)
-    except (CLIError, ConfigError, DatasetNotInstalled, CheckpointError, FileNotFoundError) as e:
+    except (CLIError, ConfigError, DatasetNotInstalled, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"diffusekit {args.command}: error: {e}", file=sys.stderr)
         return 2

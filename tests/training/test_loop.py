@@ -71,3 +71,14 @@ def test_bad_config():
         _config("optim.batch_size=10", "optim.accumulation=4")
     with pytest.raises(ConfigError, match="p_uncond"):
         _config("objective.p_uncond=1.0")
+
+
+def test_resuming_a_checkpoint_of_another_network_is_refused(tmp_path):
+    torch.set_default_dtype(torch.float32)
+    try:
+        train(_config("run.total_images=32", "run.checkpoint_every=32"), _data(), tmp_path / "a")
+        other = Trainer(_config("network.options={model_channels: 16}"), _data(), tmp_path / "b")
+        with pytest.raises(ValueError, match="another network"):
+            other.resume(latest_valid(tmp_path / "a" / "checkpoints"))
+    finally:
+        torch.set_default_dtype(torch.float64)

@@ -93,8 +93,12 @@ class Trainer:
         if state.get("data_size", len(self.data)) != len(self.data):
             raise ValueError(f"{path} was trained on {state['data_size']} images, this dataset has {len(self.data)}: "
                              "resume with the same data or start a new run")
-        self.network.load_state_dict(model_state)
-        self.emas.load_state_dicts(ema_states)
+        try:
+            self.network.load_state_dict(model_state)
+            self.emas.load_state_dicts(ema_states)
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(f"{path} holds weights of another network or EMA set than this config builds "
+                             f"(resume it with the config it was trained with): {e}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
