@@ -17,6 +17,9 @@ Configurations, per width (``full``: 128, ``half``: 64 channels at 32x32):
   (resolutions, top width, blocks per resolution, attention at 16x16 and dropout kept), whose forward FLOPs
   are closest to diffusers' at that width.
 
+- ``ours ... + conv resampling``: the preset with ``resample_block="conv"`` (DDPM's strided / nearest-upsampling
+  3x3 convs instead of DDPM++ residual resampling blocks): diffusers' layout and widths, FLOPs within ~1%.
+
 Our U-Net is timed both in the default (contiguous) and in the ``channels_last`` memory format; the faster
 one is marked as used. All models of one width are timed in interleaved rounds (round r runs step r of
 every model, in a rotating order), so that load from other processes hits all of them alike.
@@ -360,13 +363,13 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
         ours = [r for r in rows if r["width"] == width and r.get("used") and "ratio" in r]
         for r in ours:
             rt = r["ratio"]
-            if r["role"] == "matched":
+            if r["role"] in ("matched", "layout"):
                 slower = rt["train_img_s"] < 1
                 what = f"train img/s ratio {rt['train_img_s']:.2f} at FLOP ratio {rt['flops']:.3f}"
             else:
                 slower = rt["achieved_gflops"] < 1
                 what = f"achieved-GFLOP/s ratio {rt['achieved_gflops']:.2f} (FLOP ratio {rt['flops']:.3f})"
-            change = (rt["train_img_s"] if r["role"] == "matched" else rt["achieved_gflops"]) - 1
+            change = (rt["train_img_s"] if r["role"] in ("matched", "layout") else rt["achieved_gflops"]) - 1
             out.append(f"width {width}, {r['label']}: {what} -> ours is {'SLOWER' if slower else 'not slower'} "
                        f"({change:+.1%})")
     return out
@@ -459,6 +462,9 @@ def main(argv=None) -> int:
             mult = ",".join(map(str, matched["channel_mult"]))
             proj = "" if matched["resample_proj"] else ", no resample_proj"
             configs.append(("matched", f"ours FLOP-matched ({width}; mult {mult}{proj})", matched))
+        # The same layout as diffusers: the preset with DDPM's single-conv resampling (FLOPs within ~1%).
+        configs.append(("layout", f"ours {PRESET} + conv resampling ({width})",
+                        ours_kwargs(width, resample_block="conv")))
         for role, label, kwargs in configs:
             base = build_ours(kwargs)
             for fmt in args.formats:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusekit.networks.layers import Resample, SelfAttention, UNetBlock
+from diffusekit.networks.layers import ConvResample, Resample, SelfAttention, UNetBlock
 from diffusekit.networks.unet import PRESETS, UNet
 
 # EDM's CIFAR-10 DDPM++ network (NVlabs/edm training/networks.py SongUNet with train.py --arch=ddpmpp).
@@ -66,6 +66,7 @@ def test_ddpm_cifar10_runs():
         dict(model_channels=16, num_heads=None, channels_per_head=8, attn_resolutions=(16, 8)),
         dict(resample_filter=(1, 3, 3, 1), resample_proj=False),
         dict(img_resolution=8, channel_mult=(1,), attn_resolutions=()),
+        dict(resample_block="conv", num_blocks=2),
     ],
 )
 def test_output_shape(overrides):
@@ -189,3 +190,26 @@ def test_forward_errors():
         net(x, noise_cond, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="class labels must have shape"):
         tiny(num_classes=4)(x, noise_cond, torch.tensor([0, 1, 2]))
+
+
+def test_conv_resampling_is_ddpms_strided_and_nearest_convs():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 8)
+    down, up = ConvResample("down", 4), ConvResample("up", 4)
+    expected_down = F.conv2d(x, down.conv.weight, down.conv.bias, stride=2, padding=1)
+    expected_up = F.conv2d(x.repeat_interleave(2, -1).repeat_interleave(2, -2), up.conv.weight, up.conv.bias, padding=1)
+    assert torch.allclose(down(x, None), expected_down) and down(x).shape == (2, 4, 4, 4)
+    assert torch.allclose(up(x, None), expected_up) and up(x).shape == (2, 4, 16, 16)
+    with pytest.raises(ValueError, match="resample mode"):
+        ConvResample("sideways", 4)
+
+
+def test_conv_resample_block_replaces_the_residual_resampling_blocks():
+    with torch.device("meta"):
+        residual = UNet.from_preset("ddpm_cifar10")
+        conv = UNet.from_preset("ddpm_cifar10", resample_block="conv")
+    resamplers = [b for b in [*conv.encoder, *conv.decoder] if isinstance(b, ConvResample)]
+    assert [b.mode for b in resamplers] == ["down"] * 3 + ["up"] * 3
+    assert n_params(conv) < n_params(residual)
+    with pytest.raises(ValueError, match="unknown resample_block 'fir'"):
+        UNet.from_preset("tiny", resample_block="fir")

@@ -101,6 +101,25 @@ class Resample(nn.Module):
         return F.conv_transpose2d(x, weight, stride=2, padding=self.padding, groups=x.shape[1])
 
 
+class ConvResample(nn.Module):
+    """DDPM's resampling (Ho et al. 2020; diffusers' ``Downsample2D`` / ``Upsample2D``): a 3x3 convolution with
+    stride 2 down, nearest-neighbour x2 then a 3x3 convolution up. Takes ``(x, emb)`` like a block and
+    ignores the embedding, so it can stand in the U-Net where DDPM++ puts a residual resampling block."""
+
+    def __init__(self, mode: str, channels: int):
+        super().__init__()
+        if mode not in ("up", "down"):
+            raise ValueError(f"resample mode must be 'up' or 'down', got {mode!r}")
+        self.mode = mode
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2 if mode == "down" else 1, padding=1)
+        init_xavier_uniform(self.conv)
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        if self.mode == "up":
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(x)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention over pixels, as a residual branch (DDPM's attention block)."""
 

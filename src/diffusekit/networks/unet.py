@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusekit.networks.embeddings import ClassEmbedding, get_noise_embedding
-from diffusekit.networks.layers import NEAR_ZERO_INIT, UNetBlock, conv2d, group_norm, linear
+from diffusekit.networks.layers import NEAR_ZERO_INIT, ConvResample, UNetBlock, conv2d, group_norm, linear
 
 __all__ = ["UNet", "PRESETS"]
 
@@ -80,6 +80,7 @@ class UNet(nn.Module):
         channels_per_head: int = 64,
         resample_filter: tuple[int, ...] = (1, 1),
         resample_proj: bool = True,
+        resample_block: str = "residual",
     ):
         """
         Args:
@@ -97,6 +98,9 @@ class UNet(nn.Module):
             num_heads: attention heads; ``None`` means ``channels // channels_per_head``.
             resample_filter: separable FIR filter for resampling (``(1, 1)`` DDPM++, ``(1, 3, 3, 1)`` NCSN++).
             resample_proj: 1x1 conv on the skip path of every resampling block (EDM's resample_proj).
+            resample_block: ``"residual"``: DDPM++ resamples inside a residual block (EDM's SongUNet);
+                ``"conv"``: DDPM's single strided / nearest-upsampling 3x3 conv (Ho et al. 2020), the layout
+                of diffusers' ``UNet2DModel`` (fewer FLOPs).
         """
         super().__init__()
         levels = len(channel_mult)
@@ -111,6 +115,8 @@ class UNet(nn.Module):
             raise ValueError(f"attn_resolutions {unknown} are not among the U-Net resolutions {resolutions}")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0 (0 = unconditional), got {num_classes}")
+        if resample_block not in ("residual", "conv"):
+            raise ValueError(f"unknown resample_block {resample_block!r}; choose 'residual' or 'conv'")
         self.img_resolution, self.in_channels, self.out_channels = img_resolution, in_channels, out_channels
         self.num_classes = num_classes
 
@@ -122,7 +128,9 @@ class UNet(nn.Module):
         self.map_layer0 = linear(noise_channels, emb_channels)
         self.map_layer1 = linear(emb_channels, emb_channels)
 
-        def block(cin: int, cout: int, res: int, **kwargs: Any) -> UNetBlock:
+        def block(cin: int, cout: int, res: int, **kwargs: Any) -> UNetBlock | ConvResample:
+            if kwargs.get("resample") is not None and resample_block == "conv":
+                return ConvResample(kwargs["resample"], cin)  # resampling keeps the width (cin == cout)
             heads = num_heads if num_heads is not None else cout // channels_per_head
             kwargs.setdefault("attention", res in attn_resolutions)
             return UNetBlock(
