@@ -119,6 +119,7 @@ def _labels(args, model):
 def cmd_sample(args) -> int:
     import torch
 
+    from .config import parse_override
     from .generate import generate, load_model
     from .monitor import ProgressBar
 
@@ -134,8 +135,6 @@ def cmd_sample(args) -> int:
     sampler = args.sampler or s.sampler
     options = dict(s.options) if sampler == s.sampler else {}
     for text in args.option:
-        from .config import parse_override
-
         keys, value = parse_override(text)
         options[".".join(keys)] = value
     labels = _labels(args, model)
