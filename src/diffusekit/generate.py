@@ -103,9 +103,10 @@ def _noise(shape: tuple[int, ...], seed: int, first: int, count: int) -> Tensor:
 def generate(denoiser: Denoiser, n: int, image_shape: tuple[int, int, int], *, labels: Tensor | None = None,
              num_classes: int = 0, sampler: str = "multistep", steps: int = 20, spacing: str = "uniform",
              guidance: float = 1.0, options: dict | None = None, seed: int = 0, batch_size: int = 250,
-             device: str | torch.device = "cpu", progress=None) -> Tensor:
+             device: str | torch.device = "cpu", progress=None, first: int = 0) -> Tensor:
     """``n`` images, float32 [n, C, H, W] in (about) [-1, 1], on the CPU. ``labels``: [n] class indices for a
-    conditional model (None: unconditional, or the null class for a conditional one)."""
+    conditional model (None: unconditional, or the null class for a conditional one). ``first``: the index
+    of the first image, so a shard (images first..first+n-1) equals that slice of one big call."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if labels is not None:
@@ -120,11 +121,11 @@ def generate(denoiser: Denoiser, n: int, image_shape: tuple[int, int, int], *, l
     ts = timesteps(schedule, steps, spacing)
     denoise = _guided(denoiser, guidance, num_classes)
     out = []
-    for first in range(0, n, batch_size):
-        count = min(batch_size, n - first)
-        noise = _noise(image_shape, seed, first, count).to(device)
-        cond = {} if labels is None else {"cond": labels[first:first + count].to(device)}
-        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + first + 7_919)
+    for start in range(0, n, batch_size):
+        count = min(batch_size, n - start)
+        noise = _noise(image_shape, seed, first + start, count).to(device)
+        cond = {} if labels is None else {"cond": labels[start:start + count].to(device)}
+        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + first + start + 7_919)
         x = sample(denoise, noise, ts, schedule, sampler, generator=generator, cond=cond, **(options or {}))
         out.append(x.float().cpu())
         if progress is not None:

@@ -9,12 +9,22 @@ from __future__ import annotations
 
 from .files import dump_yaml, read_file, write_yaml
 from .presets import PRESETS, preset
-from .schema import Config, DataConfig, EMAConfig, NetworkConfig, ObjectiveConfig, OptimConfig, RunConfig, SampleConfig
+from .schema import (
+    Config,
+    DataConfig,
+    EMAConfig,
+    EvalConfig,
+    NetworkConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    RunConfig,
+    SampleConfig,
+)
 from .typed import ConfigError, apply_override, from_dict, merge, parse_override, to_dict
 from .validate import validate
 
 __all__ = ["Config", "DataConfig", "ObjectiveConfig", "NetworkConfig", "OptimConfig", "EMAConfig", "RunConfig",
-           "SampleConfig", "ConfigError", "PRESETS", "preset", "resolve", "from_dict", "to_dict", "merge",
+           "SampleConfig", "EvalConfig", "ConfigError", "PRESETS", "preset", "resolve", "from_dict", "to_dict", "merge",
            "apply_override", "parse_override", "read_file", "write_yaml", "dump_yaml", "validate"]
 
 

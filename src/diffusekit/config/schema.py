@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = ["Config", "DataConfig", "ObjectiveConfig", "NetworkConfig", "OptimConfig", "EMAConfig", "RunConfig",
-           "SampleConfig"]
+           "SampleConfig", "EvalConfig"]
 
 
 @dataclass
@@ -94,6 +94,31 @@ class SampleConfig:
 
 
 @dataclass
+class EvalConfig:
+    """In-training evaluation. FID/KID every ``every`` images from ``num_samples`` EMA samples (the same seeds
+    each time) against cached reference statistics; per-noise-level training and validation losses every
+    ``loss_every`` images."""
+
+    every: int | None = None  # images between FID/KID evaluations (None: none)
+    metrics: str = "fid,kid"  # comma-separated: fid, kid, precision_recall
+    num_samples: int = 1000
+    extractor: Literal["inception", "inception-fast"] = "inception-fast"  # fast: NOT comparable to published FIDs
+    extractor_resolution: int | None = None  # inception-fast input size (None: 128)
+    preprocess: Literal["pytorch", "tf"] = "pytorch"
+    reference: str | None = None  # statistics .npz (diffusekit ref-stats); None: computed from the dataset, cached
+    reference_split: str = "test"  # the dataset split of the computed reference (image folders: train)
+    reference_count: int | None = None  # reference images (None: num_samples)
+    steps: int | None = None  # sampler steps for evaluation (None: sample.steps)
+    guidance: float | None = None  # None: sample.guidance
+    patience: int | None = None  # stop training after this many evaluations without a better FID (None: never)
+    keep_best: bool = True  # keep the checkpoint with the best FID in <run>/best/
+    loss_every: int | None = 5_000  # images between per-noise-level losses (None: none)
+    loss_bins: int = 8  # log-SNR bins
+    loss_per_bin: int = 64  # images per bin and set (train / validation)
+    validation: str = "test"  # held-out split for the validation loss; "none": training loss only
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -102,3 +127,4 @@ class Config:
     ema: EMAConfig = field(default_factory=EMAConfig)
     run: RunConfig = field(default_factory=RunConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -70,6 +70,23 @@ def validate(config: Config) -> Config:
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", r.device):
         raise ConfigError(f"run.device: {r.device!r} is not a device; use cpu, cuda or cuda:N")
 
+    e = config.eval
+    for key in ("every", "num_samples", "extractor_resolution", "reference_count", "steps", "patience", "loss_every",
+                "loss_bins", "loss_per_bin"):
+        _positive(f"eval.{key}", getattr(e, key))
+    metrics = [m.strip() for m in e.metrics.split(",") if m.strip()]
+    bad = [m for m in metrics if m not in ("fid", "kid", "precision_recall")]
+    if bad or not metrics:
+        raise ConfigError(f"eval.metrics: unknown {', '.join(bad) or '(none)'}; choose from fid, kid, precision_recall")
+    if e.patience is not None and "fid" not in metrics:
+        raise ConfigError("eval.patience stops on FID: add fid to eval.metrics")
+    if e.extractor_resolution is not None and e.extractor_resolution < 75:
+        raise ConfigError(f"eval.extractor_resolution must be >= 75 (Inception-v3), got {e.extractor_resolution}")
+    if e.num_samples < 2 or (e.reference_count is not None and e.reference_count < 2):
+        raise ConfigError("eval.num_samples and eval.reference_count must be >= 2 (a covariance needs 2 samples)")
+    if e.validation not in ("test", "train", "none"):
+        raise ConfigError(f"eval.validation: choose test, train or none, got {e.validation!r}")
+
     s = config.sample
     if s.sampler not in SAMPLERS:
         raise ConfigError(f"sample.sampler: unknown sampler {s.sampler!r}; choose one of {', '.join(SAMPLERS)}")

@@ -14,6 +14,7 @@ CLI), so the loop itself stays free of file formats.
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from .batches import BatchStream
 from .build import build_denoiser, build_loss, build_network
 from .checkpoint import latest_valid, load_checkpoint, prune, save_checkpoint
 from .ema import EMASet
+from .evaluation import TrainingEvaluator
 from .optim import LRSchedule, make_optimizer
 
 __all__ = ["Trainer", "train", "data_info"]
@@ -64,6 +66,8 @@ class Trainer:
                              ref_images=decay_images)
         self.emas = EMASet(self.network, config.ema.half_lives, config.ema.rampup)
         self.generator = torch.Generator().manual_seed(config.run.seed + 1)
+        self.evaluator = TrainingEvaluator(config, data)
+        self.run_dir = Path(run_dir)
         self.cur_nimg = 0
         self._batches = None
         self._data_position = 0
@@ -73,7 +77,8 @@ class Trainer:
         state = {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
                  "torch_rng": torch.get_rng_state(), "data_position": self._data_position,
                  "data_size": len(self.data), "time_sampler": self.loss.time_sampler.state_dict(),
-                 "config": to_dict(self.config), "data_info": self.info}
+                 "config": to_dict(self.config), "data_info": self.info,
+                 "evaluation": self.evaluator.state_dict()}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -82,6 +87,14 @@ class Trainer:
         path = save_checkpoint(self.checkpoint_dir, self.cur_nimg, self.network.state_dict(),
                                self.emas.state_dicts(), self.training_state())
         prune(self.checkpoint_dir, self.config.run.keep_checkpoints, self.config.run.milestone_every)
+        return path
+
+    def save_best(self) -> Path:
+        """The current weights as ``<run>/best/ckpt-*`` (only the newest is kept): the best model by FID."""
+        directory = self.run_dir / "best"
+        path = save_checkpoint(directory, self.cur_nimg, self.network.state_dict(), self.emas.state_dicts(),
+                               self.training_state())
+        prune(directory, 1, None)
         return path
 
     def resume(self, path: str | Path | None = None) -> bool:
@@ -106,6 +119,7 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self._data_position = int(state["data_position"])
         self.loss.time_sampler.load_state_dict(state["time_sampler"])
+        self.evaluator.load_state_dict(state.get("evaluation", {}))
         self.cur_nimg, self._batches = cur_nimg, None
         return True
 
@@ -152,11 +166,21 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------
     def run(self, until_images: int | None = None, hooks=None) -> None:
-        """Train until ``until_images`` (at most the configured total). ``hooks`` may define
-        ``on_step(trainer, loss)``, ``on_log(trainer, record)``, ``on_sample(trainer)`` and
-        ``on_checkpoint(trainer, path)``."""
-        run = self.config.run
+        """Train until ``until_images`` (at most the configured total) or until evaluation stops the run
+        (``eval.patience``). ``hooks`` may define ``on_step(trainer, loss)``, ``on_log(trainer, record)``,
+        ``on_evaluate(trainer, record)``, ``on_sample(trainer)``, ``on_checkpoint(trainer, path)`` and
+        ``log(message)``.
+
+        Order at an image count: log, evaluate, sample grid, checkpoint. Evaluation comes before the
+        checkpoint so that the checkpoint holds its outcome (best FID, early-stopping count)."""
+        run, ev = self.config.run, self.config.eval
+        self.evaluator.log = getattr(hooks, "log", None)
         until = min(until_images or run.total_images, run.total_images)
+        if self.evaluator.should_stop:
+            _call(hooks, "log", f"stopped early before: FID has not improved for {self.evaluator.since_best} "
+                                f"evaluations (best {self.evaluator.best_fid:.4g} at {self.evaluator.best_nimg:,} "
+                                "images); raise eval.patience to continue")
+            return
         self.network.train()
         loss_sum, loss_count = torch.zeros((), device=self.device), 0
         while self.cur_nimg < until:
@@ -172,11 +196,31 @@ class Trainer:
                 loss_sum.zero_()
                 loss_count = 0
                 _call(hooks, "on_log", self, record)
+            if ev.loss_every and (_crossed(before, self.cur_nimg, ev.loss_every) or final):
+                started = time.perf_counter()
+                record = self.evaluator.noise_levels(self)
+                _call(hooks, "on_evaluate", self, {"cur_nimg": self.cur_nimg, **record,
+                                                   "eval_s": round(time.perf_counter() - started, 3)})
+            stop = False
+            if ev.every and (_crossed(before, self.cur_nimg, ev.every) or final):
+                started = time.perf_counter()
+                record = self.evaluator.sample_metrics(self)
+                if record["improved"] and ev.keep_best:
+                    record["best_checkpoint"] = str(self.save_best())
+                _call(hooks, "on_evaluate", self, {"cur_nimg": self.cur_nimg, **record,
+                                                   "eval_s": round(time.perf_counter() - started, 3)})
+                stop = self.evaluator.should_stop
+            self.network.train()
             sample_every = run.sample_every or run.checkpoint_every
-            if _crossed(before, self.cur_nimg, sample_every) or final:
+            if _crossed(before, self.cur_nimg, sample_every) or final or stop:
                 _call(hooks, "on_sample", self)
-            if _crossed(before, self.cur_nimg, run.checkpoint_every) or final:
+            if _crossed(before, self.cur_nimg, run.checkpoint_every) or final or stop:
                 _call(hooks, "on_checkpoint", self, self.save())
+            if stop:
+                _call(hooks, "log", f"early stop at {self.cur_nimg:,} images: FID has not improved for "
+                                    f"{self.evaluator.since_best} evaluations (best {self.evaluator.best_fid:.4g} "
+                                    f"at {self.evaluator.best_nimg:,})")
+                break
 
 
 def _call(hooks, name: str, *args) -> None:

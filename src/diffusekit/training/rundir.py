@@ -38,10 +38,10 @@ from .build import build_denoiser
 
 __all__ = ["RunDirectory", "RESUMABLE_KEYS", "config_differences", "environment", "stored_config"]
 
-# Fields a resumed run may change: durations, intervals, where and how fast it runs, how it samples.
+# Fields a resumed run may change: durations, intervals, where and how fast it runs, how it samples and evaluates.
 RESUMABLE_KEYS = ("run.total_images", "run.checkpoint_every", "run.keep_checkpoints", "run.milestone_every",
                   "run.log_every", "run.sample_every", "run.device", "run.precision", "run.compile", "data.workers",
-                  "sample.")
+                  "sample.", "eval.")
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:
@@ -168,6 +168,29 @@ class RunDirectory:
                                      trainer.cur_nimg)
         if self.progress is not None:
             self.progress.set_postfix(loss=record["loss"])
+
+    def on_evaluate(self, trainer, record: dict) -> None:
+        """FID/KID or per-noise-level records: into metrics.jsonl and TensorBoard (``eval/...``, ``noise/...``)."""
+        started = time.perf_counter()
+        self.metrics.append(record)
+        scalars = {(k if k.startswith("noise/") else f"eval/{k}"): v for k, v in record.items()
+                   if k != "cur_nimg" and isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None}
+        self.tensorboard.add_scalars(scalars, trainer.cur_nimg)
+        if "fid" in record:
+            message = (f"{trainer.cur_nimg:,} images: FID {record['fid']:.3f} ({record['extractor']}, "
+                       f"{record['num_samples']} samples), best {record['best_fid']:.3f} at {record['best_nimg']:,}")
+            self.log(message)
+            if self.progress is not None:
+                self.progress.set_postfix(fid=round(record["fid"], 2))
+        # evaluation time is not training time: keep it out of img/s
+        last_time, last_nimg = self._last
+        self._last = (last_time + record.get("eval_s", 0.0) + time.perf_counter() - started, last_nimg)
+
+    def log(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.write(message)
+        else:
+            print(message, file=sys.stderr)
 
     def on_sample(self, trainer) -> Path:
         started = time.perf_counter()

@@ -1,0 +1,169 @@
+"""Evaluating a model: reproducible, shardable sampling, then FID / KID / precision-recall / memorization.
+
+Sampling for evaluation draws image i from noise seeded by ``(seed, i)`` with label ``i``'s class in a
+class-balanced, class-major order (100 per class for 1000 MNIST samples), so a number can be reproduced
+exactly and split across ranks: rank r of W takes batches r, r + W, ... (:func:`shard_batches`) and the
+union over ranks is the single-process sample set. Metric computations take uint8 images, so what is
+measured is what a PNG of the samples would hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..generate import class_major_labels, generate
+from .features import array_batches, compute_stats
+from .fid import fid_from_stats
+from .inception import InceptionV3, quantize
+from .kid import kid
+from .stats import FeatureStats, check_compatible
+
+__all__ = ["SamplingSettings", "shard_batches", "sample_for_evaluation", "feature_metrics", "METRICS"]
+
+METRICS = ("fid", "kid", "precision_recall", "memorization")
+
+
+@dataclass
+class SamplingSettings:
+    sampler: str = "multistep"
+    steps: int = 20
+    spacing: str = "uniform"
+    guidance: float = 1.0
+    options: dict = field(default_factory=dict)
+    seed: int = 0
+    batch_size: int = 250
+
+    @classmethod
+    def from_config(cls, sample, **overrides) -> SamplingSettings:
+        """The run's ``sample`` section with ``overrides`` (None values keep the run's own). Options belong to
+        the run's sampler and are dropped when another sampler is chosen."""
+        values = {"sampler": sample.sampler, "steps": sample.steps, "spacing": sample.spacing,
+                  "guidance": sample.guidance, "options": dict(sample.options)}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["sampler"] != sample.sampler and "options" not in overrides:
+            values["options"] = {}
+        return cls(**values)
+
+    def describe(self) -> dict:
+        return {"sampler": self.sampler, "steps": self.steps, "spacing": self.spacing, "guidance": self.guidance,
+                "options": self.options, "seed": self.seed}
+
+
+def shard_batches(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[tuple[int, int]]:
+    """(first index, count) of the batches rank ``rank`` of ``world_size`` draws: batches r, r + W, ..."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
+    batches = [(first, min(batch_size, n - first)) for first in range(0, n, batch_size)]
+    return batches[rank::world_size]
+
+
+def sample_for_evaluation(denoiser, image_shape: tuple[int, int, int], num_classes: int, n: int,
+                          settings: SamplingSettings, *, device: str | torch.device = "cpu", rank: int = 0,
+                          world_size: int = 1, progress=None) -> tuple[Tensor, Tensor | None, Tensor]:
+    """This rank's share of the ``n`` evaluation samples: (uint8 NCHW images, labels or None, sample indices)."""
+    if n < 1:
+        raise ValueError(f"the number of samples must be >= 1, got {n}")
+    labels = class_major_labels(n, num_classes) if num_classes else None
+    guidance = settings.guidance if labels is not None else 1.0
+    images, indices = [], []
+    for first, count in shard_batches(n, settings.batch_size, rank, world_size):
+        batch = generate(denoiser, count, image_shape, labels=None if labels is None else labels[first:first + count],
+                         num_classes=num_classes, sampler=settings.sampler, steps=settings.steps,
+                         spacing=settings.spacing, guidance=guidance, options=settings.options, seed=settings.seed,
+                         batch_size=count, device=device, first=first)
+        images.append(quantize(batch))
+        indices.append(torch.arange(first, first + count))
+        if progress is not None:
+            progress(count)
+    index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)
+    out = torch.cat(images) if images else torch.zeros((0, *image_shape), dtype=torch.uint8)
+    return out, (None if labels is None else labels[index]), index
+
+
+def feature_metrics(images: Tensor, metrics: tuple[str, ...], reference: FeatureStats, extractor: InceptionV3, *,
+                    batch_size: int = 50, kid_subsets: int = 100, kid_subset_size: int = 1000, pr_k: int = 3,
+                    progress=None) -> tuple[dict, FeatureStats]:
+    """FID / KID / precision-recall of uint8 ``images`` against ``reference`` (statistics with features for
+    KID and precision-recall). Returns (results, the samples' statistics)."""
+    unknown = sorted(set(metrics) - {"fid", "kid", "precision_recall"})
+    if unknown:
+        raise ValueError(f"unknown feature metric(s) {', '.join(unknown)}; choose from fid, kid, precision_recall")
+    if reference.features is None and {"kid", "precision_recall"} & set(metrics):
+        raise ValueError(f"the reference statistics ({reference.describe()}) hold no features, which KID and "
+                         "precision/recall need: recompute them with `diffusekit ref-stats` (features are kept)")
+    stats = compute_stats(extractor, array_batches(images, batch_size), progress=progress, source="samples")
+    check_compatible(stats, reference, ("the samples' features", "the reference statistics"))
+    results: dict = {"n": stats.count, "reference": reference.describe(), "reference_count": reference.count,
+                     "extractor": extractor.name, "preprocess": extractor.preprocess,
+                     "comparable_to_published": extractor.comparable}
+    if "fid" in metrics:
+        results["fid"] = fid_from_stats(stats, reference)
+    if "kid" in metrics:
+        results.update(kid(stats.features, reference.features, kid_subsets, kid_subset_size))
+    if "precision_recall" in metrics:
+        from .precision_recall import precision_recall
+
+        results.update(precision_recall(reference.features, stats.features, k=pr_k))
+    return results, stats
+
+
+def as_json(value):
+    """numpy / torch scalars and arrays -> plain JSON values."""
+    if isinstance(value, dict):
+        return {k: as_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_json(v) for v in value]
+    if isinstance(value, (np.generic, torch.Tensor)):
+        return value.tolist() if getattr(value, "ndim", 0) else value.item()
+    return value
+
+
+def reference_for_data(data_config, extractor: InceptionV3, count: int, split: str = "test", *, batch_size: int = 50,
+                       progress=None, log=None) -> FeatureStats:
+    """Cached statistics of the first ``count`` images of the run's dataset (``split``; image folders have only
+    ``train``) at the size the model was trained at, features kept for KID and precision/recall."""
+    from ..data import DATASETS
+    from .features import dataset_reference_stats
+
+    if data_config.name not in DATASETS and split != "train":
+        split = "train"  # folders have one split
+    return dataset_reference_stats(extractor, data_config.name, split, count, resolution=data_config.resolution,
+                                   channels=data_config.channels, resize=data_config.resize, batch_size=batch_size,
+                                   progress=progress, log=log)
+
+
+def memorization_metrics(samples: Tensor, data_config, *, feature_extractor: InceptionV3 | None = None,
+                         out_dir=None, batch_size: int = 50, progress=None, log=None) -> dict:
+    """Nearest training neighbours of ``samples`` (uint8 NCHW) over the run's whole training set, in pixel space
+    and, with ``feature_extractor``, in its feature space (training features cached). Writes a PNG grid per
+    space of the flagged samples beside their neighbours into ``out_dir``."""
+    from pathlib import Path
+
+    from ..training.build import load_training_data
+    from .memorization import memorization_check, write_memorization_grid
+
+    training = load_training_data(data_config)
+    train_pixels = torch.from_numpy(np.ascontiguousarray(training.images)).permute(0, 3, 1, 2)
+    results = {}
+    spaces = [("pixel", samples, train_pixels)]
+    if feature_extractor is not None:
+        from .features import array_batches, dataset_reference_stats
+
+        train_stats = dataset_reference_stats(feature_extractor, data_config.name, data_config.split,
+                                              len(training), resolution=data_config.resolution,
+                                              channels=data_config.channels, resize=data_config.resize,
+                                              batch_size=batch_size, progress=progress, log=log)
+        sample_features = torch.cat([feature_extractor(b) for b in array_batches(samples, batch_size)])
+        spaces.append((feature_extractor.name, sample_features, torch.from_numpy(train_stats.features).double()))
+    for space, queries, references in spaces:
+        result = memorization_check(queries, references, space=space)
+        summary = result.summary()
+        if out_dir is not None:
+            path = write_memorization_grid(Path(out_dir) / f"memorization-{space}.png", result, samples, train_pixels)
+            summary["grid"] = str(path) if path is not None else None
+        results[space] = summary
+    return results

@@ -1,0 +1,118 @@
+"""`diffusekit fid | ref-stats | eval` end to end (few images: the standard Inception runs at ~4 img/s on 2 cores)."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from diffusekit.cli import main
+from diffusekit.data import load
+from diffusekit.metrics.inception import inception_weights_path
+from diffusekit.metrics.stats import load_stats
+
+
+@pytest.fixture(autouse=True)
+def private_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIFFUSEKIT_CACHE", str(tmp_path / "cache"))
+
+
+def _folder(path, images):
+    path.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image[..., 0]).save(path / f"{i:03d}.png")
+    return path
+
+
+def _pytorch_fid_reference(folder_a, folder_b):
+    """FID computed independently the way pytorch-fid does: PIL RGB -> /255 -> bilinear 299 -> 2x-1 -> network,
+    np.cov, scipy.linalg.sqrtm of the product (with its eps retry)."""
+    net = torch.jit.load(str(inception_weights_path())).eval()
+
+    def features(folder):
+        batch = [torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), np.float32) / 255).permute(2, 0, 1)
+                 for p in sorted(folder.iterdir())]
+        x = F.interpolate(torch.stack(batch), size=(299, 299), mode="bilinear", align_corners=False)
+        with torch.no_grad():
+            return net(2 * x - 1).double().numpy()
+
+    fa, fb = features(folder_a), features(folder_b)
+    mu1, mu2, s1, s2 = fa.mean(0), fb.mean(0), np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(s1.shape[0]) * 1e-6
+        covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    diff = mu1 - mu2
+    return diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fid")
+    train, test = load("mnist", "train"), load("mnist", "test")
+    return _folder(root / "a", train.images[:12]), _folder(root / "b", test.images[:12])
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning", "ignore::DeprecationWarning")
+def test_fid_of_two_folders_agrees_with_a_direct_computation(folders, capsys, tmp_path):
+    a, b = folders
+    assert main(["fid", str(a), str(b), "--json", "--quiet", "--batch-size", "5"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    expected = _pytorch_fid_reference(a, b)
+    assert result["fid"] == pytest.approx(expected, rel=1e-3)
+    assert result["n_a"] == result["n_b"] == 12 and result["extractor"] == "inception-v3-tf2015"
+    assert result["comparable_to_published"] and result["preprocess"] == "pytorch"
+    # statistics files stand in for folders and give the same number; a folder against itself gives 0
+    assert main(["ref-stats", "mnist", "--split", "test", "--n", "12", "--out", str(tmp_path / "b.npz"),
+                 "--quiet"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    stats = load_stats(tmp_path / "b.npz")
+    assert stats.count == 12 and stats.features.shape == (12, 2048)
+    assert stats.meta["dataset"] == "mnist" and stats.meta["split"] == "test" and stats.meta["resolution"] == 28
+    assert stats.meta["config_hash"] and stats.meta["preprocess"] == "pytorch"
+    assert main(["fid", str(a), str(tmp_path / "b.npz"), "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["fid"] == pytest.approx(result["fid"], rel=1e-9)
+    assert main(["fid", str(tmp_path / "b.npz"), str(tmp_path / "b.npz")]) == 0
+    assert capsys.readouterr().out.strip() == "FID: 0.0000"
+
+
+def test_fid_refuses_statistics_from_other_settings(folders, capsys, tmp_path):
+    a, _ = folders
+    assert main(["ref-stats", "mnist", "--n", "4", "--out", str(tmp_path / "tf.npz"), "--preprocess", "tf",
+                 "--quiet"]) == 0
+    assert main(["fid", str(a), str(tmp_path / "tf.npz")]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fid", "nowhere", "nowhere2"], "no such file or folder"),
+    (["ref-stats", "mnist", "--out", "x.txt"], "written as .npz"),
+    (["eval", "nowhere", "--metrics", "fid,speed"], "unknown speed"),
+])
+def test_errors_name_the_problem(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_eval_of_a_run_writes_results_and_memorization_grids(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--run-dir", str(run), "--images", "64", "--quiet",
+                 "--set", "run.checkpoint_every=64"]) == 0
+    out = tmp_path / "eval"
+    assert main(["eval", str(run), "--metrics", "fid,kid,precision_recall,memorization", "--n", "12", "--quiet",
+                 "--extractor", "inception-fast", "--resolution", "75", "--memorization-space", "pixel",
+                 "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 12 and result["extractor"] == "inception-fast-75" and not result["comparable_to_published"]
+    assert np.isfinite(result["fid"]) and "kid_std" in result and 0 <= result["precision"] <= 1
+    assert result["memorization"]["pixel"]["n"] == 12
+    assert json.loads((out / "results.json").read_text())["fid"] == result["fid"]
+    assert (out / "samples.png").exists()
+    # per-sample seeds: the same command gives the same numbers
+    assert main(["eval", str(run), "--metrics", "fid", "--n", "12", "--quiet", "--extractor", "inception-fast",
+                 "--resolution", "75", "--out", str(tmp_path / "again"), "--json", "--batch-size", "5"]) == 0
+    assert json.loads(capsys.readouterr().out)["fid"] == pytest.approx(result["fid"], rel=1e-6)
