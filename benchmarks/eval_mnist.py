@@ -71,6 +71,8 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--preprocess", default="pytorch", choices=("pytorch", "tf"))
     parser.add_argument("--skip-memorization-features", action="store_true")
+    parser.add_argument("--also-guidance", default="", help="comma-separated extra guidance weights to score "
+                        "(FID/KID only), e.g. 1.5,2,3")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=str(RESULTS / "eval_mnist.json"))
     args = parser.parse_args(argv)
@@ -97,6 +99,15 @@ def main(argv=None) -> int:
     demo, _ = feature_metrics(images, ("fid", "kid", "precision_recall"), test, extractor)
     timings.setdefault(extractor.name, []).append(n / (time.perf_counter() - t0))
     log(f"demo: FID {demo['fid']:.2f}, KID {demo['kid']:.5f}")
+    sweep = []
+    for w in (float(v) for v in args.also_guidance.split(",") if v.strip()):
+        other = SamplingSettings.from_config(model.config.sample, seed=0, guidance=w)
+        t0 = time.perf_counter()
+        extra, _, _ = sample_for_evaluation(model.denoiser, model.image_shape, model.num_classes, n, other)
+        values, _ = feature_metrics(extra, ("fid", "kid"), test, extractor)
+        sweep.append({"guidance": w, "fid": values["fid"], "kid": values["kid"], "kid_std": values["kid_std"],
+                      "seconds": round(time.perf_counter() - t0, 1)})
+        log(f"guidance {w}: FID {values['fid']:.2f}, KID {values['kid']:.5f}")
     fast = None if args.skip_memorization_features else get_extractor("inception-fast", args.preprocess, 96)
     t0 = time.perf_counter()
     memorization = memorization_metrics(images, model.config.data, feature_extractor=fast, out_dir=out_dir, log=log)
@@ -110,7 +121,7 @@ def main(argv=None) -> int:
         "real_data": real,
         "demo": {"run": str(args.run), "checkpoint": str(model.checkpoint), "cur_nimg": model.cur_nimg,
                  "weights": model.weights, **settings.describe(), "sampling_s": round(sampling_s, 1), **demo,
-                 "memorization": memorization},
+                 "memorization": memorization, "guidance_sweep": sweep},
         "extractor_img_per_s": {k: round(sum(v) / len(v), 2) for k, v in timings.items()},
         "runtime_s": round(time.perf_counter() - started, 1),
         "reference_points_pytorch_fid_1k": {"mnist_train_vs_test": 15.9, "diffusers_unet_rf": 40.7,
@@ -127,6 +138,8 @@ def main(argv=None) -> int:
     result["table"] = "\n".join(table)
     print(result["table"])
     print(f"precision {demo['precision']:.3f}, recall {demo['recall']:.3f}")
+    for row in sweep:
+        print(f"guidance {row['guidance']}: FID {row['fid']:.2f}, KID {row['kid']:.5f} +- {row['kid_std']:.5f}")
     for space, s in memorization.items():
         print(f"memorization {space}: {s['flagged']}/{s['n']} ({100 * s['fraction']:.1f}%)")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,9 @@ def _stats_of(source: str, extractor, args, label: str):
         return opened[1]
     _, count, batches = opened
     with _bar(count, f"{label} features", args.quiet) as bar:
-        return compute_stats(extractor, batches, keep_features=False, progress=bar.update, source=str(source))
+        # small sets keep their features: the Frechet trace then comes from an n x n SVD (fid.py)
+        return compute_stats(extractor, batches, keep_features=count <= extractor.dim, progress=bar.update,
+                             source=str(source))
 
 
 def cmd_fid(args) -> int:

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from diffusekit.metrics.fid import fid_from_stats, frechet_distance, trace_sqrt_product
+from diffusekit.metrics.fid import (
+    fid_from_stats,
+    frechet_distance,
+    trace_sqrt_product,
+    trace_sqrt_product_from_features,
+)
 from diffusekit.metrics.kid import kid, polynomial_mmd2
 from diffusekit.metrics.stats import FeatureStats, RunningStats, load_stats
 
@@ -41,6 +46,21 @@ def test_trace_sqrt_product_with_rank_deficient_covariances():
     a, b = rng.normal(size=(40, 10)), rng.normal(size=(40, 12))
     expected = np.linalg.svd(a.T @ b, compute_uv=False).sum()
     assert trace_sqrt_product(a @ a.T, b @ b.T) == pytest.approx(expected, rel=1e-11)
+
+
+def test_all_three_trace_paths_agree():
+    # Cholesky (positive definite), eigh (singular) and the features' nuclear norm give the same trace
+    rng = np.random.default_rng(12)
+    few_a, few_b = rng.normal(size=(10, 30)), rng.normal(size=(14, 30)) * 2 + 1
+    many_a, many_b = rng.normal(size=(80, 30)), rng.normal(size=(90, 30)) @ rng.normal(size=(30, 30))
+    for x, y in ((few_a, few_b), (many_a, many_b)):
+        sx, sy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+        reference = np.sqrt(np.clip(np.linalg.eigvals(sx @ sy).real, 0, None)).sum()
+        assert trace_sqrt_product(sx, sy) == pytest.approx(reference, rel=1e-6)
+        assert trace_sqrt_product_from_features(x, y) == pytest.approx(trace_sqrt_product(sx, sy), rel=1e-10)
+    a, b = FeatureStats.from_features(few_a), FeatureStats.from_features(few_b)  # features kept: nuclear-norm path
+    no_features = FeatureStats(b.mu, b.sigma, b.count)
+    assert fid_from_stats(a, b) == pytest.approx(fid_from_stats(a, no_features), rel=1e-8)
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_symmetric():
@@ -110,8 +130,8 @@ def test_kid_matches_the_closed_form_of_a_mean_shift():
     x = rng.normal(size=(20000, 1))
     for delta in (0.0, 0.3, 0.6):
         y = rng.normal(size=(20000, 1)) + delta
-        result = kid(x, y, num_subsets=20, subset_size=2000, seed=1)
-        tol = 4 * result["kid_std"] / np.sqrt(20) + 0.02 * _kid_1d_shift(delta) + 1e-3
+        result = kid(x, y, num_subsets=10, subset_size=2000, seed=1)
+        tol = 4 * result["kid_std"] / np.sqrt(10) + 0.02 * _kid_1d_shift(delta) + 1e-3
         assert abs(result["kid"] - _kid_1d_shift(delta)) < tol, (delta, result)
 
 
@@ -134,3 +154,11 @@ def test_kid_estimator_is_unbiased_form():
     assert polynomial_mmd2(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-12)
     with pytest.raises(ValueError, match="same size"):
         polynomial_mmd2(x, y[:4])
+
+
+def test_kid_with_subsets_as_large_as_both_sets_is_one_exact_value():
+    rng = np.random.default_rng(9)
+    x, y = rng.normal(size=(50, 4)), rng.normal(size=(50, 4)) + 0.3
+    result = kid(x, y, subset_size=1000)
+    assert result["kid"] == pytest.approx(polynomial_mmd2(x, y), rel=1e-12)
+    assert result["kid_std"] == 0.0 and result["kid_subsets"] == 1 and result["kid_subset_size"] == 50

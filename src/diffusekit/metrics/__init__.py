@@ -1,4 +1,5 @@
-"""Metrics for generated samples: a classifier that checks class-conditional samples show the requested class."""
+"""Evaluation: FID / KID with the standard Inception-v3, precision/recall, memorization, per-noise-level losses,
+and a digit classifier for class-conditional MNIST samples (docs/evaluation.md)."""
 
 from .classifier import (
     DigitCNN,
@@ -9,13 +10,22 @@ from .classifier import (
     load_or_train_classifier,
     train_classifier,
 )
+from .evaluate import SamplingSettings, feature_metrics, memorization_metrics, sample_for_evaluation, shard_batches
+from .features import compute_stats, dataset_reference_stats, folder_images
+from .fid import fid_from_stats, frechet_distance
+from .inception import FeatureExtractorNotInstalled, InceptionV3, get_extractor, quantize
+from .kid import kid
+from .memorization import MemorizationResult, memorization_check, nearest_neighbours, write_memorization_grid
+from .noise_levels import NoiseLevelBins, NoiseLevelProbe
+from .precision_recall import precision_recall
+from .stats import FeatureStats, RunningStats, load_stats
 
 __all__ = [
-    "DigitCNN",
-    "TrainSettings",
-    "classify",
-    "conditional_accuracy",
-    "default_cache_dir",
-    "load_or_train_classifier",
+    "DigitCNN", "TrainSettings", "classify", "conditional_accuracy", "default_cache_dir", "load_or_train_classifier",
     "train_classifier",
+    "SamplingSettings", "feature_metrics", "memorization_metrics", "sample_for_evaluation", "shard_batches",
+    "compute_stats", "dataset_reference_stats", "folder_images",
+    "fid_from_stats", "frechet_distance", "FeatureExtractorNotInstalled", "InceptionV3", "get_extractor", "quantize",
+    "kid", "MemorizationResult", "memorization_check", "nearest_neighbours", "write_memorization_grid",
+    "NoiseLevelBins", "NoiseLevelProbe", "precision_recall", "FeatureStats", "RunningStats", "load_stats",
 ]

@@ -3,11 +3,17 @@
     d^2 = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)).
 
 pytorch-fid takes ``scipy.linalg.sqrtm(S1 @ S2)``, a non-symmetric square root that can come back complex
-or non-finite and is then retried with ``eps * I`` added. We use the identity
-``tr((S1 S2)^(1/2)) = tr((R S2 R)^(1/2))`` with ``R = S1^(1/2)`` (the eigenvalues of S1 S2 and of R S2 R are
-the same), where every matrix is symmetric positive semi-definite, so two ``eigh`` calls in float64 give
-the trace exactly up to rounding, also for the rank-deficient covariances of fewer samples than
-dimensions. Tests check it against closed forms and against ``sqrtm``.
+or non-finite and is then retried with ``eps * I`` added. We only need the trace, i.e. the sum of the square
+roots of the eigenvalues of S1 S2, and take them from a symmetric matrix with the same eigenvalues:
+
+- ``L^T S2 L`` with ``S1 = L L^T`` (Cholesky) when S1 is positive definite (more samples than dimensions):
+  one Cholesky and one ``eigvalsh``, a few seconds at 2048 dimensions on 2 CPU cores;
+- ``R S2 R`` with ``R = S1^(1/2)`` from ``eigh`` when S1 is singular (fewer samples than dimensions);
+- from the features themselves when both sets are kept and small: with centred features
+  ``A = X1^T / sqrt(n1 - 1)`` the covariance is ``A A^T`` and the trace is the nuclear norm of ``A^T B``
+  (an n1 x n2 matrix), exact and cheap for the ~1000-sample evaluations run during training.
+
+All are exact up to rounding; tests check them against closed forms and against ``sqrtm``.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import numpy as np
 
 from .stats import FeatureStats, check_compatible
 
-__all__ = ["frechet_distance", "fid_from_stats", "trace_sqrt_product"]
+__all__ = ["frechet_distance", "fid_from_stats", "trace_sqrt_product", "trace_sqrt_product_from_features",
+           "frechet_distance_of_features"]
 
 
 def _clean(values: np.ndarray) -> np.ndarray:
@@ -33,10 +40,32 @@ def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     """tr((S1 S2)^(1/2)) for symmetric positive semi-definite S1, S2."""
-    root = _psd_sqrt(np.asarray(sigma1, np.float64))
-    inner = root @ np.asarray(sigma2, np.float64) @ root
+    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    try:
+        factor = np.linalg.cholesky((sigma1 + sigma1.T) / 2)
+    except np.linalg.LinAlgError:  # singular: fewer samples than dimensions
+        factor = _psd_sqrt(sigma1)
+    inner = factor.T @ sigma2 @ factor
     values = np.linalg.eigvalsh((inner + inner.T) / 2)
     return float(np.sqrt(_clean(values)).sum())
+
+
+def _centred(features: np.ndarray) -> np.ndarray:
+    x = np.asarray(features, np.float64)
+    return (x - x.mean(0)) / np.sqrt(len(x) - 1)
+
+
+def trace_sqrt_product_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
+    """tr((S1 S2)^(1/2)) for the sample covariances of two feature sets: the nuclear norm of A^T B."""
+    return float(np.linalg.svd(_centred(features1) @ _centred(features2).T, compute_uv=False).sum())
+
+
+def frechet_distance_of_features(features1: np.ndarray, features2: np.ndarray) -> float:
+    """The Frechet distance of two feature sets' Gaussians, every term from the features (n x n work only)."""
+    a, b = _centred(features1), _centred(features2)
+    diff = np.asarray(features1, np.float64).mean(0) - np.asarray(features2, np.float64).mean(0)
+    trace_sqrt = np.linalg.svd(a @ b.T, compute_uv=False).sum()
+    return float(max(diff @ diff + (a * a).sum() + (b * b).sum() - 2 * trace_sqrt, 0.0))
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
@@ -51,4 +80,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 def fid_from_stats(a: FeatureStats, b: FeatureStats) -> float:
     check_compatible(a, b)
+    if a.features is not None and b.features is not None and max(a.count, b.count) <= a.mu.size:
+        return frechet_distance_of_features(a.features, b.features)  # same value, O(n^2 d) instead of O(d^3)
     return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)

@@ -2,7 +2,8 @@
 polynomial kernel ``k(x, y) = (x.y / d + 1)^3``, averaged over random subsets.
 
 Defaults follow torch-fidelity / clean-fid: 100 subsets of 1000 (or of the smaller set's size when it has
-fewer). The estimator per subset pair (m samples each) is
+fewer; when both sets have exactly that size every subset is the whole set, so one value is computed and its
+std is 0). The estimator per subset pair (m samples each) is
 
     sum_{i!=j} k(x_i, x_j) / (m(m-1)) + sum_{i!=j} k(y_i, y_j) / (m(m-1)) - 2 sum_{i,j} k(x_i, y_j) / m^2,
 
@@ -42,6 +43,9 @@ def kid(features_a, features_b, num_subsets: int = 100, subset_size: int = 1000,
         raise ValueError(f"KID needs at least 2 samples per set, got {a.shape[0]} and {b.shape[0]}")
     if num_subsets < 1:
         raise ValueError(f"num_subsets must be >= 1, got {num_subsets}")
+    if m == a.shape[0] == b.shape[0]:  # every "subset" is the whole set in another order: one value, exactly
+        value = polynomial_mmd2(a, b)
+        return {"kid": value, "kid_std": 0.0, "kid_subsets": 1, "kid_subset_size": m}
     rng = np.random.default_rng(seed)
     values = np.array([polynomial_mmd2(a[rng.choice(a.shape[0], m, replace=False)],
                                        b[rng.choice(b.shape[0], m, replace=False)]) for _ in range(num_subsets)])
