@@ -237,7 +237,9 @@ def cmd_info(args) -> int:
             "network": f"{config.network.kind}:{config.network.preset}",
             "objective": f"{config.objective.schedule}/{config.objective.parameterization}",
             "total_images": config.run.total_images, "checkpoints": checkpoints,
-            "last_metrics": metrics[-1] if metrics else None, "sessions": len(env.get("sessions", [])),
+            "last_metrics": next((r for r in reversed(metrics) if "loss" in r), None),
+            "last_evaluation": next((r for r in reversed(metrics) if "fid" in r), None),
+            "sessions": len(env.get("sessions", [])),
             "samples": sorted(str(p) for p in (run_dir / "samples").glob("*.png"))[-3:]}
     if args.json:
         print(json.dumps(info, indent=1))
@@ -248,6 +250,12 @@ def cmd_info(args) -> int:
     if last:
         print(f"  last log: {last.get('cur_nimg', 0):,} images, loss {last.get('loss')}, "
               f"{last.get('img_per_s')} img/s, peak RSS {last.get('peak_rss_mb')} MiB")
+    evaluation = info["last_evaluation"]
+    if evaluation:
+        best = evaluation.get("best_fid")
+        print(f"  last evaluation: {evaluation['cur_nimg']:,} images, FID {evaluation['fid']:.3f} "
+              f"({evaluation.get('extractor')})"
+              + (f", best {best:.3f} at {evaluation.get('best_nimg'):,} images" if best is not None else ""))
     for c in checkpoints:
         print(f"  {c['path']}  {c['cur_nimg']:>12,} img  {c['mb']:8.2f} MiB  {c['status']}")
     if not checkpoints:

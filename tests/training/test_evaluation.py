@@ -103,3 +103,16 @@ def test_best_tracking_counts_evaluations_and_ignores_nan():
     restored = TrainingEvaluator(_config(), data=None)
     restored.load_state_dict(evaluator.state_dict())
     assert restored.state_dict() == evaluator.state_dict()
+
+
+def test_info_shows_the_last_evaluation(tmp_path, monkeypatch, capsys):
+    import diffusekit.metrics.evaluate as evaluate
+    from diffusekit.cli import main
+
+    monkeypatch.setattr(TrainingEvaluator, "_prepare", lambda self, device: setattr(self, "_extractor", _Named()))
+    monkeypatch.setattr(evaluate, "feature_metrics", lambda *a, **k: ({"fid": 7.25}, None))
+    _run(_config("eval.loss_every=null"), tmp_path / "run")
+    assert main(["info", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "last evaluation: 64 images, FID 7.250 (scripted), best 7.250 at 32 images" in out
+    assert "last log: 64 images, loss" in out
