@@ -147,7 +147,7 @@ def memorization_metrics(samples: Tensor, data_config, *, feature_extractor: Inc
     from .memorization import memorization_check, write_memorization_grid
 
     training = load_training_data(data_config)
-    train_pixels = torch.from_numpy(np.ascontiguousarray(training.images)).permute(0, 3, 1, 2)
+    train_pixels = torch.from_numpy(np.array(training.images, copy=True)).permute(0, 3, 1, 2)  # writable, contiguous
     results = {}
     spaces = [("pixel", samples, train_pixels)]
     if feature_extractor is not None:
