@@ -31,12 +31,13 @@ from pathlib import Path
 import torch
 
 from diffusekit.generate import load_model
-from diffusekit.images import make_grid, save_png
+from diffusekit.images import save_png
 from diffusekit.metrics.evaluate import (
     SamplingSettings,
     as_json,
     feature_metrics,
     memorization_metrics,
+    preview_grid,
     sample_for_evaluation,
 )
 from diffusekit.metrics.features import dataset_reference_stats
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
     sampling_s = time.perf_counter() - t0
     log(f"{n} samples in {sampling_s:.0f} s")
     out_dir = RESULTS / "eval_mnist"
-    save_png(make_grid(images[:100].float() / 127.5 - 1, 10), out_dir / "samples.png")
+    save_png(preview_grid(images, labels), out_dir / "samples.png")
     t0 = time.perf_counter()
     demo, _ = feature_metrics(images, ("fid", "kid", "precision_recall"), test, extractor)
     timings.setdefault(extractor.name, []).append(n / (time.perf_counter() - t0))

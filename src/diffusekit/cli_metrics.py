@@ -111,12 +111,13 @@ def _eval_out_dir(args, model) -> Path:
 def cmd_eval(args) -> int:
     from .config import parse_override
     from .generate import load_model
-    from .images import make_grid, save_png
+    from .images import save_png
     from .metrics.evaluate import (
         METRICS,
         SamplingSettings,
         feature_metrics,
         memorization_metrics,
+        preview_grid,
         reference_for_data,
         sample_for_evaluation,
     )
@@ -143,7 +144,7 @@ def cmd_eval(args) -> int:
                                                   settings, device=device, progress=bar.update)
     sampling_s = time.perf_counter() - started
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_png(make_grid(images[:100].float() / 127.5 - 1, 10), out_dir / "samples.png")
+    save_png(preview_grid(images, labels), out_dir / "samples.png")
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     result: dict = {"checkpoint": str(model.checkpoint), "cur_nimg": model.cur_nimg, "weights": model.weights,
                     "n": args.n, **settings.describe(), "sampling_s": round(sampling_s, 2)}

@@ -41,3 +41,13 @@ def test_settings_follow_the_run_and_drop_options_of_another_sampler():
     assert same.sampler == "multistep" and same.steps == 4 and same.options == {"order": 2, "corrector": True}
     other = SamplingSettings.from_config(sample, sampler="heun")
     assert other.options == {} and other.guidance == sample.guidance
+
+
+def test_preview_grid_shows_a_row_per_class():
+    from diffusekit.metrics.evaluate import preview_grid
+
+    images = torch.arange(30, dtype=torch.uint8).reshape(30, 1, 1, 1).expand(30, 1, 2, 2).contiguous()
+    labels = torch.tensor([0] * 12 + [1] * 12 + [2] * 6)
+    grid = preview_grid(images, labels, per_class=4)
+    assert grid.shape == (3 * 4 + 2, 4 * 4 + 2, 1)  # 3 rows of 4, 2-pixel padding
+    assert grid[2, 2, 0] == 0 and grid[6, 2, 0] == 12 and grid[10, 2, 0] == 24  # first image of each class

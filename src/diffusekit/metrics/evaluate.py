@@ -167,3 +167,14 @@ def memorization_metrics(samples: Tensor, data_config, *, feature_extractor: Inc
             summary["grid"] = str(path) if path is not None else None
         results[space] = summary
     return results
+
+
+def preview_grid(images: Tensor, labels: Tensor | None, per_class: int = 10, max_classes: int = 10):
+    """A uint8 grid of evaluation samples: a row per class (first ``per_class`` of each), else the first 100."""
+    from ..images import make_grid
+
+    if labels is None:
+        return make_grid(images[:100].float() / 127.5 - 1, 10)
+    rows = [images[labels == c][:per_class] for c in labels.unique()[:max_classes]]
+    columns = max(len(r) for r in rows)
+    return make_grid(torch.cat(rows).float() / 127.5 - 1, columns)
