@@ -104,7 +104,7 @@ def _eval_out_dir(args, model) -> Path:
     if args.out:
         return Path(args.out)
     checkpoint = Path(model.checkpoint)
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name in ("checkpoints", "best") else checkpoint.parent
     return run_dir / "eval" / f"{checkpoint.name}-{model.weights}"
 
 
