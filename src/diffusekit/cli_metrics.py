@@ -115,6 +115,7 @@ def cmd_eval(args) -> int:
     from .metrics.evaluate import (
         METRICS,
         SamplingSettings,
+        as_json,
         feature_metrics,
         memorization_metrics,
         preview_grid,
@@ -171,7 +172,7 @@ def cmd_eval(args) -> int:
         result["memorization"] = memorization_metrics(images, model.config.data, feature_extractor=extractor,
                                                       out_dir=out_dir, batch_size=args.feature_batch_size, log=log)
     result["seconds"] = round(time.perf_counter() - started, 2)
-    (out_dir / "results.json").write_text(json.dumps(_plain(result), indent=1))
+    (out_dir / "results.json").write_text(json.dumps(as_json(result), indent=1))
     result["out_dir"] = str(out_dir)
     lines = [f"{model.checkpoint} ({model.weights}, {model.cur_nimg:,} images), {args.n} samples, "
              f"{settings.sampler} {settings.steps} steps, guidance {settings.guidance}"]
@@ -187,12 +188,6 @@ def cmd_eval(args) -> int:
     lines.append(f"results in {out_dir}")
     _print(result, args.json, lines)
     return 0
-
-
-def _plain(result: dict) -> dict:
-    from .metrics.evaluate import as_json
-
-    return as_json(result)
 
 
 # -- parsers -------------------------------------------------------------------------------------------

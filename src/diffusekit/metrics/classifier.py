@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -38,6 +36,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .._files import atomic_write, cache_dir, file_digest
 from ..data.builtin import ImageArrays, load
 
 __all__ = [
@@ -256,30 +255,14 @@ def data_sha256(data: ImageArrays) -> str:
 
 def default_cache_dir() -> Path:
     """``$DIFFUSEKIT_CACHE/classifiers`` if that variable is set, else ``~/.cache/diffusekit/classifiers``."""
-    root = os.environ.get("DIFFUSEKIT_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "diffusekit") / "classifiers"
-
-
-def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return cache_dir("classifiers")
 
 
 def _load_cached(weights: Path, meta_path: Path, key: dict[str, Any], cfg: TrainSettings,
                  num_classes: int) -> tuple[nn.Module, dict[str, Any]] | None:
     try:
         meta = json.loads(meta_path.read_text())
-        if meta.get("key") != key or meta.get("weights_sha256") != _file_sha256(weights):
+        if meta.get("key") != key or meta.get("weights_sha256") != file_digest(weights):
             return None
         model = DigitCNN(num_classes, cfg.width, cfg.hidden, cfg.dropout).float()
         model.load_state_dict(load_file(str(weights)))
@@ -327,7 +310,7 @@ def load_or_train_classifier(dataset: str = "mnist", cache_dir: str | Path | Non
     seconds = time.perf_counter() - start
     directory.mkdir(parents=True, exist_ok=True)
     state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
-    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"architecture": ARCHITECTURE}))
+    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"architecture": ARCHITECTURE}))
     meta = {
         "test_accuracy": accuracy,
         "dataset": dataset,
@@ -335,9 +318,9 @@ def load_or_train_classifier(dataset: str = "mnist", cache_dir: str | Path | Non
         "test_size": len(test),
         "train_seconds": round(seconds, 1),
         "torch_threads": torch.get_num_threads(),
-        "weights_sha256": _file_sha256(weights),
+        "weights_sha256": file_digest(weights),
         "key": key,
     }
-    _atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
     log(f"classifier test accuracy {accuracy:.4f} after {seconds:.0f} s; saved to {weights}")
     return model, {**meta, "cached": False, "weights": str(weights)}

@@ -10,13 +10,14 @@ measured is what a PNG of the samples would hold.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..generate import class_major_labels, generate
-from .features import array_batches, compute_stats
+from .features import array_batches, cached_image_stats, compute_stats, dataset_label
 from .fid import fid_from_stats
 from .inception import InceptionV3, quantize
 from .kid import kid
@@ -43,9 +44,9 @@ class SamplingSettings:
         the run's sampler and are dropped when another sampler is chosen."""
         values = {"sampler": sample.sampler, "steps": sample.steps, "spacing": sample.spacing,
                   "guidance": sample.guidance, "options": dict(sample.options)}
+        if overrides.get("sampler") not in (None, sample.sampler):
+            values["options"] = {}  # the run's options belong to its own sampler
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if values["sampler"] != sample.sampler and "options" not in overrides:
-            values["options"] = {}
         return cls(**values)
 
     def describe(self) -> dict:
@@ -141,8 +142,6 @@ def memorization_metrics(samples: Tensor, data_config, *, feature_extractor: Inc
     """Nearest training neighbours of ``samples`` (uint8 NCHW) over the run's whole training set, in pixel space
     and, with ``feature_extractor``, in its feature space (training features cached). Writes a PNG grid per
     space of the flagged samples beside their neighbours into ``out_dir``."""
-    from pathlib import Path
-
     from ..training.build import load_training_data
     from .memorization import memorization_check, write_memorization_grid
 
@@ -151,12 +150,8 @@ def memorization_metrics(samples: Tensor, data_config, *, feature_extractor: Inc
     results = {}
     spaces = [("pixel", samples, train_pixels)]
     if feature_extractor is not None:
-        from .features import array_batches, dataset_reference_stats
-
-        train_stats = dataset_reference_stats(feature_extractor, data_config.name, data_config.split,
-                                              len(training), resolution=data_config.resolution,
-                                              channels=data_config.channels, resize=data_config.resize,
-                                              batch_size=batch_size, progress=progress, log=log)
+        train_stats = cached_image_stats(feature_extractor, training.images, dataset_label(data_config.name),
+                                         data_config.split, batch_size=batch_size, progress=progress, log=log)
         sample_features = torch.cat([feature_extractor(b) for b in array_batches(samples, batch_size)])
         spaces.append((feature_extractor.name, sample_features, torch.from_numpy(train_stats.features).double()))
     for space, queries, references in spaces:

@@ -10,7 +10,6 @@ which is what RGB conversion of a gray image does).
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -18,11 +17,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._files import cache_dir
 from .inception import InceptionV3, quantize
 from .stats import FeatureStats, RunningStats
 
 __all__ = ["IMAGE_EXTENSIONS", "folder_images", "npz_images", "array_batches", "compute_stats", "stats_cache_dir",
-           "dataset_reference_stats", "open_source"]
+           "dataset_reference_stats", "cached_image_stats", "dataset_label", "open_source"]
 
 IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")  # pytorch-fid's list
 
@@ -124,24 +124,36 @@ def open_source(source: str | Path, batch_size: int = 50) -> tuple:
 
 def stats_cache_dir() -> Path:
     """``$DIFFUSEKIT_CACHE/fid-stats`` if that variable is set, else ``~/.cache/diffusekit/fid-stats``."""
-    root = os.environ.get("DIFFUSEKIT_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "diffusekit") / "fid-stats"
+    return cache_dir("fid-stats")
+
+
+def dataset_label(dataset: str | Path) -> str:
+    """A built-in dataset's name, or an image folder's own name (for cache files and metadata)."""
+    return Path(str(dataset)).name if Path(str(dataset)).is_dir() else str(dataset)
 
 
 def dataset_reference_stats(extractor: InceptionV3, dataset: str, split: str = "train", count: int | None = None, *,
                             resolution: int | None = None, channels: int | None = None, resize: str = "resize",
                             batch_size: int = 50, cache: bool = True, progress=None, log=None) -> FeatureStats:
-    """Statistics of the first ``count`` images (all when None) of a dataset split, at the given size, cached
-    under :func:`stats_cache_dir` by dataset, split, size, count, the images' sha256 and the extractor's hash."""
+    """Statistics of the first ``count`` images (all when None) of a dataset split, at the given size (see
+    :func:`cached_image_stats`)."""
     from ..data import open_dataset
 
     data = open_dataset(dataset, split=split, resolution=resolution, channels=channels, mode=resize)
     n = len(data) if count is None else int(count)
     if not 2 <= n <= len(data):
         raise ValueError(f"count must be in 2..{len(data)} (the size of {dataset}:{split}), got {n}")
-    images = np.ascontiguousarray(data.images[:n])
+    return cached_image_stats(extractor, data.images[:n], dataset_label(dataset), split, batch_size=batch_size,
+                              cache=cache, progress=progress, log=log)
+
+
+def cached_image_stats(extractor: InceptionV3, images: np.ndarray, name: str, split: str, *, batch_size: int = 50,
+                       cache: bool = True, progress=None, log=None) -> FeatureStats:
+    """Statistics (features kept) of uint8 NHWC ``images`` of dataset ``name``, cached under
+    :func:`stats_cache_dir` by name, split, size, count, the images' sha256 and the extractor's hash."""
+    images = np.ascontiguousarray(images)
+    n = len(images)
     digest = hashlib.sha256(images.tobytes()).hexdigest()[:16]
-    name = Path(str(dataset)).name if Path(str(dataset)).is_dir() else str(dataset)
     path = stats_cache_dir() / f"{name}-{split}-{images.shape[1]}px-{n}-{digest}-{extractor.config_hash}.npz"
     if cache and path.is_file():
         from .stats import load_stats

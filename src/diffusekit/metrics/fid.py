@@ -22,8 +22,7 @@ import numpy as np
 
 from .stats import FeatureStats, check_compatible
 
-__all__ = ["frechet_distance", "fid_from_stats", "trace_sqrt_product", "trace_sqrt_product_from_features",
-           "frechet_distance_of_features"]
+__all__ = ["frechet_distance", "fid_from_stats", "trace_sqrt_product", "frechet_distance_of_features"]
 
 
 def _clean(values: np.ndarray) -> np.ndarray:
@@ -53,11 +52,6 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
 def _centred(features: np.ndarray) -> np.ndarray:
     x = np.asarray(features, np.float64)
     return (x - x.mean(0)) / np.sqrt(len(x) - 1)
-
-
-def trace_sqrt_product_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
-    """tr((S1 S2)^(1/2)) for the sample covariances of two feature sets: the nuclear norm of A^T B."""
-    return float(np.linalg.svd(_centred(features1) @ _centred(features2).T, compute_uv=False).sum())
 
 
 def frechet_distance_of_features(features1: np.ndarray, features2: np.ndarray) -> float:

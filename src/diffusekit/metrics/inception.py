@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._files import file_digest
+
 __all__ = ["FeatureExtractorNotInstalled", "InceptionV3", "inception_weights_path", "quantize", "get_extractor",
            "EXTRACTORS", "PREPROCESS_MODES", "INSTALL_HINT"]
 
@@ -67,12 +69,8 @@ def inception_weights_path() -> Path:
 
 
 @lru_cache(maxsize=4)
-def _file_sha1(path: str, size: int, mtime: float) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _file_sha1(path: str, size: int, mtime: float) -> str:  # cached per file version: 87 MB to read
+    return file_digest(path, "sha1")
 
 
 def quantize(images: Tensor) -> Tensor:
@@ -110,6 +108,7 @@ class InceptionV3(nn.Module):
             warnings.simplefilter("ignore", DeprecationWarning)
             self.net = torch.jit.load(str(path), map_location="cpu").eval()
         self.preprocess, self.resolution = preprocess, int(resolution)
+        self._layers = list(self.net.net.layers.children())  # for sizes other than 299: all but the final pool
         stat = path.stat()
         self.weights_sha1 = _file_sha1(str(path), stat.st_size, stat.st_mtime)
         self.name = "inception-v3-tf2015" if resolution == 299 else f"inception-fast-{resolution}"
@@ -149,8 +148,7 @@ class InceptionV3(nn.Module):
             return self.net(x).double()
         # The file ends in a fixed 8x8 average pool (8x8 is pool3's size at 299); other sizes take the global mean
         # of the same feature map instead, which is what that pool computes at 299.
-        layers = list(self.net.net.layers.children())
-        for layer in layers[:-1]:
+        for layer in self._layers[:-1]:
             x = layer(x)
         return x.mean((2, 3)).double()
 

@@ -13,12 +13,12 @@ exchangeable with it), ``count``, optionally ``features`` (float32, for KID and 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .._files import atomic_write
 
 __all__ = ["RunningStats", "FeatureStats", "load_stats", "check_compatible", "is_stats_file", "FORMAT"]
 
@@ -82,21 +82,11 @@ class FeatureStats:
 
     def save(self, path: str | Path, include_features: bool = True) -> Path:
         """Write atomically (temporary file, then rename): an interrupted write never leaves a torn file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"mu": self.mu, "sigma": self.sigma, "count": np.int64(self.count),
                   "meta": json.dumps({"format": FORMAT, **self.meta})}
         if include_features and self.features is not None:
             arrays["features"] = self.features.astype(np.float32)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
-        os.close(fd)
-        try:
-            np.savez(tmp, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, lambda tmp: np.savez(tmp, **arrays), suffix=".tmp.npz")
 
     def describe(self) -> str:
         m = self.meta

@@ -15,7 +15,6 @@ one. ``prune`` keeps the newest ``keep`` checkpoints plus milestones (every ``mi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .._files import file_digest
+
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_valid", "prune", "CheckpointError"]
 
 _PREFIX = "ckpt-"
@@ -33,14 +34,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, truncated or altered."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -74,7 +67,7 @@ def save_checkpoint(directory: str | Path, cur_nimg: int, model_state: dict, ema
         save_file(_flatten_weights(model_state, ema_states), tmp / "weights.safetensors")
         torch.save(training_state, tmp / "state.pt")
         meta = {"format": FORMAT_VERSION, "cur_nimg": int(cur_nimg),
-                "sha256": {name: _sha256(tmp / name) for name in ("weights.safetensors", "state.pt")}}
+                "sha256": {name: file_digest(tmp / name) for name in ("weights.safetensors", "state.pt")}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         for name in ("weights.safetensors", "state.pt", "meta.json"):
             _fsync(tmp / name)
@@ -92,7 +85,7 @@ def _verify(path: Path) -> dict:
     try:
         meta = json.loads((path / "meta.json").read_text())
         for name, expected in meta["sha256"].items():
-            if _sha256(path / name) != expected:
+            if file_digest(path / name) != expected:
                 raise CheckpointError(f"{path / name} does not match its checksum (truncated or altered)")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path} is incomplete or damaged: {e}") from None

@@ -210,7 +210,6 @@ class Trainer:
                 _call(hooks, "on_evaluate", self, {"cur_nimg": self.cur_nimg, **record,
                                                    "eval_s": round(time.perf_counter() - started, 3)})
                 stop = self.evaluator.should_stop
-            self.network.train()
             sample_every = run.sample_every or run.checkpoint_every
             if _crossed(before, self.cur_nimg, sample_every) or final or stop:
                 _call(hooks, "on_sample", self)

@@ -174,7 +174,7 @@ class RunDirectory:
         started = time.perf_counter()
         self.metrics.append(record)
         scalars = {(k if k.startswith("noise/") else f"eval/{k}"): v for k, v in record.items()
-                   if k != "cur_nimg" and isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None}
+                   if k != "cur_nimg" and isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.tensorboard.add_scalars(scalars, trainer.cur_nimg)
         if "fid" in record:
             message = (f"{trainer.cur_nimg:,} images: FID {record['fid']:.3f} ({record['extractor']}, "
