@@ -132,8 +132,8 @@ def main(argv=None) -> int:
     result = as_json(result)
     rows = [("MNIST train vs MNIST test (floor)", real["mnist_train_vs_mnist_test"]),
             ("MNIST test vs Fashion-MNIST test", real["mnist_test_vs_fashion_test"]),
-            (f"demo model ({model.cur_nimg:,} img, {settings.sampler} {settings.steps} steps, w={settings.guidance})",
-             demo)]
+            (f"demo model ({model.cur_nimg:,} img, {settings.sampler} {settings.steps} steps, "
+             f"w={settings.guidance.scale})", demo)]
     table = [f"| pair (n = {n}, {args.preprocess} preprocessing) | FID | KID |", "|---|---:|---:|"]
     table += [f"| {name} | {r['fid']:.2f} | {r['kid']:.5f} +- {r['kid_std']:.5f} |" for name, r in rows]
     result["table"] = "\n".join(table)

@@ -85,7 +85,39 @@ def test_sample_is_reproducible_in_every_format(run, tmp_path):
     assert len(list((tmp_path / "pngs").glob("*.png"))) == 12
 
 
+def test_sample_guidance_flags_and_autoguidance(run, tmp_path, capsys):
+    common = ["sample", str(run), "--n", "10", "--steps", "3", "--quiet", "--threads", "1"]
+
+    def images(name, *extra):
+        assert main([*common, *extra, "--out", str(tmp_path / f"{name}.npz")]) == 0
+        data = np.load(tmp_path / f"{name}.npz")
+        return data["images"], json.loads(str(data["meta"]))
+
+    plain, _ = images("plain", "--guidance", "1")
+    cfg, _ = images("cfg", "--guidance", "3")
+    shaped, meta = images("shaped", "--guidance", "3", "--guidance-rescale", "0.7", "--guidance-schedule",
+                          "increasing", "--guidance-interval", "0.2", "20", "--threshold", "dynamic")
+    assert meta["guidance_settings"] == {"scale": 3.0, "rescale": 0.7, "weight_schedule": "increasing",
+                                         "interval": [0.2, 20.0], "threshold": "dynamic"}
+    assert not np.array_equal(shaped, cfg) and not np.array_equal(cfg, plain)
+    # autoguidance by the model itself is no guidance at all: D + (w - 1)(D - D) = D exactly
+    same, meta = images("self", "--guidance", "3", "--autoguide", str(run))
+    np.testing.assert_array_equal(same, plain)
+    assert meta["guidance_settings"]["autoguide"] == str(run)
+    early, _ = images("early", "--guidance", "2", "--autoguide", str(run / "checkpoints" / "ckpt-000000000064"),
+                      "--autoguide-ema", "model")
+    assert np.isfinite(early).all() and not np.array_equal(early, plain)
+    other = tmp_path / "other"
+    assert main(["train", "--preset", "tiny", "--run-dir", str(other), "--images", "16", "--quiet",
+                 "--set", "data.resolution=8", "--set", "run.checkpoint_every=16"]) == 0
+    assert main([*common, "--guidance", "2", "--autoguide", str(other), "--out", str(tmp_path / "x.npz")]) == 2
+    assert "draws (1, 8, 8) images" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--guidance-schedule", "wavy"], "invalid choice: 'wavy'"),
+    (["--guidance-interval", "3", "1"], "0 <= lo < hi"),
+    (["--guidance-rescale", "2"], "rescale phi must be in [0, 1]"),
     (["--class", "ten"], "not a class; classes: 0, 1"),
     (["--class", "10"], "out of range"),
     (["--ema", "slow"], "no EMA named 'slow'"),
@@ -96,6 +128,9 @@ def test_sample_errors(run, tmp_path, capsys, args, message):
     argv = ["sample", str(run), "--n", "2", "--steps", "2", "--quiet", "--out", str(tmp_path / "x.npz"), *args]
     try:
         code = main(argv)
+    except SystemExit as e:  # argparse rejects the value itself
+        assert e.code == 2 and message in capsys.readouterr().err
+        return
     except (ValueError, TypeError) as e:  # library errors not specific to the CLI
         assert message in str(e)
         return

@@ -114,3 +114,10 @@ def test_eval_of_a_run_writes_results_and_memorization_grids(tmp_path, capsys):
     assert main(["eval", str(run), "--metrics", "fid", "--n", "12", "--quiet", "--extractor", "inception-fast",
                  "--resolution", "75", "--out", str(tmp_path / "again"), "--json", "--batch-size", "5"]) == 0
     assert json.loads(capsys.readouterr().out)["fid"] == pytest.approx(result["fid"], rel=1e-6)
+    # guidance flags reach the evaluation and are recorded with the result
+    assert main(["eval", str(run), "--metrics", "fid", "--n", "12", "--quiet", "--extractor", "inception-fast",
+                 "--resolution", "75", "--out", str(tmp_path / "guided"), "--json", "--guidance", "2",
+                 "--guidance-interval", "0.5", "5", "--threshold", "static"]) == 0
+    guided = json.loads(capsys.readouterr().out)
+    assert guided["guidance_settings"] == {"scale": 2.0, "interval": [0.5, 5.0], "threshold": "static"}
+    assert guided["fid"] != result["fid"]

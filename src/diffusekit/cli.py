@@ -117,6 +117,42 @@ def _labels(args, model):
     return class_major_labels(args.n, model.num_classes) if model.num_classes else None
 
 
+def add_guidance_arguments(parser) -> None:
+    """The guidance flags of `sample` and `eval` (docs/guidance.md); unset flags keep the run's sample.* keys."""
+    from .guidance import GUIDANCE_SCHEDULES, THRESHOLDS
+
+    g = parser.add_argument_group("guidance (docs/guidance.md; unset: the run's sample.* settings)")
+    g.add_argument("--guidance", type=float, metavar="W",
+                   help="guidance weight w (1 = none): classifier-free, or autoguidance with --autoguide")
+    g.add_argument("--guidance-rescale", type=float, metavar="PHI",
+                   help="CFG rescale phi in [0, 1] (Lin et al. 2023; 0.7 there): counters over-saturation at large w")
+    g.add_argument("--guidance-schedule", choices=GUIDANCE_SCHEDULES,
+                   help="w over the steps: constant, increasing (Muse: 1 -> w) or oscillating (Imagen Video)")
+    g.add_argument("--guidance-low", type=float, metavar="W", help="oscillating: the low weight (default 1)")
+    g.add_argument("--guidance-warmup", type=int, metavar="K",
+                   help="oscillating: steps at the high weight before alternating (default 0)")
+    g.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="guide only where LO < ve_sigma <= HI (Kynkaanniemi et al. 2024); elsewhere one network call")
+    g.add_argument("--threshold", choices=THRESHOLDS,
+                   help="x0_hat thresholding: static (clip to [-1, 1]) or dynamic (Imagen; for large w)")
+    g.add_argument("--threshold-percentile", type=float, metavar="P", help="dynamic thresholding's p (default 0.995)")
+    g.add_argument("--autoguide", metavar="RUN_OR_CKPT",
+                   help="autoguidance (EDM2): guide with this weaker model of the same task, e.g. an early checkpoint")
+    g.add_argument("--autoguide-ema", metavar="NAME", help="the guide's EMA, or 'model' (default: its own default)")
+
+
+def guidance_from_args(args, sample):
+    """:class:`GuidanceSettings` from the run's sample section and the flags of :func:`add_guidance_arguments`."""
+    from .guidance import GuidanceSettings
+
+    interval = tuple(args.guidance_interval) if args.guidance_interval else None
+    return GuidanceSettings.from_sample(sample, scale=args.guidance, rescale=args.guidance_rescale,
+                                        weight_schedule=args.guidance_schedule, low=args.guidance_low,
+                                        warmup=args.guidance_warmup, interval=interval, threshold=args.threshold,
+                                        percentile=args.threshold_percentile, autoguide=args.autoguide,
+                                        autoguide_ema=args.autoguide_ema)
+
+
 def cmd_sample(args) -> int:
     import torch
 
@@ -139,7 +175,12 @@ def cmd_sample(args) -> int:
         keys, value = parse_override(text)
         options[".".join(keys)] = value
     labels = _labels(args, model)
-    guidance = args.guidance if args.guidance is not None else (s.guidance if labels is not None else 1.0)
+    guidance = guidance_from_args(args, s)
+    if labels is None and guidance.autoguide is None:
+        if args.guidance not in (None, 1.0):
+            raise CLIError("--guidance: classifier-free guidance needs a class-conditional model; an "
+                           "unconditional one can be guided with --autoguide")
+        guidance = guidance.unguided()
     steps = args.steps or s.steps
     started = time.perf_counter()
     with ProgressBar(args.n, unit="img", disable=args.quiet) as bar:
@@ -149,12 +190,13 @@ def cmd_sample(args) -> int:
                           progress=bar.update)
     wall = time.perf_counter() - started
     meta = {"checkpoint": str(model.checkpoint), "cur_nimg": model.cur_nimg, "weights": model.weights,
-            "sampler": sampler, "steps": steps, "guidance": guidance, "seed": args.seed, "options": options}
+            "sampler": sampler, "steps": steps, "guidance": guidance.scale, "guidance_settings": guidance.describe(),
+            "seed": args.seed, "options": options}
     for out in outs:
         _write_samples(out, images, labels, meta, args, class_major=labels is not None and args.class_ is None,
                        num_classes=model.num_classes)
     print(json.dumps({"out": [str(o) for o in outs], "n": args.n, "checkpoint": str(model.checkpoint),
-                      "weights": model.weights, "sampler": sampler, "steps": steps, "guidance": guidance,
+                      "weights": model.weights, "sampler": sampler, "steps": steps, "guidance": guidance.scale,
                       "wall_s": round(wall, 2)}),
           file=sys.stderr)
     return 0
@@ -301,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps)")
     s.add_argument("--spacing", help="time grid spacing: uniform, karras, logsnr, trailing")
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="sampler option, e.g. order=3")
-    s.add_argument("--guidance", type=float, help="classifier-free guidance weight (1 = none)")
+    add_guidance_arguments(s)
     s.add_argument("--class", dest="class_", metavar="C", help="class index or name (default: every class in turn)")
     s.add_argument("--seed", type=int, default=0, help="image i uses noise seeded by (seed, i)")
     s.add_argument("--ema", help="EMA name, or 'model' for the raw weights (default: the run's sample.ema / first EMA)")

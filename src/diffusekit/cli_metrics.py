@@ -109,6 +109,7 @@ def _eval_out_dir(args, model) -> Path:
 
 
 def cmd_eval(args) -> int:
+    from .cli import guidance_from_args
     from .config import parse_override
     from .generate import load_model
     from .images import save_png
@@ -136,7 +137,8 @@ def cmd_eval(args) -> int:
         keys, value = parse_override(text)
         options[".".join(keys)] = value
     settings = SamplingSettings.from_config(model.config.sample, sampler=args.sampler, steps=args.steps,
-                                            spacing=args.spacing, guidance=args.guidance,
+                                            spacing=args.spacing,
+                                            guidance=guidance_from_args(args, model.config.sample),
                                             options=options or None, seed=args.seed, batch_size=args.batch_size)
     out_dir = _eval_out_dir(args, model)
     started = time.perf_counter()
@@ -175,7 +177,7 @@ def cmd_eval(args) -> int:
     (out_dir / "results.json").write_text(json.dumps(as_json(result), indent=1))
     result["out_dir"] = str(out_dir)
     lines = [f"{model.checkpoint} ({model.weights}, {model.cur_nimg:,} images), {args.n} samples, "
-             f"{settings.sampler} {settings.steps} steps, guidance {settings.guidance}"]
+             f"{settings.sampler} {settings.steps} steps, guidance {settings.guidance.describe()}"]
     if "fid" in result:
         lines.append(f"FID {result['fid']:.3f}" + ("" if result["comparable_to_published"] else " (not comparable)"))
     if "kid" in result:
@@ -206,6 +208,8 @@ def _extractor_arguments(parser, default_extractor: str = "inception") -> None:
 
 
 def add_commands(sub) -> None:
+    from .cli import add_guidance_arguments
+
     f = sub.add_parser("fid", help="FID between two image folders, sample .npz files or statistics .npz files",
                        description="Frechet Inception Distance between A and B, each an image folder, a sample file "
                                    "from `diffusekit sample --out X.npz`, or statistics from `diffusekit ref-stats` "
@@ -243,7 +247,7 @@ def add_commands(sub) -> None:
     e.add_argument("--sampler")
     e.add_argument("--steps", type=int)
     e.add_argument("--spacing")
-    e.add_argument("--guidance", type=float)
+    add_guidance_arguments(e)
     e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="sampler option")
     e.add_argument("--ema", help="EMA name, or 'model' for the raw weights")
     e.add_argument("--seed", type=int, default=0)

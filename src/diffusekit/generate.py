@@ -6,9 +6,10 @@
   does not depend on which other images are drawn, nor on the batch size beyond float rounding (batched
   convolutions may sum in another order) for the deterministic samplers; stochastic ones also draw
   per-batch noise seeded by ``(seed, first index)``. The same call always gives the same output.
-- Guidance (Ho & Salimans 2022): ``x0 = x0_uncond + w (x0_cond - x0_uncond)``; ``w = 1`` is the plain
-  conditional model and costs one network call, otherwise the conditional and null-class halves go
-  through the network as one batch.
+- Guidance (:mod:`diffusekit.guidance`): a float is classifier-free guidance with that weight (``w = 1``
+  is the plain conditional model and costs one network call; otherwise the conditional and null-class
+  halves go through the network as one batch); a :class:`GuidanceSettings` adds rescale, weight
+  schedules, a guidance interval, thresholding, or autoguidance by another checkpoint (:func:`load_guide`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from torch import Tensor
 
 from .config import Config, from_dict
 from .denoiser import Denoiser
+from .guidance import GuidanceSettings, apply_guidance, null_class
 from .sampling import sample, timesteps
 from .training.build import build_denoiser, build_network
 from .training.checkpoint import CheckpointError, latest_valid, load_checkpoint
 
-__all__ = ["LoadedModel", "load_model", "generate", "class_major_labels", "resolve_checkpoint"]
+__all__ = ["LoadedModel", "load_model", "load_guide", "generate", "class_major_labels", "resolve_checkpoint"]
 
 
 @dataclass
@@ -80,15 +82,17 @@ def class_major_labels(n: int, num_classes: int) -> Tensor:
     return torch.sort(torch.arange(n) % num_classes).values
 
 
-def _guided(denoiser: Denoiser, guidance: float, num_classes: int):
-    def denoise(x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        if cond is None or guidance == 1.0:
-            return denoiser(x, t, cond)
-        null = torch.full_like(cond, num_classes)
-        both = denoiser(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null]))
-        conditional, unconditional = both.chunk(2)
-        return unconditional + guidance * (conditional - unconditional)
-    return denoise
+def load_guide(settings: GuidanceSettings, image_shape: tuple[int, int, int], num_classes: int,
+               device: str | torch.device = "cpu") -> Denoiser | None:
+    """The autoguidance model named by ``settings.autoguide`` (None when there is none), checked to draw the
+    same images under the same conditions as the main model."""
+    if settings.autoguide is None:
+        return None
+    guide = load_model(settings.autoguide, ema=settings.autoguide_ema, device=device)
+    if guide.image_shape != tuple(image_shape) or guide.num_classes != num_classes:
+        raise ValueError(f"the autoguidance model {guide.checkpoint} draws {guide.image_shape} images with "
+                         f"{guide.num_classes} classes; the main model draws {tuple(image_shape)} with {num_classes}")
+    return guide.denoiser
 
 
 def _noise(shape: tuple[int, ...], seed: int, first: int, count: int) -> Tensor:
@@ -102,11 +106,13 @@ def _noise(shape: tuple[int, ...], seed: int, first: int, count: int) -> Tensor:
 @torch.no_grad()
 def generate(denoiser: Denoiser, n: int, image_shape: tuple[int, int, int], *, labels: Tensor | None = None,
              num_classes: int = 0, sampler: str = "multistep", steps: int = 20, spacing: str = "uniform",
-             guidance: float = 1.0, options: dict | None = None, seed: int = 0, batch_size: int = 250,
-             device: str | torch.device = "cpu", progress=None, first: int = 0) -> Tensor:
+             guidance: float | GuidanceSettings = 1.0, options: dict | None = None, seed: int = 0,
+             batch_size: int = 250, device: str | torch.device = "cpu", progress=None, first: int = 0,
+             guide: Denoiser | None = None) -> Tensor:
     """``n`` images, float32 [n, C, H, W] in (about) [-1, 1], on the CPU. ``labels``: [n] class indices for a
     conditional model (None: unconditional, or the null class for a conditional one). ``first``: the index
-    of the first image, so a shard (images first..first+n-1) equals that slice of one big call."""
+    of the first image, so a shard (images first..first+n-1) equals that slice of one big call. ``guide``: the
+    autoguidance model, if already loaded (else it is loaded from ``guidance.autoguide``)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if labels is not None:
@@ -115,11 +121,17 @@ def generate(denoiser: Denoiser, n: int, image_shape: tuple[int, int, int], *, l
         labels = torch.as_tensor(labels, dtype=torch.long)
         if labels.shape != (n,) or labels.min() < 0 or labels.max() >= num_classes:
             raise ValueError(f"labels must be {n} class indices in 0..{num_classes - 1}")
-    if guidance != 1.0 and labels is None:
-        raise ValueError("guidance needs class labels (a conditional model and --class or class-major labels)")
+    settings = guidance if isinstance(guidance, GuidanceSettings) else GuidanceSettings(scale=float(guidance))
+    autoguided = settings.autoguide is not None or guide is not None
+    if settings.active and not autoguided and labels is None:
+        raise ValueError("classifier-free guidance needs class labels (a conditional model and --class or "
+                         "class-major labels); autoguidance (--autoguide) also works unconditionally")
+    if autoguided and guide is None:
+        guide = load_guide(settings, image_shape, num_classes, device)
     schedule = denoiser.schedule
     ts = timesteps(schedule, steps, spacing)
-    denoise = _guided(denoiser, guidance, num_classes)
+    denoise = apply_guidance(denoiser, settings, ts=ts, schedule=schedule,
+                             null=null_class(num_classes) if num_classes else None, guide=guide)
     out = []
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)

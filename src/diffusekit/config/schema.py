@@ -87,7 +87,16 @@ class SampleConfig:
     sampler: str = "multistep"
     steps: int = 20
     spacing: str = "uniform"
-    guidance: float = 1.0  # classifier-free guidance weight w: x0 = u + w (c - u); 1 = none
+    guidance: float = 1.0  # guidance weight w: x0 = u + w (c - u); 1 = none (docs/guidance.md)
+    guidance_rescale: float = 0.0  # phi of CFG rescale (Lin et al. 2023; 0 = off)
+    guidance_schedule: str = "constant"  # constant | increasing (Muse) | oscillating (Imagen Video)
+    guidance_low: float = 1.0  # oscillating: the low weight
+    guidance_warmup: int = 0  # oscillating: steps at the high weight before alternating
+    guidance_interval: list[float] | None = None  # [lo, hi]: guide only where lo < ve_sigma <= hi (Kynkaanniemi 2024)
+    threshold: str = "none"  # none | static | dynamic (Imagen) on x0_hat
+    threshold_percentile: float = 0.995  # dynamic thresholding's percentile p
+    autoguide: str | None = None  # checkpoint / run directory of the guiding model: w becomes autoguidance (EDM2)
+    autoguide_ema: str | None = None  # the guide's EMA name, or "model" (None: its sample.ema / first EMA)
     options: dict = field(default_factory=lambda: {"order": 2, "corrector": True})
     ema: str | None = None  # which EMA samples (None: the first)
     grid_columns: int = 10  # samples per class row of the grids

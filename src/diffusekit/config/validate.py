@@ -26,6 +26,7 @@ def _positive(key: str, value, allow_zero: bool = False) -> None:
 def validate(config: Config) -> Config:
     """Raise :class:`ConfigError` naming the first bad field; returns ``config`` unchanged."""
     from .. import parameterizations, schedules, time_sampling, weighting
+    from ..guidance import GuidanceSettings
     from ..networks import dit, unet
     from ..sampling import SAMPLERS, SPACINGS
 
@@ -94,6 +95,7 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"sample.spacing: unknown spacing {s.spacing!r}; choose one of {', '.join(SPACINGS)}")
     _positive("sample.steps", s.steps)
     _positive("sample.grid_columns", s.grid_columns)
+    _check("sample", GuidanceSettings.from_sample, s)
     if s.ema is not None and s.ema not in config.ema.half_lives:
         raise ConfigError(f"sample.ema: no EMA named {s.ema!r}; this config has {', '.join(config.ema.half_lives)}")
 

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..generate import class_major_labels, generate
+from ..generate import class_major_labels, generate, load_guide
+from ..guidance import GuidanceSettings
 from .features import array_batches, cached_image_stats, compute_stats, dataset_label
 from .fid import fid_from_stats
 from .inception import InceptionV3, quantize
@@ -33,24 +34,32 @@ class SamplingSettings:
     sampler: str = "multistep"
     steps: int = 20
     spacing: str = "uniform"
-    guidance: float = 1.0
+    guidance: GuidanceSettings = field(default_factory=GuidanceSettings)
     options: dict = field(default_factory=dict)
     seed: int = 0
     batch_size: int = 250
 
+    def __post_init__(self):
+        if not isinstance(self.guidance, GuidanceSettings):  # a plain weight: classifier-free guidance
+            self.guidance = GuidanceSettings(scale=float(self.guidance))
+
     @classmethod
-    def from_config(cls, sample, **overrides) -> SamplingSettings:
+    def from_config(cls, sample, guidance: float | GuidanceSettings | None = None, **overrides) -> SamplingSettings:
         """The run's ``sample`` section with ``overrides`` (None values keep the run's own). Options belong to
-        the run's sampler and are dropped when another sampler is chosen."""
+        the run's sampler and are dropped when another sampler is chosen. ``guidance``: a weight replaces the
+        run's (keeping its other guidance settings); settings replace them all."""
         values = {"sampler": sample.sampler, "steps": sample.steps, "spacing": sample.spacing,
-                  "guidance": sample.guidance, "options": dict(sample.options)}
+                  "options": dict(sample.options)}
         if overrides.get("sampler") not in (None, sample.sampler):
             values["options"] = {}  # the run's options belong to its own sampler
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        if not isinstance(guidance, GuidanceSettings):
+            guidance = GuidanceSettings.from_sample(sample, scale=guidance)
+        return cls(guidance=guidance, **values)
 
     def describe(self) -> dict:
-        return {"sampler": self.sampler, "steps": self.steps, "spacing": self.spacing, "guidance": self.guidance,
+        return {"sampler": self.sampler, "steps": self.steps, "spacing": self.spacing,
+                "guidance": self.guidance.scale, "guidance_settings": self.guidance.describe(),
                 "options": self.options, "seed": self.seed}
 
 
@@ -69,13 +78,16 @@ def sample_for_evaluation(denoiser, image_shape: tuple[int, int, int], num_class
     if n < 1:
         raise ValueError(f"the number of samples must be >= 1, got {n}")
     labels = class_major_labels(n, num_classes) if num_classes else None
-    guidance = settings.guidance if labels is not None else 1.0
+    guidance = settings.guidance
+    if labels is None and guidance.autoguide is None:
+        guidance = guidance.unguided()  # classifier-free guidance needs classes
+    guide = load_guide(guidance, image_shape, num_classes, device)
     images, indices = [], []
     for first, count in shard_batches(n, settings.batch_size, rank, world_size):
         batch = generate(denoiser, count, image_shape, labels=None if labels is None else labels[first:first + count],
                          num_classes=num_classes, sampler=settings.sampler, steps=settings.steps,
                          spacing=settings.spacing, guidance=guidance, options=settings.options, seed=settings.seed,
-                         batch_size=count, device=device, first=first)
+                         batch_size=count, device=device, first=first, guide=guide)
         images.append(quantize(batch))
         indices.append(torch.arange(first, first + count))
         if progress is not None:

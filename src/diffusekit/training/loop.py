@@ -22,6 +22,7 @@ from torch import nn
 
 from ..config import Config, to_dict
 from ..data import ImageArrays
+from ..guidance import drop_conditions
 from .batches import BatchStream
 from .build import build_denoiser, build_loss, build_network
 from .checkpoint import latest_valid, load_checkpoint, prune, save_checkpoint
@@ -133,8 +134,7 @@ class Trainer:
         x0 = x0.to(self.device, non_blocking=True)
         if not self.num_classes:
             return x0, None
-        drop = torch.rand(n, generator=self.generator) < self.config.objective.p_uncond
-        labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        labels = drop_conditions(labels, self.config.objective.p_uncond, self.num_classes, self.generator)
         return x0, {"cond": labels.to(self.device, non_blocking=True)}
 
     def _autocast(self):

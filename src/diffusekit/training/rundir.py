@@ -32,6 +32,7 @@ import torch
 
 from ..config import Config, ConfigError, from_dict, read_file, to_dict, write_yaml
 from ..generate import class_major_labels, generate
+from ..guidance import GuidanceSettings
 from ..images import make_grid, save_png
 from ..monitor import MetricsLog, TensorBoardWriter, plot_loss_curve, read_metrics
 from .build import build_denoiser
@@ -216,9 +217,12 @@ class RunDirectory:
         else:
             rows, labels = min(columns, 8), None
         s = config.sample
+        guidance = GuidanceSettings.from_sample(s)
+        if labels is None or guidance.autoguide is not None:  # CFG needs classes; a guide model may not exist yet
+            guidance = guidance.unguided()
         images = generate(denoiser, rows * columns, tuple(trainer.info["image_shape"]), labels=labels,
                           num_classes=trainer.num_classes, sampler=s.sampler, steps=s.steps, spacing=s.spacing,
-                          guidance=s.guidance if labels is not None else 1.0, options=s.options,
+                          guidance=guidance, options=s.options,
                           seed=config.run.seed, device=trainer.device)
         self.samples_dir.mkdir(parents=True, exist_ok=True)
         path = save_png(make_grid(images, columns), self.samples_dir / f"grid-{trainer.cur_nimg:012d}.png")
