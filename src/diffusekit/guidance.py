@@ -131,9 +131,15 @@ def _cat(a, b):
     return torch.cat([a, b])
 
 
-def null_class(num_classes: int) -> Callable[[Tensor], Tensor]:
-    """The null condition of a class-conditional network: index ``num_classes``."""
-    return lambda cond: torch.full_like(cond, num_classes)
+def null_class(num_classes: int) -> Callable:
+    """The null condition of a class-conditional network: label ``num_classes``. In a dict of conditions only
+    the labels are dropped; a cascade's low-resolution image and augmentation level stay."""
+
+    def null(cond):
+        if isinstance(cond, dict):
+            return {**cond, "labels": torch.full_like(cond["labels"], num_classes)}
+        return torch.full_like(cond, num_classes)
+    return null
 
 
 def classifier_free(denoise: DenoiseFn, guidance: float | GuidanceScale, null: Callable, *,

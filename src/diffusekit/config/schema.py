@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = ["Config", "DataConfig", "ObjectiveConfig", "NetworkConfig", "OptimConfig", "EMAConfig", "RunConfig",
-           "SampleConfig", "EvalConfig"]
+           "SampleConfig", "EvalConfig", "CascadeConfig"]
 
 
 @dataclass
@@ -25,6 +25,9 @@ class DataConfig:
     resize: Literal["resize", "pad"] = "resize"  # how to reach `resolution` (pad: e.g. MNIST 28 -> 32)
     conditional: bool = True  # use the class labels (when the dataset has them)
     workers: int = 0  # DataLoader worker processes preparing batches (0: in the training process)
+    intensity: list[float] | None = None  # [low, high(, contrast)]: random brightness per image (data.intensity)
+    augment: float = 0.0  # p of EDM's non-leaking augmentation (labels go to the network); 0 = off
+    augment_options: dict = field(default_factory=dict)  # kinds, translate, scale_std (diffusekit.data.augment)
 
 
 @dataclass
@@ -128,6 +131,17 @@ class EvalConfig:
 
 
 @dataclass
+class CascadeConfig:
+    """A super-resolution stage of a cascade (diffusekit.cascade): the network also sees the training image
+    box-downsampled to ``low_resolution``, noise-augmented (Ho et al. 2022) and upsampled back."""
+
+    low_resolution: int | None = None  # None: not a cascade stage
+    noise_aug: bool = True  # noise-conditioning augmentation of the low-resolution image
+    aug_max: float = 0.5  # training levels s ~ U[0, aug_max] (cosine VP path)
+    sample_snr: float = 5.0  # the fixed level at sampling, as an SNR alpha^2 / sigma^2
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -137,3 +151,4 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)

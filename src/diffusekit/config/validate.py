@@ -99,10 +99,28 @@ def validate(config: Config) -> Config:
     if s.ema is not None and s.ema not in config.ema.half_lives:
         raise ConfigError(f"sample.ema: no EMA named {s.ema!r}; this config has {', '.join(config.ema.half_lives)}")
 
+    c = config.cascade
+    if c.low_resolution is not None:
+        from ..cascade import CascadeSettings
+
+        _check("cascade", CascadeSettings, c.low_resolution, c.noise_aug, c.aug_max, c.sample_snr)
+        if config.eval.every is not None or config.eval.loss_every is not None:
+            raise ConfigError("eval.every / eval.loss_every: in-training evaluation of a cascade stage is not "
+                              "supported (it needs low-resolution inputs); set them to null and evaluate the "
+                              "cascade with benchmarks/cascade_mnist.py")
     d = config.data
+    if d.augment:
+        from ..data.augment import AugmentSettings
+
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in d.augment_options.items()}
+        _check("data.augment", AugmentSettings, p=d.augment, **options)
     if d.channels not in (None, 1, 3):
         raise ConfigError(f"data.channels must be 1, 3 or null, got {d.channels}")
     _positive("data.resolution", d.resolution)
     _positive("data.limit", d.limit)
     _positive("data.workers", d.workers, allow_zero=True)
+    if d.intensity is not None:
+        from ..data.intensity import check_intensity
+
+        _check("data.intensity", check_intensity, d.intensity)
     return config

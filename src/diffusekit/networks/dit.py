@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusekit.networks.conditioning import ExtraEmbedding, concat_image, condition_parts
 from diffusekit.networks.embeddings import ClassEmbedding, get_noise_embedding
 
 __all__ = ["DiT", "DiTBlock", "PRESETS", "sincos_pos_embed_2d"]
@@ -138,6 +139,9 @@ class DiT(nn.Module):
         mlp_ratio: float = 4.0,
         embedding: str = "positional",
         noise_channels: int = 256,
+        augment_dim: int = 0,
+        noise_aug: bool = False,
+        cond_channels: int = 0,
     ):
         super().__init__()
         height, width = (img_resolution, img_resolution) if isinstance(img_resolution, int) else img_resolution
@@ -153,7 +157,9 @@ class DiT(nn.Module):
         self.num_classes = num_classes
         self.grid = (height // patch_size, width // patch_size)
 
-        self.patch_embed = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+        self.cond_channels = cond_channels  # channels of cond["image"], concatenated to the input
+        self.patch_embed = nn.Conv2d(in_channels + cond_channels, hidden_size, kernel_size=patch_size,
+                                     stride=patch_size)
         pos = sincos_pos_embed_2d(hidden_size, *self.grid).to(torch.get_default_dtype())
         self.register_buffer("pos_embed", pos[None], persistent=False)
         self.noise_embed = get_noise_embedding(embedding, noise_channels)
@@ -161,6 +167,8 @@ class DiT(nn.Module):
             nn.Linear(noise_channels, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
         )
         self.class_embed = ClassEmbedding(num_classes, hidden_size) if num_classes > 0 else None
+        extra = ExtraEmbedding(hidden_size, augment_dim, noise_aug)  # augmentation labels / level -> c
+        self.extra_embed = extra if extra.active else None
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
         self.final = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.reset_parameters()
@@ -177,7 +185,8 @@ class DiT(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         # The patch embedding is a linear map on flattened patches: initialise it like one.
         weight = self.patch_embed.weight
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
@@ -187,19 +196,23 @@ class DiT(nn.Module):
         if self.class_embed is not None:
             # Same scale as the noise embedding, so neither dominates c at the start.
             nn.init.normal_(self.class_embed.table.weight, std=0.02)
+        if self.extra_embed is not None:
+            for layer in self.extra_embed.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.normal_(layer.weight, std=0.02)
         # adaLN-Zero: every block starts as the identity and the output starts at zero.
         for layer in [block.ada_ln[1] for block in self.blocks] + [self.final.ada_ln[1], self.final.linear]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def _check_inputs(self, x: Tensor, noise_cond: Tensor, cond: Tensor | None) -> None:
+    def _check_inputs(self, x: Tensor, noise_cond: Tensor, labels: Tensor | None) -> None:
         # Shapes only: they are known on the host, so checking them never waits for the device.
         expected = (self.in_channels, *self.img_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"expected x of shape [B, {', '.join(map(str, expected))}], got {tuple(x.shape)}")
         if tuple(noise_cond.shape) != (x.shape[0],):
             raise ValueError(f"noise_cond must have shape [{x.shape[0]}], got {tuple(noise_cond.shape)}")
-        if cond is not None and self.class_embed is None:
+        if labels is not None and self.class_embed is None:
             raise ValueError("class labels were given to an unconditional DiT (num_classes=0)")
 
     def unpatchify(self, tokens: Tensor) -> Tensor:
@@ -208,13 +221,22 @@ class DiT(nn.Module):
         x = tokens.reshape(tokens.shape[0], grid_h, grid_w, p, p, self.out_channels)
         return x.permute(0, 5, 1, 3, 2, 4).reshape(tokens.shape[0], self.out_channels, grid_h * p, grid_w * p)
 
-    def forward(self, x: Tensor, noise_cond: Tensor, cond: Tensor | None = None) -> Tensor:
-        self._check_inputs(x, noise_cond, cond)
+    def forward(self, x: Tensor, noise_cond: Tensor, cond=None) -> Tensor:
+        """``cond``: class labels ``[B]`` or a dict of conditions (:mod:`diffusekit.networks.conditioning`)."""
+        parts = condition_parts(cond)
+        self._check_inputs(x, noise_cond, parts.get("labels"))
+        x = concat_image(x, parts, self.cond_channels)
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # [B, T, hidden]
         mlp_in = self.noise_mlp[0].weight
         c = self.noise_mlp(self.noise_embed(noise_cond).to(mlp_in.dtype))  # embeddings compute in float32
         if self.class_embed is not None:
-            c = c + self.class_embed(cond, x.shape[0], x.device)
+            c = c + self.class_embed(parts.get("labels"), x.shape[0], x.device)
+        if self.extra_embed is not None:
+            extra = self.extra_embed(parts, x.shape[0], x.device, c.dtype)
+            c = c if extra is None else c + extra
+        elif parts.get("augment") is not None or parts.get("aug_level") is not None:
+            raise ValueError("augmentation labels or levels were given to a DiT built without augment_dim / "
+                             "noise_aug")
         for block in self.blocks:
             tokens = block(tokens, c)
         return self.unpatchify(self.final(tokens, c))

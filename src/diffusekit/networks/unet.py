@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusekit.networks.conditioning import ExtraEmbedding, concat_image, condition_parts
 from diffusekit.networks.embeddings import ClassEmbedding, get_noise_embedding
 from diffusekit.networks.layers import NEAR_ZERO_INIT, ConvResample, UNetBlock, conv2d, group_norm, linear
 
@@ -81,6 +82,9 @@ class UNet(nn.Module):
         resample_filter: tuple[int, ...] = (1, 1),
         resample_proj: bool = True,
         resample_block: str = "residual",
+        augment_dim: int = 0,
+        noise_aug: bool = False,
+        cond_channels: int = 0,
     ):
         """
         Args:
@@ -101,6 +105,10 @@ class UNet(nn.Module):
             resample_block: ``"residual"``: DDPM++ resamples inside a residual block (EDM's SongUNet);
                 ``"conv"``: DDPM's single strided / nearest-upsampling 3x3 conv (Ho et al. 2020), the layout
                 of diffusers' ``UNet2DModel`` (fewer FLOPs).
+            augment_dim: width of the augmentation labels ``cond["augment"]`` (0: none; EDM's non-leaking
+                augmentation, :mod:`diffusekit.data.augment`).
+            noise_aug: condition on ``cond["aug_level"]``, a cascade's noise-augmentation level.
+            cond_channels: channels of ``cond["image"]``, concatenated to the input (0: none).
         """
         super().__init__()
         levels = len(channel_mult)
@@ -125,6 +133,9 @@ class UNet(nn.Module):
         emb_channels = model_channels * channel_mult_emb
         self.map_noise = get_noise_embedding(embedding, noise_channels)
         self.map_class = ClassEmbedding(num_classes, noise_channels) if num_classes else None
+        extra = ExtraEmbedding(noise_channels, augment_dim, noise_aug)
+        self.map_extra = extra if extra.active else None  # absent: old checkpoints keep their keys
+        self.cond_channels = cond_channels
         self.map_layer0 = linear(noise_channels, emb_channels)
         self.map_layer1 = linear(emb_channels, emb_channels)
 
@@ -138,7 +149,7 @@ class UNet(nn.Module):
                 resample_proj=resample_proj, resample_filter=resample_filter, **kwargs,
             )
 
-        self.stem = conv2d(in_channels, model_channels, 3)
+        self.stem = conv2d(in_channels + cond_channels, model_channels, 3)
         widths = [model_channels * mult for mult in channel_mult]
         self.encoder, skips = _encoder(block, model_channels, widths, resolutions, num_blocks)
         # `takes_skip[i]`: decoder block i concatenates the latest unused skip to its input.
@@ -153,26 +164,34 @@ class UNet(nn.Module):
             raise ValueError(f"unknown U-Net preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
-    def embed(self, noise_cond: Tensor, cond: Tensor | None, batch: int) -> Tensor:
+    def embed(self, noise_cond: Tensor, cond, batch: int) -> Tensor:
         """The embedding vector fed to every block: ``[B, emb_channels]``."""
         if noise_cond.shape != (batch,):
             raise ValueError(f"noise_cond must have shape [{batch}], got {tuple(noise_cond.shape)}")
+        parts = condition_parts(cond)
         emb = self.map_noise(noise_cond)
         if self.map_class is not None:
-            emb = emb + self.map_class(cond, batch, emb.device)
-        elif cond is not None:
+            emb = emb + self.map_class(parts.get("labels"), batch, emb.device)
+        elif parts.get("labels") is not None:
             raise ValueError("class labels were given to an unconditional UNet (num_classes=0)")
+        if self.map_extra is not None:
+            extra = self.map_extra(parts, batch, emb.device, emb.dtype)
+            emb = emb if extra is None else emb + extra
+        elif parts.get("augment") is not None or parts.get("aug_level") is not None:
+            raise ValueError("augmentation labels or levels were given to a UNet built without augment_dim / "
+                             "noise_aug")
         emb = emb.to(self.map_layer0.weight.dtype)
         emb = F.silu(self.map_layer0(emb))
         return F.silu(self.map_layer1(emb))
 
-    def forward(self, x: Tensor, noise_cond: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, noise_cond: Tensor, cond=None) -> Tensor:
+        """``cond``: class labels ``[B]`` or a dict of conditions (:mod:`diffusekit.networks.conditioning`)."""
         expected = (self.in_channels, self.img_resolution, self.img_resolution)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"expected input of shape [B, {', '.join(map(str, expected))}], got {tuple(x.shape)}")
         emb = self.embed(noise_cond, cond, x.shape[0])
 
-        x = self.stem(x)
+        x = self.stem(concat_image(x, condition_parts(cond), self.cond_channels))
         skips = [x]
         for block in self.encoder:
             x = block(x, emb)

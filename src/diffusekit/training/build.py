@@ -9,14 +9,18 @@ from __future__ import annotations
 from torch import nn
 
 from .. import parameterizations, schedules, time_sampling, weighting
+from ..cascade import CascadeSettings
 from ..config import Config, DataConfig, NetworkConfig
 from ..data import DATASETS, ImageArrays, open_dataset, resize_arrays
+from ..data.augment import AUGMENT_DIM, AugmentSettings
+from ..data.intensity import random_intensity
 from ..denoiser import Denoiser
 from ..loss import DiffusionLoss
 from ..networks.dit import DiT
 from ..networks.unet import UNet
 
-__all__ = ["load_training_data", "build_network", "build_denoiser", "build_loss"]
+__all__ = ["load_training_data", "build_network", "network_conditioning", "cascade_settings", "augment_settings",
+           "build_denoiser", "build_loss"]
 
 
 def _first(arrays: ImageArrays, limit: int | None) -> ImageArrays:
@@ -26,21 +30,58 @@ def _first(arrays: ImageArrays, limit: int | None) -> ImageArrays:
 
 
 def load_training_data(data: DataConfig) -> ImageArrays:
-    """The configured dataset: the split, its first ``limit`` examples, at the configured size."""
+    """The configured dataset: the split, its first ``limit`` examples, at the configured size, with the random
+    global intensity of ``data.intensity`` (diffusekit.data.intensity; image i keyed by its index i)."""
     if data.limit is None or data.name not in DATASETS:  # folders are decoded straight to the size
-        return _first(open_dataset(data.name, split=data.split, resolution=data.resolution, channels=data.channels,
-                                   mode=data.resize), data.limit)
-    arrays = _first(open_dataset(data.name, split=data.split), data.limit)  # subset first: less to resize
-    return resize_arrays(arrays, data.resolution, data.channels, data.resize)
+        arrays = _first(open_dataset(data.name, split=data.split, resolution=data.resolution, channels=data.channels,
+                                     mode=data.resize), data.limit)
+    else:
+        arrays = _first(open_dataset(data.name, split=data.split), data.limit)  # subset first: less to resize
+        arrays = resize_arrays(arrays, data.resolution, data.channels, data.resize)
+    return random_intensity(arrays, data.intensity)
 
 
-def build_network(network: NetworkConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def augment_settings(config: Config) -> AugmentSettings | None:
+    """EDM's non-leaking augmentation of the training images, when ``data.augment`` > 0."""
+    if not config.data.augment:
+        return None
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in config.data.augment_options.items()}
+    return AugmentSettings(p=config.data.augment, **options)
+
+
+def cascade_settings(config: Config) -> CascadeSettings | None:
+    """The super-resolution stage's conditioning, when ``cascade.low_resolution`` is set."""
+    c = config.cascade
+    if c.low_resolution is None:
+        return None
+    return CascadeSettings(c.low_resolution, c.noise_aug, c.aug_max, c.sample_snr)
+
+
+def network_conditioning(config: Config, image_shape: tuple[int, int, int]) -> dict:
+    """The network options the data side implies: augmentation labels, a cascade's image and level inputs."""
+    options: dict = {}
+    if augment_settings(config) is not None:
+        options["augment_dim"] = AUGMENT_DIM
+    cascade = cascade_settings(config)
+    if cascade is not None:
+        if image_shape[-1] % cascade.low_resolution or image_shape[-1] == cascade.low_resolution:
+            raise ValueError(f"cascade.low_resolution {cascade.low_resolution} must divide the stage's "
+                             f"resolution {image_shape[-1]} (and be smaller)")
+        options["cond_channels"] = image_shape[0]
+        options["noise_aug"] = cascade.noise_aug
+    return options
+
+
+def build_network(network: NetworkConfig, image_shape: tuple[int, int, int], num_classes: int,
+                  **conditioning) -> nn.Module:
+    """``conditioning``: :func:`network_conditioning`'s options (augment_dim, cond_channels, noise_aug)."""
     channels, height, width = image_shape
     if height != width:
         raise ValueError(f"images must be square, got {height}x{width}")
     # YAML gives lists; the networks' layout arguments are tuples
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in network.options.items()}
-    common = {"img_resolution": height, "in_channels": channels, "num_classes": num_classes, **options}
+    common = {"img_resolution": height, "in_channels": channels, "num_classes": num_classes, **conditioning,
+              **options}
     if network.kind == "unet":
         common.setdefault("out_channels", channels)
         return UNet.from_preset(network.preset, **common)

@@ -20,11 +20,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..cascade import training_condition
 from ..config import Config, to_dict
 from ..data import ImageArrays
+from ..data.augment import augment
 from ..guidance import drop_conditions
 from .batches import BatchStream
-from .build import build_denoiser, build_loss, build_network
+from .build import (
+    augment_settings,
+    build_denoiser,
+    build_loss,
+    build_network,
+    cascade_settings,
+    network_conditioning,
+)
 from .checkpoint import latest_valid, load_checkpoint, prune, save_checkpoint
 from .ema import EMASet
 from .evaluation import TrainingEvaluator
@@ -55,7 +64,10 @@ class Trainer:
         self.info = data_info(data, config.data.conditional)
         self.num_classes = self.info["num_classes"]
         torch.manual_seed(config.run.seed)  # network initialisation and dropout
-        self.network = build_network(config.network, tuple(self.info["image_shape"]), self.num_classes)
+        image_shape = tuple(self.info["image_shape"])
+        self.network = build_network(config.network, image_shape, self.num_classes,
+                                     **network_conditioning(config, image_shape))
+        self.augment, self.cascade = augment_settings(config), cascade_settings(config)
         self.network.to(self.device, torch.float32)  # float32 weights whatever the default dtype; bf16 via autocast
         forward = torch.compile(self.network) if config.run.compile else self.network
         self.denoiser = build_denoiser(config, forward)
@@ -132,10 +144,17 @@ class Trainer:
         x0, labels = next(self._batches)
         self._data_position = self._batches.position
         x0 = x0.to(self.device, non_blocking=True)
-        if not self.num_classes:
+        parts = {}
+        if self.num_classes:
+            labels = drop_conditions(labels, self.config.objective.p_uncond, self.num_classes, self.generator)
+            parts["labels"] = labels.to(self.device, non_blocking=True)
+        if self.augment is not None:  # EDM's non-leaking augmentation: the labels tell the network what was done
+            x0, parts["augment"] = augment(x0, self.augment, self.generator)
+        if self.cascade is not None:  # the super-resolution stage's low-resolution input, noise-augmented
+            parts.update(training_condition(x0, self.cascade, self.generator))
+        if not parts:
             return x0, None
-        labels = drop_conditions(labels, self.config.objective.p_uncond, self.num_classes, self.generator)
-        return x0, {"cond": labels.to(self.device, non_blocking=True)}
+        return x0, {"cond": parts["labels"] if list(parts) == ["labels"] else parts}
 
     def _autocast(self):
         if self.config.run.precision == "bf16":

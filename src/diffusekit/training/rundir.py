@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from ..cascade import downsample, sampling_condition
 from ..config import Config, ConfigError, from_dict, read_file, to_dict, write_yaml
 from ..generate import class_major_labels, generate
 from ..guidance import GuidanceSettings
@@ -220,9 +221,14 @@ class RunDirectory:
         guidance = GuidanceSettings.from_sample(s)
         if labels is None or guidance.autoguide is not None:  # CFG needs classes; a guide model may not exist yet
             guidance = guidance.unguided()
+        condition = None
+        if trainer.cascade is not None:  # a super-resolution stage: upsample real training images
+            real = real_images_for(trainer.data, labels, rows * columns)
+            condition = sampling_condition(downsample(real, trainer.cascade.low_resolution), trainer.cascade,
+                                           real.shape[-1], seed=config.run.seed)
         images = generate(denoiser, rows * columns, tuple(trainer.info["image_shape"]), labels=labels,
                           num_classes=trainer.num_classes, sampler=s.sampler, steps=s.steps, spacing=s.spacing,
-                          guidance=guidance, options=s.options,
+                          guidance=guidance, options=s.options, condition=condition,
                           seed=config.run.seed, device=trainer.device)
         self.samples_dir.mkdir(parents=True, exist_ok=True)
         path = save_png(make_grid(images, columns), self.samples_dir / f"grid-{trainer.cur_nimg:012d}.png")
@@ -238,3 +244,17 @@ class RunDirectory:
         smoothing = 0.9 if len(records) >= 200 else 0.6
         return plot_loss_curve(self.path / "loss.png", [r["cur_nimg"] for r in records],
                                [r["loss"] for r in records], smoothing=smoothing)
+
+
+def real_images_for(data, labels, n: int):
+    """``n`` training images as float NCHW: for each requested label the next image of that class in
+    dataset order (the first ``n`` images when unconditional)."""
+    if labels is None:
+        return data.tensors(list(range(min(n, len(data)))))[0]
+    seen: dict[int, int] = {}
+    indices = []
+    for label in labels.tolist():
+        of_class = (data.labels == label).nonzero()[0]
+        indices.append(int(of_class[seen.get(label, 0) % len(of_class)]))
+        seen[label] = seen.get(label, 0) + 1
+    return data.tensors(indices)[0]
