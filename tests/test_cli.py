@@ -114,6 +114,26 @@ def test_sample_guidance_flags_and_autoguidance(run, tmp_path, capsys):
     assert "draws (1, 8, 8) images" in capsys.readouterr().err
 
 
+def test_cascade_stage_trains_and_samples_from_low_resolution_inputs(run, tmp_path, capsys):
+    stage2 = tmp_path / "stage2"
+    assert main(["train", "--preset", "tiny", "--run-dir", str(stage2), "--images", "32", "--quiet",
+                 "--set", "cascade.low_resolution=8", "--set", "run.checkpoint_every=32",
+                 "--set", "run.sample_every=32"]) == 0
+    assert (stage2 / "samples.png").exists()  # training grids upsample real training digits
+    low = tmp_path / "low.npz"
+    np.savez(low, images=np.random.default_rng(0).uniform(-1, 1, (6, 1, 8, 8)).astype(np.float32),
+             labels=np.array([3, 3, 1, 0, 9, 2]))
+    common = ["sample", str(stage2), "--n", "6", "--steps", "2", "--quiet", "--threads", "1"]
+    assert main([*common, "--low-res", str(low), "--out", str(tmp_path / "hi.npz")]) == 0
+    hi = np.load(tmp_path / "hi.npz")
+    assert hi["images"].shape == (6, 1, 16, 16) and hi["labels"].tolist() == [3, 3, 1, 0, 9, 2]
+    assert main([*common, "--out", str(tmp_path / "x.npz")]) == 2
+    assert "conditioned on 8x8 images: give them with --low-res" in capsys.readouterr().err
+    assert main(["sample", str(run), "--n", "2", "--steps", "2", "--quiet", "--low-res", str(low),
+                 "--out", str(tmp_path / "y.npz")]) == 2
+    assert "is not a cascade stage" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--guidance-schedule", "wavy"], "invalid choice: 'wavy'"),
     (["--guidance-interval", "3", "1"], "0 <= lo < hi"),

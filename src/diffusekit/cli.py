@@ -153,6 +153,37 @@ def guidance_from_args(args, sample):
                                         autoguide_ema=args.autoguide_ema)
 
 
+def _cascade_condition(args, model, labels):
+    """(condition, labels) for a super-resolution stage from --low-res (the first stage's samples .npz, whose
+    labels are kept unless --class is given); (None, labels) otherwise."""
+    import numpy as np
+    import torch
+
+    from .cascade import sampling_condition
+    from .training.build import cascade_settings
+
+    settings = cascade_settings(model.config)
+    if settings is None:
+        if args.low_res:
+            raise CLIError(f"--low-res: {args.source} is not a cascade stage (its cascade.low_resolution is unset)")
+        return None, labels
+    r = settings.low_resolution
+    if not args.low_res:
+        raise CLIError(f"this run is a super-resolution stage conditioned on {r}x{r} images: give them with "
+                       "--low-res SAMPLES.npz (e.g. the first stage's `diffusekit sample --out SAMPLES.npz`)")
+    with np.load(args.low_res) as data:
+        images = torch.from_numpy(np.asarray(data["images"], dtype=np.float32))
+        file_labels = torch.from_numpy(np.asarray(data["labels"], dtype=np.int64)) if "labels" in data else None
+    expected = (model.image_shape[0], r, r)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected or len(images) < args.n:
+        raise CLIError(f"--low-res {args.low_res}: need at least {args.n} float images of shape [N, "
+                       f"{', '.join(map(str, expected))}], got {list(images.shape)}")
+    images = images[:args.n]
+    if labels is not None and args.class_ is None and file_labels is not None and bool((file_labels >= 0).all()):
+        labels = file_labels[:args.n]  # stage 2 draws the classes stage 1 drew
+    return sampling_condition(images, settings, model.image_shape[-1], seed=args.seed), labels
+
+
 def cmd_sample(args) -> int:
     import torch
 
@@ -175,6 +206,7 @@ def cmd_sample(args) -> int:
         keys, value = parse_override(text)
         options[".".join(keys)] = value
     labels = _labels(args, model)
+    condition, labels = _cascade_condition(args, model, labels)
     guidance = guidance_from_args(args, s)
     if labels is None and guidance.autoguide is None:
         if args.guidance not in (None, 1.0):
@@ -184,6 +216,8 @@ def cmd_sample(args) -> int:
     steps = args.steps or s.steps
     if args.reject_rounds is not None and not args.reject:
         raise CLIError("--reject-rounds needs --reject")
+    if args.reject and condition is not None:
+        raise CLIError("--reject does not support cascade stages yet (their low-resolution inputs are per image)")
     classifier = _rejection_classifier(args, model) if args.reject else None
     started = time.perf_counter()
     common = dict(sampler=sampler, steps=steps, spacing=args.spacing or s.spacing, guidance=guidance, options=options,
@@ -192,7 +226,7 @@ def cmd_sample(args) -> int:
     with ProgressBar(args.n, unit="img", disable=args.quiet) as bar:
         if classifier is None:
             images = generate(model.denoiser, args.n, model.image_shape, labels=labels, num_classes=model.num_classes,
-                              progress=bar.update, **common)
+                              progress=bar.update, condition=condition, **common)
         else:
             from .rejection import generate_with_rejection
 
@@ -396,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spacing", help="time grid spacing: uniform, karras, logsnr, trailing")
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="sampler option, e.g. order=3")
     add_guidance_arguments(s)
+    s.add_argument("--low-res", metavar="SAMPLES.npz",
+                   help="a cascade stage's low-resolution inputs: a .npz of float images [N, C, r, r] (and labels), "
+                        "e.g. the first stage's `sample --out`; noise-augmented at the run's cascade.sample_snr")
     s.add_argument("--class", dest="class_", metavar="C", help="class index or name (default: every class in turn)")
     s.add_argument("--seed", type=int, default=0, help="image i uses noise seeded by (seed, i)")
     s.add_argument("--reject", action="store_true",

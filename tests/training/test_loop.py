@@ -26,12 +26,16 @@ def _weights(trainer: Trainer):
     return {f"{k}/{p}": v.clone() for k, s in states.items() for p, v in s.items()}
 
 
-@pytest.mark.parametrize("network", ["unet", "dit"])
-def test_stopped_and_resumed_run_is_bit_identical(tmp_path, network):
+@pytest.mark.parametrize("network, extra", [
+    ("unet", ()), ("dit", ()),
+    # the augmentation and the cascade's noise augmentation draw from the trainer's generator
+    ("unet", ("data.augment=0.5",)), ("dit", ("cascade.low_resolution=4",)),
+], ids=["unet", "dit", "unet-augment", "dit-cascade"])
+def test_stopped_and_resumed_run_is_bit_identical(tmp_path, network, extra):
     torch.set_default_dtype(torch.float32)
     try:
         config = _config(f"network.kind={network}", "network.options={dropout: 0.1}" if network == "unet"
-                         else "network.options={}")
+                         else "network.options={}", *extra)
         data = _data()
         whole = train(config, data, tmp_path / "whole")
         train(config, data, tmp_path / "split", until_images=100)  # last checkpoint at 64: 36 images are redone
