@@ -16,6 +16,7 @@ from diffusekit.guidance import (
     increasing,
     limited_interval,
     null_class,
+    null_condition,
     oscillating,
     static_threshold,
 )
@@ -88,6 +89,31 @@ def test_weight_one_is_one_plain_call_and_no_condition_runs_unguided():
     torch.testing.assert_close(classifier_free(plain, 1.0, null_class(NULL))(x, t, c), plain(x, t, c))
     torch.testing.assert_close(classifier_free(plain, 4.0, null_class(NULL))(x, t, None), plain(x, t, None))
     assert calls == [3, 3, 3, 3]
+
+
+def test_null_condition_drops_labels_and_text_and_cfg_pairs_them():
+    labels, text = torch.tensor([0, 2]), torch.randn(2, 4, 8)
+    null = null_condition(3)
+    torch.testing.assert_close(null(labels), torch.tensor([3, 3]))
+    cond = {"labels": labels, "text": text, "text_mask": torch.ones(2, 4, dtype=torch.bool),
+            "image": torch.randn(2, 1, 4, 4)}
+    dropped = null(cond)
+    torch.testing.assert_close(dropped["labels"], torch.tensor([3, 3]))
+    assert dropped["text_null"].dtype == torch.bool and bool(dropped["text_null"].all())
+    assert dropped["text"] is text and dropped["image"] is cond["image"] and "text_null" not in cond
+    assert "text_null" not in null({"labels": labels}) and "labels" not in null({"text": text})
+    assert null_class(3)(cond).keys() == dropped.keys()  # null_class is the same map
+    seen = []
+
+    def denoise(x, t, c):
+        seen.append(c)
+        return x * (1 + c["text_null"].to(x.dtype))[:, None]  # the null text doubles the output
+
+    x, t = torch.randn(2, 3), torch.full((2,), 0.5)
+    out = classifier_free(denoise, 3.0, null)(x, t, cond)
+    torch.testing.assert_close(seen[0]["text_null"], torch.tensor([False, False, True, True]))
+    torch.testing.assert_close(seen[0]["labels"], torch.tensor([0, 2, 3, 3]))
+    torch.testing.assert_close(out, 3.0 * x + (1 - 3.0) * 2 * x)
 
 
 def test_autoguidance_combines_two_models_under_the_same_condition():

@@ -37,7 +37,7 @@ from torch import Tensor
 
 __all__ = ["GuidanceSettings", "GUIDANCE_SCHEDULES", "THRESHOLDS", "classifier_free", "autoguidance", "constant",
            "increasing", "oscillating", "limited_interval", "static_threshold", "dynamic_threshold",
-           "apply_guidance", "drop_conditions", "null_class"]
+           "apply_guidance", "drop_conditions", "null_class", "null_condition"]
 
 DenoiseFn = Callable[..., Tensor]
 GuidanceScale = Callable[[Tensor], Tensor]  # t [batch] -> w [batch]
@@ -127,18 +127,39 @@ def _guided(single: DenoiseFn, pair, guidance, rescale: float) -> DenoiseFn:
 
 def _cat(a, b):
     if isinstance(a, dict):
-        return {k: _cat(a[k], b[k]) for k in a}
+        return {k: _cat(_entry(a, b, k), _entry(b, a, k)) for k in {**a, **b}}
     return torch.cat([a, b])
+
+
+def _entry(cond: dict, other: dict, key: str):
+    # A null condition may mark rows with ``text_null`` that the condition itself leaves out (False).
+    if key not in cond and key == "text_null":
+        return torch.zeros_like(other[key], dtype=torch.bool)
+    return cond[key]
 
 
 def null_class(num_classes: int) -> Callable:
     """The null condition of a class-conditional network: label ``num_classes``. In a dict of conditions only
-    the labels are dropped; a cascade's low-resolution image and augmentation level stay."""
+    the labels (and the text, see :func:`null_condition`) are dropped; a cascade's low-resolution image and
+    augmentation level stay."""
+    return null_condition(num_classes)
+
+
+def null_condition(num_classes: int) -> Callable:
+    """The classifier-free-guidance null of a condition: labels become the null class ``num_classes``; in a dict,
+    ``labels`` (when present) become the null class and, when ``text`` is present, ``text_null`` is set for
+    every row (the network's learned null text). Other entries (image, augmentation level) stay."""
 
     def null(cond):
-        if isinstance(cond, dict):
-            return {**cond, "labels": torch.full_like(cond["labels"], num_classes)}
-        return torch.full_like(cond, num_classes)
+        if not isinstance(cond, dict):
+            return torch.full_like(cond, num_classes)
+        out = dict(cond)
+        if cond.get("labels") is not None:
+            out["labels"] = torch.full_like(cond["labels"], num_classes)
+        if cond.get("text") is not None:
+            text = cond["text"]
+            out["text_null"] = torch.ones(text.shape[0], dtype=torch.bool, device=text.device)
+        return out
     return null
 
 

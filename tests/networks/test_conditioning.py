@@ -1,4 +1,4 @@
-"""Conditions beyond the label reach both networks: augmentation labels, the augmentation level, an image."""
+"""Conditions beyond the label reach both networks: augmentation labels, the augmentation level, an image, text."""
 
 import pytest
 import torch
@@ -13,15 +13,16 @@ def perturbed(net):
     return net.eval()
 
 
-def unet(**kwargs):
+def unet(perturb=True, **kwargs):
     torch.manual_seed(0)
-    return perturbed(UNet.from_preset("tiny", img_resolution=8, in_channels=1, out_channels=1, num_classes=3,
-                                      **kwargs))
+    net = UNet.from_preset("tiny", img_resolution=8, in_channels=1, out_channels=1, num_classes=3, **kwargs)
+    return perturbed(net) if perturb else net.eval()
 
 
-def dit(**kwargs):
+def dit(perturb=True, **kwargs):
     torch.manual_seed(0)
-    return perturbed(DiT(8, 1, num_classes=3, patch_size=2, hidden_size=32, depth=2, num_heads=2, **kwargs))
+    net = DiT(8, 1, num_classes=3, patch_size=2, hidden_size=32, depth=2, num_heads=2, **kwargs)
+    return perturbed(net) if perturb else net.eval()
 
 
 def differs(a, b):
@@ -38,7 +39,7 @@ def test_labels_as_dict_equal_labels_as_tensor_and_plain_state_is_unchanged(make
     torch.testing.assert_close(net(X, NOISE, {"labels": LABELS}), net(X, NOISE, LABELS))
     assert not any("extra" in key for key in net.state_dict())  # old checkpoints keep loading
     with pytest.raises(ValueError, match="unknown condition"):
-        net(X, NOISE, {"labels": LABELS, "text": X})
+        net(X, NOISE, {"labels": LABELS, "caption": X})
 
 
 @pytest.mark.parametrize("make", NETS)
@@ -68,3 +69,82 @@ def test_cascade_inputs(make):
         net(X, NOISE, {"labels": LABELS, "aug_level": torch.zeros(2)})
     with pytest.raises(ValueError, match="without cond_channels"):
         make()(X, NOISE, {"labels": LABELS, "image": image})
+
+
+TEXT_DIM = 8
+
+
+def text_cond(length=5, real=(3, 5), seed=1):
+    """Two sentences of ``real`` tokens each, padded (with noise, which must not matter) to ``length``."""
+    gen = torch.Generator().manual_seed(seed)
+    states = torch.randn(2, length, TEXT_DIM, generator=gen)
+    mask = torch.arange(length)[None, :] < torch.tensor(real)[:, None]
+    pooled = torch.randn(2, TEXT_DIM, generator=gen)
+    return {"labels": LABELS, "text": states, "text_mask": mask, "text_pooled": pooled}
+
+
+@pytest.mark.parametrize("make", NETS)
+def test_text_conditioning_masks_padding_and_has_a_learned_null(make):
+    net = make(text_dim=TEXT_DIM)
+    cond = text_cond()
+    out = net(X, NOISE, cond)
+    assert out.shape == X.shape
+    # padding: a longer padded copy of the same sentences, or other values under the mask, change nothing
+    padded = {**cond, "text": torch.cat([cond["text"], torch.randn(2, 4, TEXT_DIM)], dim=1),
+              "text_mask": torch.cat([cond["text_mask"], torch.zeros(2, 4, dtype=torch.bool)], dim=1)}
+    torch.testing.assert_close(net(X, NOISE, padded), out, atol=1e-5, rtol=1e-5)
+    masked = cond["text"].clone()
+    masked[0, 4] += 5.0  # row 0 has 3 real tokens
+    torch.testing.assert_close(net(X, NOISE, {**cond, "text": masked}), out, atol=1e-5, rtol=1e-5)
+    # a real token matters (through cross-attention alone: the pooled vector is given)
+    real = cond["text"].clone()
+    real[0, 1] += 1.0
+    changed = net(X, NOISE, {**cond, "text": real})
+    assert differs(changed[:1], out[:1])
+    torch.testing.assert_close(changed[1:], out[1:])
+    # text_null rows are the output without text; the other rows keep their text
+    absent = net(X, NOISE, LABELS)
+    nulled = net(X, NOISE, {**cond, "text_null": torch.tensor([True, False])})
+    torch.testing.assert_close(nulled[:1], absent[:1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(nulled[1:], out[1:], atol=1e-5, rtol=1e-5)
+    assert differs(out, absent)
+
+
+@pytest.mark.parametrize("make", NETS)
+def test_untrained_cross_attention_is_the_identity(make):
+    net = make(perturb=False, text_dim=TEXT_DIM)
+    cond = text_cond()
+    other = {**cond, "text": torch.randn(2, 5, TEXT_DIM)}  # same pooled vector, other tokens
+    torch.testing.assert_close(net(X, NOISE, other), net(X, NOISE, cond), atol=0.0, rtol=0.0)
+    projections = [m.proj for m in net.modules() if type(m).__name__ == "CrossAttention"]
+    assert projections and all(bool((p.weight == 0).all()) for p in projections)
+
+
+@pytest.mark.parametrize("make", NETS)
+def test_text_dim_zero_is_the_network_without_text(make):
+    plain, zero, text = make(), make(text_dim=0), make(text_dim=TEXT_DIM)
+    assert list(zero.state_dict()) == list(plain.state_dict())
+    assert not any("text" in key or "cross" in key for key in plain.state_dict())
+    assert set(plain.state_dict()) < set(text.state_dict())
+    torch.testing.assert_close(zero(X, NOISE, LABELS), plain(X, NOISE, LABELS))
+
+
+@pytest.mark.parametrize("make", NETS)
+def test_text_errors(make):
+    net, cond = make(text_dim=TEXT_DIM), text_cond()
+    with pytest.raises(ValueError, match="without text_dim"):
+        make()(X, NOISE, cond)
+    with pytest.raises(ValueError, match="without text_dim"):
+        make()(X, NOISE, {"labels": LABELS, "text_null": torch.ones(2, dtype=torch.bool)})
+    with pytest.raises(ValueError, match=r"text must have shape \[2, L, 8\]"):
+        net(X, NOISE, {**cond, "text": torch.randn(2, 5, 7)})
+    with pytest.raises(ValueError, match=r"text must have shape"):
+        net(X, NOISE, {**cond, "text": torch.randn(2, 5 * TEXT_DIM)})
+    with pytest.raises(ValueError, match=r"text_mask must have shape \[2, 5\]"):
+        net(X, NOISE, {**cond, "text_mask": torch.ones(2, 4, dtype=torch.bool)})
+    with pytest.raises(ValueError, match=r"text_pooled must have shape \[2, 8\]"):
+        net(X, NOISE, {**cond, "text_pooled": torch.randn(2, 6)})
+    with pytest.raises(ValueError, match=r"text_null must have shape \[2\]"):
+        net(X, NOISE, {**cond, "text_null": torch.ones(3, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="without 'text'"):
+        net(X, NOISE, {"labels": LABELS, "text_pooled": cond["text_pooled"]})

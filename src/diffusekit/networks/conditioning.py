@@ -8,12 +8,21 @@
 - ``"aug_level"``: ``[B]``, the noise level of a cascade's noise-conditioning augmentation (Ho et al. 2022,
   "Cascaded Diffusion Models", sec. 4.1), as the augmentation's time in [0, 1];
 - ``"image"``: ``[B, C, H, W]`` at the network's resolution, concatenated to the input channels (a
-  super-resolution stage's upsampled low-resolution image; seed 001's "concatenation").
+  super-resolution stage's upsampled low-resolution image; seed 001's "concatenation");
+- ``"text"``: token states ``[B, L, text_dim]`` of a text encoder (e.g. :class:`diffusekit.text.TextEncoder`'s
+  ``states``), attended to by cross-attention (seed 001's "cross-attention to token embeddings");
+- ``"text_mask"``: bool ``[B, L]``, True for a real token; padding is never attended (absent: all real);
+- ``"text_pooled"``: ``[B, text_dim]``, the sentence embedding, summed into the embedding vector like the
+  vectors above (absent: the masked mean of ``text``);
+- ``"text_null"``: bool ``[B]``, True where a row uses the learned null text instead of its text (the
+  classifier-free-guidance null of text). No ``text`` at all means the null text for every row, as
+  ``labels=None`` means the null class; a row whose mask has no real token also gets the null text.
 
 Vector conditions are summed into the embedding that drives the adaptive normalisation (U-Net) or adaLN
 (DiT), the first of seed 001's mechanisms: :class:`ExtraEmbedding` maps the augmentation labels with a
 bias-free linear layer (zero labels give exactly zero, as EDM's ``map_augment``) and the augmentation level
-through a positional embedding and a linear layer.
+through a positional embedding and a linear layer. :class:`TextConditioning` holds the learned null text
+and maps the pooled text embedding the same way.
 """
 
 from __future__ import annotations
@@ -23,9 +32,10 @@ from torch import Tensor, nn
 
 from .embeddings import PositionalEmbedding
 
-__all__ = ["CONDITION_KEYS", "condition_parts", "ExtraEmbedding", "concat_image"]
+__all__ = ["CONDITION_KEYS", "TEXT_KEYS", "condition_parts", "ExtraEmbedding", "TextConditioning", "concat_image"]
 
-CONDITION_KEYS = ("labels", "augment", "aug_level", "image")
+TEXT_KEYS = ("text", "text_mask", "text_pooled", "text_null")
+CONDITION_KEYS = ("labels", "augment", "aug_level", "image", *TEXT_KEYS)
 
 
 def condition_parts(cond) -> dict:
@@ -82,6 +92,74 @@ class ExtraEmbedding(nn.Module):
         elif parts.get("aug_level") is not None:
             raise ValueError("an augmentation level was given to a network built without noise_aug")
         return None if out is None else out.to(dtype)
+
+
+class TextConditioning(nn.Module):
+    """The learned null text and the pooled-embedding map of a text-conditioned network.
+
+    :meth:`resolve` turns ``cond``'s text entries into ``(states [B, L, text_dim], mask [B, L], vector
+    [B, channels])``: rows marked ``text_null`` (or all rows, when ``text`` is absent) get the null text, a
+    single real token, and the null pooled vector; ``vector`` is the pooled embedding mapped to the width of
+    the embedding vector, to be added to it.
+    """
+
+    def __init__(self, text_dim: int, channels: int, owner: str = "network"):
+        super().__init__()
+        if text_dim < 1:
+            raise ValueError(f"text_dim must be >= 1 for a text-conditioned network, got {text_dim}")
+        self.text_dim, self.owner = text_dim, owner
+        self.null_text = nn.Parameter(torch.randn(1, 1, text_dim) * 0.02)
+        self.null_pooled = nn.Parameter(torch.randn(text_dim) * 0.02)
+        self.map_pooled = nn.Linear(text_dim, channels)
+
+    def resolve(self, parts: dict, batch: int, device) -> tuple[Tensor, Tensor, Tensor]:
+        dim, dtype = self.text_dim, self.null_text.dtype
+        text, mask, pooled, null = (parts.get(key) for key in TEXT_KEYS)
+        if null is not None:
+            if tuple(null.shape) != (batch,):
+                raise ValueError(f"text_null must have shape [{batch}], got {tuple(null.shape)}")
+            null = null.to(device=device, dtype=torch.bool)
+        if text is None:
+            if mask is not None or pooled is not None:
+                raise ValueError("text_mask / text_pooled were given without 'text' [B, L, text_dim]")
+            states = self.null_text.expand(batch, 1, dim)
+            return states, torch.ones(batch, 1, dtype=torch.bool, device=device), self._map(
+                self.null_pooled.expand(batch, dim))
+        if text.ndim != 3 or text.shape[0] != batch or text.shape[2] != dim or text.shape[1] < 1:
+            raise ValueError(f"text must have shape [{batch}, L, {dim}] with L >= 1, got {tuple(text.shape)}")
+        length = text.shape[1]
+        states = text.to(device=device, dtype=dtype)
+        if mask is None:
+            mask = torch.ones(batch, length, dtype=torch.bool, device=device)
+        elif tuple(mask.shape) != (batch, length):
+            raise ValueError(f"text_mask must have shape [{batch}, {length}] like text, got {tuple(mask.shape)}")
+        mask = mask.to(device=device, dtype=torch.bool)
+        if pooled is None:  # the masked mean of the token states
+            weights = mask.to(dtype)[:, :, None]
+            pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1)
+        elif tuple(pooled.shape) != (batch, dim):
+            raise ValueError(f"text_pooled must have shape [{batch}, {dim}], got {tuple(pooled.shape)}")
+        pooled = pooled.to(device=device, dtype=dtype)
+        # No device sync: rows with no real token (they could attend to nothing) get the null text too.
+        empty = ~mask.any(dim=1)
+        null = empty if null is None else null | empty
+        first = torch.zeros(length, dtype=torch.bool, device=device)
+        first[0] = True
+        null_states = torch.where(first[None, :, None], self.null_text, torch.zeros((), dtype=dtype, device=device))
+        states = torch.where(null[:, None, None], null_states, states)
+        mask = torch.where(null[:, None], first[None, :], mask)
+        pooled = torch.where(null[:, None], self.null_pooled[None, :], pooled)
+        return states, mask, self._map(pooled)
+
+    def _map(self, pooled: Tensor) -> Tensor:
+        return self.map_pooled(pooled.to(self.map_pooled.weight.dtype))
+
+
+def reject_text(parts: dict, owner: str) -> None:
+    """A network built without ``text_dim``: any text entry in ``cond`` is an error naming it."""
+    given = [key for key in TEXT_KEYS if parts.get(key) is not None]
+    if given:
+        raise ValueError(f"text conditions ({', '.join(given)}) were given to a {owner} built without text_dim")
 
 
 def concat_image(x: Tensor, parts: dict, channels: int) -> Tensor:

@@ -14,6 +14,9 @@ Differences from the reference implementation, on purpose:
   discrete timestep, and its embedding comes from :func:`~diffusekit.networks.embeddings.get_noise_embedding`;
 - no label dropout inside the network: condition dropout for classifier-free guidance is a training-time
   transform of the labels (``diffusekit.guidance``); the network only knows the null class;
+- text conditioning (``text_dim > 0``) follows PixArt-alpha (Chen et al. 2023): the pooled text is added to
+  ``c`` and every block cross-attends to the text tokens between self-attention and the MLP (pre-LayerNorm,
+  no adaLN modulation, zero-initialised output projection, so an untrained text branch is the identity);
 - ``learn_sigma`` is not a network concept: ask for ``out_channels = 2 * in_channels`` if a variance is
   learned; the 2-D positional table is a non-persistent buffer, so it is neither a parameter nor saved.
 """
@@ -24,8 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffusekit.networks.conditioning import ExtraEmbedding, concat_image, condition_parts
+from diffusekit.networks.conditioning import (
+    ExtraEmbedding,
+    TextConditioning,
+    concat_image,
+    condition_parts,
+    reject_text,
+)
 from diffusekit.networks.embeddings import ClassEmbedding, get_noise_embedding
+from diffusekit.networks.layers import CrossAttention
 
 __all__ = ["DiT", "DiTBlock", "PRESETS", "sincos_pos_embed_2d"]
 
@@ -83,12 +93,15 @@ class Attention(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    """Transformer block with adaLN-Zero conditioning (DiT Sec. 3.2, Fig. 3)."""
+    """Transformer block with adaLN-Zero conditioning (DiT Sec. 3.2, Fig. 3); with ``text_dim > 0`` a
+    cross-attention sub-layer to the text sits between self-attention and the MLP (PixArt-alpha)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, text_dim: int = 0):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden_size, num_heads)
+        # Registered only when present, so networks without text keep their state-dict keys.
+        self.cross_attn = CrossAttention(hidden_size, text_dim, num_heads, norm="layer") if text_dim else None
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         mlp_hidden = int(hidden_size * mlp_ratio)
         self.mlp = nn.Sequential(
@@ -98,9 +111,14 @@ class DiTBlock(nn.Module):
         # parameters because these replace them.
         self.ada_ln = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, text: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``text``: ``(states [B, L, text_dim], mask [B, L])``, required when the block cross-attends."""
         shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = self.ada_ln(c).chunk(6, dim=1)
         x = x + gate_attn[:, None, :] * self.attn(_modulate(self.norm1(x), shift_attn, scale_attn))
+        if self.cross_attn is not None:
+            if text is None:
+                raise ValueError("this block cross-attends to text: it needs (states, mask)")
+            x = x + self.cross_attn(x, *text)
         return x + gate_mlp[:, None, :] * self.mlp(_modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
@@ -142,6 +160,7 @@ class DiT(nn.Module):
         augment_dim: int = 0,
         noise_aug: bool = False,
         cond_channels: int = 0,
+        text_dim: int = 0,
     ):
         super().__init__()
         height, width = (img_resolution, img_resolution) if isinstance(img_resolution, int) else img_resolution
@@ -151,6 +170,8 @@ class DiT(nn.Module):
             raise ValueError(f"hidden size {hidden_size} is not divisible by the number of heads {num_heads}")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0 (0 = unconditional), got {num_classes}")
+        if text_dim < 0:
+            raise ValueError(f"text_dim must be >= 0 (0 = no text conditioning), got {text_dim}")
         self.img_size, self.patch_size = (height, width), patch_size
         self.in_channels = in_channels
         self.out_channels = in_channels if out_channels is None else out_channels
@@ -169,7 +190,9 @@ class DiT(nn.Module):
         self.class_embed = ClassEmbedding(num_classes, hidden_size) if num_classes > 0 else None
         extra = ExtraEmbedding(hidden_size, augment_dim, noise_aug)  # augmentation labels / level -> c
         self.extra_embed = extra if extra.active else None
-        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.text_dim = text_dim  # width of cond["text"]; 0: no text, and exactly the network without it
+        self.text_embed = TextConditioning(text_dim, hidden_size, owner="DiT") if text_dim else None
+        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, text_dim) for _ in range(depth))
         self.final = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.reset_parameters()
 
@@ -200,8 +223,13 @@ class DiT(nn.Module):
             for layer in self.extra_embed.modules():
                 if isinstance(layer, nn.Linear):
                     nn.init.normal_(layer.weight, std=0.02)
-        # adaLN-Zero: every block starts as the identity and the output starts at zero.
-        for layer in [block.ada_ln[1] for block in self.blocks] + [self.final.ada_ln[1], self.final.linear]:
+        if self.text_embed is not None:
+            nn.init.normal_(self.text_embed.map_pooled.weight, std=0.02)
+        # adaLN-Zero: every block starts as the identity and the output starts at zero; so does every
+        # cross-attention branch (its output projection).
+        zero = [block.ada_ln[1] for block in self.blocks] + [self.final.ada_ln[1], self.final.linear]
+        zero += [block.cross_attn.proj for block in self.blocks if block.cross_attn is not None]
+        for layer in zero:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -237,6 +265,13 @@ class DiT(nn.Module):
         elif parts.get("augment") is not None or parts.get("aug_level") is not None:
             raise ValueError("augmentation labels or levels were given to a DiT built without augment_dim / "
                              "noise_aug")
+        text = None
+        if self.text_embed is not None:
+            states, mask, pooled = self.text_embed.resolve(parts, x.shape[0], x.device)
+            c = c + pooled.to(c.dtype)
+            text = (states, mask)
+        else:
+            reject_text(parts, "DiT")
         for block in self.blocks:
-            tokens = block(tokens, c)
+            tokens = block(tokens, c, text)
         return self.unpatchify(self.final(tokens, c))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["init_xavier_uniform", "group_norm", "Resample", "SelfAttention", "UNetBlock"]
+__all__ = ["init_xavier_uniform", "group_norm", "Resample", "SelfAttention", "CrossAttention", "UNetBlock"]
 
 # EDM Appendix F.2 / Table 7: scale of the weights that should start "almost zero".
 NEAR_ZERO_INIT = 1e-5
@@ -141,12 +141,51 @@ class SelfAttention(nn.Module):
         return self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention from image features to text token states, as a residual branch.
+
+    Queries come from the normalised features (``[B, C, H, W]`` with ``norm="group"``, GroupNorm, the U-Net;
+    ``[B, T, C]`` with ``norm="layer"``, LayerNorm, the DiT), keys and values from the token states
+    ``[B, L, text_dim]`` projected to ``channels``; ``mask`` ``[B, L]`` (True = real token) keeps padding out
+    of every softmax. The output projection starts at exactly zero, so an untrained branch returns zero and
+    the block it sits in ignores the text.
+    """
+
+    def __init__(self, channels: int, text_dim: int, num_heads: int, norm: str = "group"):
+        super().__init__()
+        if num_heads < 1 or channels % num_heads:
+            raise ValueError(f"{channels} channels cannot be split into {num_heads} attention heads")
+        if norm not in ("group", "layer"):
+            raise ValueError(f"cross-attention norm must be 'group' or 'layer', got {norm!r}")
+        self.num_heads = num_heads
+        self.norm = group_norm(channels) if norm == "group" else nn.LayerNorm(channels, eps=1e-6)
+        self.q = linear(channels, channels)
+        self.kv = linear(text_dim, 2 * channels)
+        self.proj = linear(channels, channels, scale=0.0)
+
+    def forward(self, x: Tensor, states: Tensor, mask: Tensor) -> Tensor:
+        spatial = x.ndim == 4
+        h = self.norm(x)
+        if spatial:
+            b, c, height, width = x.shape
+            h = h.flatten(2).transpose(1, 2)  # [B, HW, C]
+        batch, tokens, channels = h.shape
+        heads, head_dim = self.num_heads, channels // self.num_heads
+        q = self.q(h).reshape(batch, tokens, heads, head_dim).transpose(1, 2)  # [B, heads, T, d]
+        kv = self.kv(states.to(h.dtype)).reshape(batch, states.shape[1], 2, heads, head_dim)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, L, d]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        out = self.proj(out.transpose(1, 2).reshape(batch, tokens, channels))
+        return out.transpose(1, 2).reshape(b, c, height, width) if spatial else out
+
+
 class UNetBlock(nn.Module):
     """Residual block conditioned on an embedding, optionally resampling and followed by self-attention.
 
     ``adaptive_scale=True``: ``silu(norm(h) * (1 + scale) + shift)`` with ``(scale, shift)`` predicted from
     the embedding (EDM's ``adaptive_scale``, the ADM/StyleGAN modulation); ``False``: the embedding is a
-    per-channel bias added before the norm, as in DDPM / DDPM++.
+    per-channel bias added before the norm, as in DDPM / DDPM++. With ``text_dim > 0`` an attention block is
+    also followed by :class:`CrossAttention` to the text (a plain residual add: zero at initialisation).
     """
 
     def __init__(
@@ -162,6 +201,7 @@ class UNetBlock(nn.Module):
         adaptive_scale: bool = True,
         resample_proj: bool = True,
         resample_filter: tuple[int, ...] = (1, 1),
+        text_dim: int = 0,
     ):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -178,8 +218,14 @@ class UNetBlock(nn.Module):
         project = in_channels != out_channels or (resample is not None and resample_proj)
         self.skip = conv2d(in_channels, out_channels, 1) if project else nn.Identity()
         self.attention = SelfAttention(out_channels, num_heads) if attention else None
+        # Registered only when present, so networks without text keep their state-dict keys.
+        if attention and text_dim:
+            self.cross_attention = CrossAttention(out_channels, text_dim, num_heads)
+        else:
+            self.cross_attention = None
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, text: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``text``: ``(states [B, L, text_dim], mask [B, L])``, required when the block cross-attends."""
         skip = self.skip(self.resample(x))
         h = self.conv0(self.resample(F.silu(self.norm0(x))))
         params = self.affine(emb)[:, :, None, None].to(h.dtype)
@@ -192,4 +238,8 @@ class UNetBlock(nn.Module):
         x = (h + skip) * SKIP_SCALE
         if self.attention is not None:
             x = (self.attention(x) + x) * SKIP_SCALE
+        if self.cross_attention is not None:
+            if text is None:
+                raise ValueError("this block cross-attends to text: it needs (states, mask)")
+            x = x + self.cross_attention(x, *text)
         return x

@@ -32,9 +32,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffusekit.networks.conditioning import ExtraEmbedding, concat_image, condition_parts
+from diffusekit.networks.conditioning import (
+    ExtraEmbedding,
+    TextConditioning,
+    concat_image,
+    condition_parts,
+    reject_text,
+)
 from diffusekit.networks.embeddings import ClassEmbedding, get_noise_embedding
-from diffusekit.networks.layers import NEAR_ZERO_INIT, ConvResample, UNetBlock, conv2d, group_norm, linear
+from diffusekit.networks.layers import (
+    NEAR_ZERO_INIT,
+    ConvResample,
+    UNetBlock,
+    conv2d,
+    group_norm,
+    init_xavier_uniform,
+    linear,
+)
 
 __all__ = ["UNet", "PRESETS"]
 
@@ -85,6 +99,7 @@ class UNet(nn.Module):
         augment_dim: int = 0,
         noise_aug: bool = False,
         cond_channels: int = 0,
+        text_dim: int = 0,
     ):
         """
         Args:
@@ -109,6 +124,11 @@ class UNet(nn.Module):
                 augmentation, :mod:`diffusekit.data.augment`).
             noise_aug: condition on ``cond["aug_level"]``, a cascade's noise-augmentation level.
             cond_channels: channels of ``cond["image"]``, concatenated to the input (0: none).
+            text_dim: width of the text token states ``cond["text"]`` (0: no text conditioning, and the
+                network is exactly the one without it). The pooled text is added to the embedding; the
+                blocks with self-attention (``attn_resolutions`` and the middle of the U) also cross-attend
+                to the tokens; a learned null text stands in where ``cond["text_null"]`` is set or no text
+                is given.
         """
         super().__init__()
         levels = len(channel_mult)
@@ -123,6 +143,8 @@ class UNet(nn.Module):
             raise ValueError(f"attn_resolutions {unknown} are not among the U-Net resolutions {resolutions}")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0 (0 = unconditional), got {num_classes}")
+        if text_dim < 0:
+            raise ValueError(f"text_dim must be >= 0 (0 = no text conditioning), got {text_dim}")
         if resample_block not in ("residual", "conv"):
             raise ValueError(f"unknown resample_block {resample_block!r}; choose 'residual' or 'conv'")
         self.img_resolution, self.in_channels, self.out_channels = img_resolution, in_channels, out_channels
@@ -136,6 +158,12 @@ class UNet(nn.Module):
         extra = ExtraEmbedding(noise_channels, augment_dim, noise_aug)
         self.map_extra = extra if extra.active else None  # absent: old checkpoints keep their keys
         self.cond_channels = cond_channels
+        self.text_dim = text_dim
+        if text_dim:  # absent when 0: the network and its state-dict keys are those without text
+            self.map_text = TextConditioning(text_dim, noise_channels, owner="UNet")
+            init_xavier_uniform(self.map_text.map_pooled)
+        else:
+            self.map_text = None
         self.map_layer0 = linear(noise_channels, emb_channels)
         self.map_layer1 = linear(emb_channels, emb_channels)
 
@@ -146,7 +174,7 @@ class UNet(nn.Module):
             kwargs.setdefault("attention", res in attn_resolutions)
             return UNetBlock(
                 cin, cout, emb_channels, num_heads=heads, dropout=dropout, adaptive_scale=adaptive_scale,
-                resample_proj=resample_proj, resample_filter=resample_filter, **kwargs,
+                resample_proj=resample_proj, resample_filter=resample_filter, text_dim=text_dim, **kwargs,
             )
 
         self.stem = conv2d(in_channels + cond_channels, model_channels, 3)
@@ -166,10 +194,21 @@ class UNet(nn.Module):
 
     def embed(self, noise_cond: Tensor, cond, batch: int) -> Tensor:
         """The embedding vector fed to every block: ``[B, emb_channels]``."""
+        return self._embed(noise_cond, cond, batch)[0]
+
+    def _embed(self, noise_cond: Tensor, cond, batch: int) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """The embedding vector and the text ``(states, mask)`` for cross-attention (None without text_dim)."""
         if noise_cond.shape != (batch,):
             raise ValueError(f"noise_cond must have shape [{batch}], got {tuple(noise_cond.shape)}")
         parts = condition_parts(cond)
         emb = self.map_noise(noise_cond)
+        text = None
+        if self.map_text is not None:
+            states, mask, pooled = self.map_text.resolve(parts, batch, emb.device)
+            emb = emb + pooled.to(emb.dtype)
+            text = (states, mask)
+        else:
+            reject_text(parts, "UNet")
         if self.map_class is not None:
             emb = emb + self.map_class(parts.get("labels"), batch, emb.device)
         elif parts.get("labels") is not None:
@@ -182,25 +221,32 @@ class UNet(nn.Module):
                              "noise_aug")
         emb = emb.to(self.map_layer0.weight.dtype)
         emb = F.silu(self.map_layer0(emb))
-        return F.silu(self.map_layer1(emb))
+        return F.silu(self.map_layer1(emb)), text
 
     def forward(self, x: Tensor, noise_cond: Tensor, cond=None) -> Tensor:
         """``cond``: class labels ``[B]`` or a dict of conditions (:mod:`diffusekit.networks.conditioning`)."""
         expected = (self.in_channels, self.img_resolution, self.img_resolution)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"expected input of shape [B, {', '.join(map(str, expected))}], got {tuple(x.shape)}")
-        emb = self.embed(noise_cond, cond, x.shape[0])
+        emb, text = self._embed(noise_cond, cond, x.shape[0])
 
         x = self.stem(concat_image(x, condition_parts(cond), self.cond_channels))
         skips = [x]
         for block in self.encoder:
-            x = block(x, emb)
+            x = _run(block, x, emb, text)
             skips.append(x)
         for block, takes_skip in zip(self.decoder, self.takes_skip, strict=True):
             if takes_skip:
                 x = torch.cat([x, skips.pop()], dim=1)
-            x = block(x, emb)
+            x = _run(block, x, emb, text)
         return self.out_conv(F.silu(self.out_norm(x)))
+
+
+def _run(block: nn.Module, x: Tensor, emb: Tensor, text: tuple[Tensor, Tensor] | None) -> Tensor:
+    # Only blocks that cross-attend take the text (resampling convs take just (x, emb)).
+    if getattr(block, "cross_attention", None) is not None:
+        return block(x, emb, text)
+    return block(x, emb)
 
 
 BlockFactory = Callable[..., UNetBlock]  # (cin, cout, resolution, resample=None, attention=...) -> UNetBlock
