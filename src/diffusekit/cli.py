@@ -117,6 +117,33 @@ def _labels(args, model):
     return class_major_labels(args.n, model.num_classes) if model.num_classes else None
 
 
+def _text_condition(args, model, condition):
+    """(condition with the --prompt text, prompt index per image) for a caption-conditioned run
+    (``data.captions``); (condition, None) otherwise. One prompt is used for every image; several give class-major
+    rows, one prompt per row."""
+    from .generate import class_major_labels
+
+    prompts = args.prompt or []
+    if not model.config.data.captions:
+        if prompts:
+            raise CLIError(f"--prompt: {args.source} is not text-conditioned (its data.captions is off)")
+        return condition, None
+    if not prompts:
+        raise CLIError(f"{args.source} is text-conditioned (data.captions): give what to draw with --prompt TEXT, "
+                       "e.g. --prompt 'a handwritten seven' (repeat it for one row per prompt)")
+    if any(not p.strip() for p in prompts):
+        raise CLIError("--prompt: empty prompt; the text must say what to draw")
+    from .text import TextEncoder, TextEncoderNotInstalled
+
+    try:
+        encoding = TextEncoder().encode(prompts)
+    except TextEncoderNotInstalled as e:
+        raise CLIError(f"--prompt needs the text encoder: {e}") from None
+    which = class_major_labels(args.n, len(prompts))
+    text = {"text": encoding.states[which], "text_mask": encoding.mask[which], "text_pooled": encoding.pooled[which]}
+    return {**(condition or {}), **text}, which
+
+
 def add_guidance_arguments(parser) -> None:
     """The guidance flags of `sample` and `eval` (docs/guidance.md); unset flags keep the run's sample.* keys."""
     from .guidance import GUIDANCE_SCHEDULES, THRESHOLDS
@@ -207,10 +234,11 @@ def cmd_sample(args) -> int:
         options[".".join(keys)] = value
     labels = _labels(args, model)
     condition, labels = _cascade_condition(args, model, labels)
+    condition, prompt_index = _text_condition(args, model, condition)
     guidance = guidance_from_args(args, s)
-    if labels is None and guidance.autoguide is None:
+    if labels is None and prompt_index is None and guidance.autoguide is None:
         if args.guidance not in (None, 1.0):
-            raise CLIError("--guidance: classifier-free guidance needs a class-conditional model; an "
+            raise CLIError("--guidance: classifier-free guidance needs a class- or text-conditional model; an "
                            "unconditional one can be guided with --autoguide")
         guidance = guidance.unguided()
     steps = args.steps or s.steps
@@ -242,9 +270,15 @@ def cmd_sample(args) -> int:
     meta = {"checkpoint": str(model.checkpoint), "cur_nimg": model.cur_nimg, "weights": model.weights,
             "sampler": sampler, "steps": steps, "guidance": guidance.scale, "guidance_settings": guidance.describe(),
             "seed": args.seed, "options": options}
+    if prompt_index is not None:
+        meta["prompts"] = list(args.prompt)
     if rejection is not None:
         meta["rejection"] = rejection
     for out in outs:
+        if prompt_index is not None:  # rows by prompt; a .npz stores the prompt index as the label
+            _write_samples(out, images, prompt_index, meta, args, class_major=len(args.prompt) > 1,
+                           num_classes=len(args.prompt), extra=extra)
+            continue
         _write_samples(out, images, labels, meta, args, class_major=labels is not None and args.class_ is None,
                        num_classes=model.num_classes, extra=extra)
     summary = {"out": [str(o) for o in outs], "n": args.n, "checkpoint": str(model.checkpoint),
@@ -433,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--low-res", metavar="SAMPLES.npz",
                    help="a cascade stage's low-resolution inputs: a .npz of float images [N, C, r, r] (and labels), "
                         "e.g. the first stage's `sample --out`; noise-augmented at the run's cascade.sample_snr")
+    s.add_argument("--prompt", action="append", metavar="TEXT",
+                   help="what to draw, for a text-conditioned run (data.captions), e.g. 'a handwritten seven'; "
+                        "repeatable: one prompt per grid row (class-major), or one prompt for all --n images")
     s.add_argument("--class", dest="class_", metavar="C", help="class index or name (default: every class in turn)")
     s.add_argument("--seed", type=int, default=0, help="image i uses noise seeded by (seed, i)")
     s.add_argument("--reject", action="store_true",

@@ -7,9 +7,10 @@
   convolutions may sum in another order) for the deterministic samplers; stochastic ones also draw
   per-batch noise seeded by ``(seed, first index)``. The same call always gives the same output.
 - Guidance (:mod:`diffusekit.guidance`): a float is classifier-free guidance with that weight (``w = 1``
-  is the plain conditional model and costs one network call; otherwise the conditional and null-class
-  halves go through the network as one batch); a :class:`GuidanceSettings` adds rescale, weight
-  schedules, a guidance interval, thresholding, or autoguidance by another checkpoint (:func:`load_guide`).
+  is the plain conditional model and costs one network call; otherwise the conditional and null halves go
+  through the network as one batch: the null class and/or the learned null text of a text condition); a
+  :class:`GuidanceSettings` adds rescale, weight schedules, a guidance interval, thresholding, or
+  autoguidance by another checkpoint (:func:`load_guide`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from .config import Config, from_dict
 from .denoiser import Denoiser
-from .guidance import GuidanceSettings, apply_guidance, null_class
+from .guidance import GuidanceSettings, apply_guidance, null_condition
 from .sampling import sample, timesteps
 from .training.build import build_denoiser, build_network, network_conditioning
 from .training.checkpoint import CheckpointError, latest_valid, load_checkpoint
@@ -116,7 +117,8 @@ def generate(denoiser: Denoiser, n: int, image_shape: tuple[int, int, int], *, l
     of the first image, so a shard (images first..first+n-1) equals that slice of one big call. ``guide``: the
     autoguidance model, if already loaded (else it is loaded from ``guidance.autoguide``). ``condition``: more
     per-image conditions, each ``[n, ...]`` (e.g. a cascade stage's ``image`` and ``aug_level``, from
-    :func:`diffusekit.cascade.sampling_condition`)."""
+    :func:`diffusekit.cascade.sampling_condition`; or a text-conditioned model's ``text``, ``text_mask`` and
+    ``text_pooled``, which classifier-free guidance contrasts with the null text)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     for key, value in (condition or {}).items():
@@ -130,15 +132,17 @@ def generate(denoiser: Denoiser, n: int, image_shape: tuple[int, int, int], *, l
             raise ValueError(f"labels must be {n} class indices in 0..{num_classes - 1}")
     settings = guidance if isinstance(guidance, GuidanceSettings) else GuidanceSettings(scale=float(guidance))
     autoguided = settings.autoguide is not None or guide is not None
-    if settings.active and not autoguided and labels is None:
+    text = condition is not None and condition.get("text") is not None
+    if settings.active and not autoguided and labels is None and not text:
         raise ValueError("classifier-free guidance needs class labels (a conditional model and --class or "
-                         "class-major labels); autoguidance (--autoguide) also works unconditionally")
+                         "class-major labels) or a text condition; autoguidance (--autoguide) also works "
+                         "unconditionally")
     if autoguided and guide is None:
         guide = load_guide(settings, image_shape, num_classes, device)
     schedule = denoiser.schedule
     ts = timesteps(schedule, steps, spacing)
     denoise = apply_guidance(denoiser, settings, ts=ts, schedule=schedule,
-                             null=null_class(num_classes) if num_classes else None, guide=guide)
+                             null=null_condition(num_classes) if num_classes or text else None, guide=guide)
     out = []
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)

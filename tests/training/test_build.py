@@ -2,11 +2,12 @@ import pytest
 import torch
 
 from diffusekit.config import PRESETS, preset
-from diffusekit.training.build import build_denoiser, build_loss, build_network
+from diffusekit.training.build import build_denoiser, build_loss, build_network, network_conditioning
 
 # (channels, resolution, classes) each preset's data has after its resize settings
-SHAPES = {"tiny": (1, 16, 10), "mnist": (1, 28, 10), "fashion-mnist": (1, 32, 10), "tiles": (3, 32, 4),
-          "mnist-dit": (1, 32, 10)}
+# (a caption run's network has no classes: mnist-text is text-only)
+SHAPES = {"tiny": (1, 16, 10), "mnist": (1, 28, 10), "mnist-text": (1, 28, 0), "fashion-mnist": (1, 32, 10),
+          "tiles": (3, 32, 4), "mnist-dit": (1, 32, 10)}
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -16,11 +17,15 @@ def test_every_preset_builds_a_working_denoiser(name):
     if config.data.resolution is not None:
         assert config.data.resolution == resolution
     torch.manual_seed(0)
-    network = build_network(config.network, (channels, resolution, resolution), classes).float()
+    shape = (channels, resolution, resolution)
+    network = build_network(config.network, shape, classes, **network_conditioning(config, shape)).float()
     denoiser = build_denoiser(config, network)
     x = torch.randn(2, channels, resolution, resolution, dtype=torch.float32)
+    cond = torch.tensor([0, classes])  # a label and the null class
+    if config.data.captions:  # text-only: a caption's token states and the null text
+        cond = {"text": torch.randn(2, 5, 384), "text_null": torch.tensor([False, True])}
     with torch.no_grad():
-        out = denoiser(x, torch.tensor([0.3, 0.9]), torch.tensor([0, classes]))  # a label and the null class
+        out = denoiser(x, torch.tensor([0.3, 0.9]), cond)
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert build_loss(config).schedule is not None
 

@@ -2,6 +2,9 @@
 
 - ``tiny``: a few seconds of training on MNIST at 16x16; for tests and smoke runs.
 - ``mnist``: the demo default (``make demo``): class-conditional MNIST, 8 CPU minutes (docs/demo.md).
+- ``mnist-text``: ``mnist`` conditioned on captions instead of labels (``data.captions``: "a handwritten
+  seven", "the digit 7", ...; diffusekit.data.captions), a text-only model sampled with ``--prompt``. The
+  captions are encoded once by the offline MiniLM text encoder, which cross-attention reads at 7x7.
 - ``fashion-mnist``: the same recipe, wider and longer, for Fashion-MNIST.
 - ``tiles``: 32x32 RGB Dungeon Crawl sprites (Debian crawl-tiles-data), class = sprite sheet.
 - ``mnist-dit``: a DiT-S/2 on MNIST padded to 32x32 (a GPU-sized run).
@@ -38,6 +41,24 @@ def _gpu_unet(data: dict, width: int, lr: float, total_images: int, sample: dict
     }
 
 
+_MNIST = {
+    # Sized for `make demo`: train + 1,000 guided samples in under 10 minutes on 2 CPU cores. A U-Net with
+    # 16/32/64 channels at 28/14/7 (0.78M parameters, ~0.18 GFLOP per image forward) trains at ~60 img/s
+    # there; wider nets reached fewer images in the budget and scored lower (docs/demo.md).
+    "data": {"name": "mnist"},
+    "objective": _FLOW,
+    "network": {"kind": "unet", "preset": "tiny",
+                "options": {"model_channels": 16, "channel_mult": [1, 2, 4], "num_blocks": 1,
+                            "attn_resolutions": [7], "dropout": 0.0}},
+    "optim": {"batch_size": 32, "lr": 2e-3, "warmup_images": 3_000, "decay": "cosine"},
+    "ema": {"half_lives": {"ema": 5_000.0}, "rampup": 0.1},
+    "run": {"total_images": 29_000, "checkpoint_every": 7_250, "log_every": 640, "sample_every": 29_000},
+    "sample": {"sampler": "multistep", "steps": 8, "guidance": 4.0, "grid_columns": 10},
+    # train/validation loss per noise level at half and full time (~3 s each on 2 CPU cores)
+    "eval": {"loss_every": 14_500, "loss_per_bin": 32},
+}
+
+
 PRESETS: dict[str, dict] = {
     "tiny": {
         "data": {"name": "mnist", "resolution": 16, "limit": 2_048},
@@ -49,22 +70,8 @@ PRESETS: dict[str, dict] = {
         "sample": {"steps": 4, "grid_columns": 2},
         "eval": {"loss_every": None},
     },
-    "mnist": {
-        # Sized for `make demo`: train + 1,000 guided samples in under 10 minutes on 2 CPU cores. A U-Net with
-        # 16/32/64 channels at 28/14/7 (0.78M parameters, ~0.18 GFLOP per image forward) trains at ~60 img/s
-        # there; wider nets reached fewer images in the budget and scored lower (docs/demo.md).
-        "data": {"name": "mnist"},
-        "objective": _FLOW,
-        "network": {"kind": "unet", "preset": "tiny",
-                    "options": {"model_channels": 16, "channel_mult": [1, 2, 4], "num_blocks": 1,
-                                "attn_resolutions": [7], "dropout": 0.0}},
-        "optim": {"batch_size": 32, "lr": 2e-3, "warmup_images": 3_000, "decay": "cosine"},
-        "ema": {"half_lives": {"ema": 5_000.0}, "rampup": 0.1},
-        "run": {"total_images": 29_000, "checkpoint_every": 7_250, "log_every": 640, "sample_every": 29_000},
-        "sample": {"sampler": "multistep", "steps": 8, "guidance": 4.0, "grid_columns": 10},
-        # train/validation loss per noise level at half and full time (~3 s each on 2 CPU cores)
-        "eval": {"loss_every": 14_500, "loss_per_bin": 32},
-    },
+    "mnist": _MNIST,
+    "mnist-text": {**_MNIST, "data": {"name": "mnist", "captions": True}},
     "fashion-mnist": _gpu_unet({"name": "fashion-mnist", "resolution": 32, "resize": "pad"}, width=64, lr=1e-3,
                                total_images=5_000_000, sample={"steps": 25, "guidance": 1.5}),
     "tiles": _gpu_unet({"name": "tiles", "resolution": 32}, width=96, lr=5e-4, total_images=10_000_000,

@@ -28,6 +28,9 @@ class DataConfig:
     intensity: list[float] | None = None  # [low, high(, contrast)]: random brightness per image (data.intensity)
     augment: float = 0.0  # p of EDM's non-leaking augmentation (labels go to the network); 0 = off
     augment_options: dict = field(default_factory=dict)  # kinds, translate, scale_std (diffusekit.data.augment)
+    # text-conditioned on captions of each image's class (diffusekit.data.captions); the class label itself is then
+    # not given to the network (a text-only model, num_classes 0)
+    captions: bool = False
 
 
 @dataclass

@@ -114,6 +114,14 @@ def validate(config: Config) -> Config:
 
         options = {k: tuple(v) if isinstance(v, list) else v for k, v in d.augment_options.items()}
         _check("data.augment", AugmentSettings, p=d.augment, **options)
+    if d.captions:
+        from ..data.captions import CAPTIONED_DATASETS
+
+        if d.name not in CAPTIONED_DATASETS:
+            raise ConfigError(f"data.captions: dataset {d.name!r} has no captions; captions exist for "
+                              f"{', '.join(CAPTIONED_DATASETS)}")
+        if not d.conditional:
+            raise ConfigError("data.captions picks each image's caption by its class: it needs data.conditional: true")
     if d.channels not in (None, 1, 3):
         raise ConfigError(f"data.channels must be 1, 3 or null, got {d.channels}")
     _positive("data.resolution", d.resolution)

@@ -58,8 +58,13 @@ def cascade_settings(config: Config) -> CascadeSettings | None:
 
 
 def network_conditioning(config: Config, image_shape: tuple[int, int, int]) -> dict:
-    """The network options the data side implies: augmentation labels, a cascade's image and level inputs."""
+    """The network options the data side implies: augmentation labels, a cascade's image and level inputs, and
+    the text width of a caption-conditioned run (``data.captions``)."""
     options: dict = {}
+    if config.data.captions:
+        from .captions import TEXT_DIM
+
+        options["text_dim"] = TEXT_DIM
     if augment_settings(config) is not None:
         options["augment_dim"] = AUGMENT_DIM
     cascade = cascade_settings(config)

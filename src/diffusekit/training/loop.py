@@ -6,6 +6,10 @@ Both RNG states, the optimizer, every EMA, the time sampler's importance statist
 and the image count are in the checkpoint, so a run stopped and resumed ends bit-identical on the CPU to
 one that never stopped (tested). The learning rate is a function of the image count only.
 
+A caption-conditioned run (``data.captions``) is text-only: the network is built with ``num_classes`` 0 and
+``text_dim``, the train captions are encoded once (:mod:`diffusekit.training.captions`), and each image gets a
+caption of its class drawn with the trainer's generator; condition dropout sets ``text_null``.
+
 Periodic work (metrics, sample grids, checkpoints) is triggered when the image count crosses a multiple
 of its interval and is handed to ``hooks`` (:class:`~diffusekit.training.rundir.RunDirectory` in the
 CLI), so the loop itself stays free of file formats.
@@ -34,6 +38,7 @@ from .build import (
     cascade_settings,
     network_conditioning,
 )
+from .captions import caption_table
 from .checkpoint import latest_valid, load_checkpoint, prune, save_checkpoint
 from .ema import EMASet
 from .evaluation import TrainingEvaluator
@@ -42,10 +47,11 @@ from .optim import LRSchedule, make_optimizer
 __all__ = ["Trainer", "train", "data_info"]
 
 
-def data_info(data: ImageArrays, conditional: bool) -> dict:
-    """What rebuilding the network needs to know about the training data (stored in checkpoints)."""
+def data_info(data: ImageArrays, conditional: bool, captions: bool = False) -> dict:
+    """What rebuilding the network needs to know about the training data (stored in checkpoints). With
+    ``captions`` the labels only pick captions: the network is unconditional by label (num_classes 0)."""
     _, height, width, channels = data.images.shape
-    num_classes = data.num_classes if conditional else 0
+    num_classes = data.num_classes if conditional and not captions else 0
     return {"image_shape": [int(channels), int(height), int(width)], "num_classes": int(num_classes),
             "class_names": list(data.class_names) if num_classes else []}
 
@@ -61,7 +67,7 @@ class Trainer:
         self.config, self.data = config, data
         self.device = torch.device(device or config.run.device)
         self.checkpoint_dir = Path(run_dir) / "checkpoints"
-        self.info = data_info(data, config.data.conditional)
+        self.info = data_info(data, config.data.conditional, config.data.captions)
         self.num_classes = self.info["num_classes"]
         torch.manual_seed(config.run.seed)  # network initialisation and dropout
         image_shape = tuple(self.info["image_shape"])
@@ -79,6 +85,12 @@ class Trainer:
                              ref_images=decay_images)
         self.emas = EMASet(self.network, config.ema.half_lives, config.ema.rampup)
         self.generator = torch.Generator().manual_seed(config.run.seed + 1)
+        self.captions = None
+        if config.data.captions:  # encoded once: the caption set is finite
+            self.captions = caption_table(config.data.name)
+            if self.captions.num_classes != data.num_classes:
+                raise ValueError(f"{config.data.name} has {data.num_classes} classes but "
+                                 f"{self.captions.num_classes} caption lists")
         self.evaluator = TrainingEvaluator(config, data)
         self.run_dir = Path(run_dir)
         self.cur_nimg = 0
@@ -148,6 +160,10 @@ class Trainer:
         if self.num_classes:
             labels = drop_conditions(labels, self.config.objective.p_uncond, self.num_classes, self.generator)
             parts["labels"] = labels.to(self.device, non_blocking=True)
+        if self.captions is not None:  # a caption of each image's class; one dropout draw nulls the text
+            parts.update(self.captions.condition(self.captions.pick(labels, self.generator), self.device))
+            drop = torch.rand(labels.shape[0], generator=self.generator) < self.config.objective.p_uncond
+            parts["text_null"] = drop.to(self.device)
         if self.augment is not None:  # EDM's non-leaking augmentation: the labels tell the network what was done
             x0, parts["augment"] = augment(x0, self.augment, self.generator)
         if self.cascade is not None:  # the super-resolution stage's low-resolution input, noise-augmented

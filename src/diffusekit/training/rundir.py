@@ -217,15 +217,20 @@ class RunDirectory:
             labels = class_major_labels(rows * columns, rows)
         else:
             rows, labels = min(columns, 8), None
+        condition = None
+        if trainer.captions is not None:  # a text run: a row per class, drawn from its first train caption
+            rows = min(trainer.captions.num_classes, 10)
+            classes = class_major_labels(rows * columns, rows)
+            condition = trainer.captions.condition(trainer.captions.start[classes], trainer.device)
         s = config.sample
         guidance = GuidanceSettings.from_sample(s)
-        if labels is None or guidance.autoguide is not None:  # CFG needs classes; a guide model may not exist yet
-            guidance = guidance.unguided()
-        condition = None
+        if (labels is None and condition is None) or guidance.autoguide is not None:
+            guidance = guidance.unguided()  # CFG needs a condition; a guide model may not exist yet
         if trainer.cascade is not None:  # a super-resolution stage: upsample real training images
             real = real_images_for(trainer.data, labels, rows * columns)
-            condition = sampling_condition(downsample(real, trainer.cascade.low_resolution), trainer.cascade,
-                                           real.shape[-1], seed=config.run.seed)
+            condition = {**(condition or {}), **sampling_condition(
+                downsample(real, trainer.cascade.low_resolution), trainer.cascade, real.shape[-1],
+                seed=config.run.seed)}
         images = generate(denoiser, rows * columns, tuple(trainer.info["image_shape"]), labels=labels,
                           num_classes=trainer.num_classes, sampler=s.sampler, steps=s.steps, spacing=s.spacing,
                           guidance=guidance, options=s.options, condition=condition,
