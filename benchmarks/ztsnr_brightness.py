@@ -69,7 +69,7 @@ import torch
 
 from diffusekit.data.intensity import mean_brightness
 from diffusekit.generate import class_major_labels, load_model
-from diffusekit.guidance import GuidanceSettings, apply_guidance, null_class
+from diffusekit.guidance import GuidanceSettings, apply_guidance, null_condition
 from diffusekit.images import make_grid, save_png
 from diffusekit.sampling import sample, timesteps
 from diffusekit.training.build import load_training_data
@@ -169,7 +169,7 @@ def draw(model, ts: torch.Tensor, n: int, guidance: GuidanceSettings, batch: int
     """n class-major samples by DDIM on ``ts`` (clamped to [-1, 1]) and the mean of each one's initial noise."""
     schedule = model.denoiser.schedule
     labels = class_major_labels(n, model.num_classes)
-    denoise = apply_guidance(model.denoiser, guidance, ts=ts, schedule=schedule, null=null_class(model.num_classes))
+    denoise = apply_guidance(model.denoiser, guidance, ts=ts, schedule=schedule, null=null_condition(model.num_classes))
     out, noise_means = [], []
     for start in range(0, n, batch):
         count = min(batch, n - start)

@@ -15,7 +15,6 @@ from diffusekit.guidance import (
     dynamic_threshold,
     increasing,
     limited_interval,
-    null_class,
     null_condition,
     oscillating,
     static_threshold,
@@ -53,7 +52,7 @@ def conditional_gaussians(mu_cond, mu_null, std, dim=2):
 @pytest.mark.parametrize("schedule", [RectifiedFlow(), Cosine()], ids=["rf", "cosine"])
 def test_guiding_x0_equals_guiding_eps_velocity_and_score(schedule):
     cond_t, null_t, denoiser_for, calls = conditional_gaussians(0.8, -0.3, 0.4)
-    guided = classifier_free(denoiser_for(schedule), 3.0, null_class(NULL))
+    guided = classifier_free(denoiser_for(schedule), 3.0, null_condition(NULL))
     x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
     t = torch.full((6,), 0.6)
     at = schedule(t)
@@ -74,7 +73,7 @@ def test_cfg_on_equal_variance_gaussians_samples_the_extrapolated_gaussian():
     schedule = RectifiedFlow()
     _, _, denoiser_for, _ = conditional_gaussians(0.5, -0.5, 0.3, dim=1)
     w = 2.5
-    guided = classifier_free(denoiser_for(schedule), w, null_class(NULL))
+    guided = classifier_free(denoiser_for(schedule), w, null_condition(NULL))
     noise = torch.randn(4000, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ts = timesteps(schedule, 40, "uniform")
     x = sample(guided, noise, ts, schedule, "heun", cond={"cond": torch.zeros(4000, dtype=torch.long)})
@@ -86,8 +85,8 @@ def test_weight_one_is_one_plain_call_and_no_condition_runs_unguided():
     _, _, denoiser_for, calls = conditional_gaussians(0.8, -0.3, 0.4)
     plain = denoiser_for(RectifiedFlow())
     x, t, c = torch.randn(3, 2), torch.full((3,), 0.5), torch.zeros(3, dtype=torch.long)
-    torch.testing.assert_close(classifier_free(plain, 1.0, null_class(NULL))(x, t, c), plain(x, t, c))
-    torch.testing.assert_close(classifier_free(plain, 4.0, null_class(NULL))(x, t, None), plain(x, t, None))
+    torch.testing.assert_close(classifier_free(plain, 1.0, null_condition(NULL))(x, t, c), plain(x, t, c))
+    torch.testing.assert_close(classifier_free(plain, 4.0, null_condition(NULL))(x, t, None), plain(x, t, None))
     assert calls == [3, 3, 3, 3]
 
 
@@ -102,7 +101,7 @@ def test_null_condition_drops_labels_and_text_and_cfg_pairs_them():
     assert dropped["text_null"].dtype == torch.bool and bool(dropped["text_null"].all())
     assert dropped["text"] is text and dropped["image"] is cond["image"] and "text_null" not in cond
     assert "text_null" not in null({"labels": labels}) and "labels" not in null({"text": text})
-    assert null_class(3)(cond).keys() == dropped.keys()  # null_class is the same map
+    assert null_condition(3)(cond).keys() == dropped.keys()  # null_condition is the same map
     seen = []
 
     def denoise(x, t, c):
@@ -142,12 +141,12 @@ def test_rescale_matches_the_conditional_std_at_phi_one_and_mixes_linearly():
     _, _, denoiser_for, _ = conditional_gaussians(0.8, -0.3, 0.4, dim=16)
     plain = denoiser_for(Cosine())
     x, t, c = torch.randn(4, 16), torch.full((4,), 0.4), torch.zeros(4, dtype=torch.long)
-    cfg = classifier_free(plain, 6.0, null_class(NULL))(x, t, c)
-    full = classifier_free(plain, 6.0, null_class(NULL), rescale=1.0)(x, t, c)
-    half = classifier_free(plain, 6.0, null_class(NULL), rescale=0.5)(x, t, c)
+    cfg = classifier_free(plain, 6.0, null_condition(NULL))(x, t, c)
+    full = classifier_free(plain, 6.0, null_condition(NULL), rescale=1.0)(x, t, c)
+    half = classifier_free(plain, 6.0, null_condition(NULL), rescale=0.5)(x, t, c)
     torch.testing.assert_close(full.std(dim=1), plain(x, t, c).std(dim=1))
     torch.testing.assert_close(half, 0.5 * full + 0.5 * cfg)
-    torch.testing.assert_close(classifier_free(plain, 6.0, null_class(NULL), rescale=0.0)(x, t, c), cfg)
+    torch.testing.assert_close(classifier_free(plain, 6.0, null_condition(NULL), rescale=0.0)(x, t, c), cfg)
 
 
 def test_thresholds():
@@ -177,7 +176,7 @@ def test_guidance_interval_guides_only_inside_and_saves_network_calls():
     limited = limited_interval(lambda t: torch.full_like(t, 3.0), schedule, 0.5, 2.0)
     t = torch.tensor([0.2, 1 / 3 + 1e-6, 0.5, 2 / 3, 0.9])  # ve_sigma 0.25, 0.5+, 1, 2, 9
     assert limited(t).tolist() == [1.0, 3.0, 3.0, 3.0, 1.0]
-    guided = classifier_free(plain, limited, null_class(NULL))
+    guided = classifier_free(plain, limited, null_condition(NULL))
     x, c = torch.randn(2, 2), torch.zeros(2, dtype=torch.long)
     calls.clear()
     torch.testing.assert_close(guided(x, torch.full((2,), 0.9), c), plain(x, torch.full((2,), 0.9), c))
@@ -185,7 +184,7 @@ def test_guidance_interval_guides_only_inside_and_saves_network_calls():
     settings = GuidanceSettings(scale=3.0, interval=(0.5, 2.0))
     ts = timesteps(schedule, 10, "uniform")
     calls.clear()
-    sample(apply_guidance(plain, settings, ts=ts, schedule=schedule, null=null_class(NULL)), torch.randn(2, 2), ts,
+    sample(apply_guidance(plain, settings, ts=ts, schedule=schedule, null=null_condition(NULL)), torch.randn(2, 2), ts,
            schedule, "euler", cond={"cond": torch.zeros(2, dtype=torch.long)})
     inside = int(((ts[:-1] / (1 - ts[:-1]) > 0.5) & (ts[:-1] / (1 - ts[:-1]) <= 2.0)).sum())
     assert sum(calls) == 2 * (10 + inside)  # 2 images; 2 evaluations per image at guided steps

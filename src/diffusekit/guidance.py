@@ -37,7 +37,7 @@ from torch import Tensor
 
 __all__ = ["GuidanceSettings", "GUIDANCE_SCHEDULES", "THRESHOLDS", "classifier_free", "autoguidance", "constant",
            "increasing", "oscillating", "limited_interval", "static_threshold", "dynamic_threshold",
-           "apply_guidance", "drop_conditions", "null_class", "null_condition"]
+           "apply_guidance", "drop_conditions", "null_condition"]
 
 DenoiseFn = Callable[..., Tensor]
 GuidanceScale = Callable[[Tensor], Tensor]  # t [batch] -> w [batch]
@@ -136,13 +136,6 @@ def _entry(cond: dict, other: dict, key: str):
     if key not in cond and key == "text_null":
         return torch.zeros_like(other[key], dtype=torch.bool)
     return cond[key]
-
-
-def null_class(num_classes: int) -> Callable:
-    """The null condition of a class-conditional network: label ``num_classes``. In a dict of conditions only
-    the labels (and the text, see :func:`null_condition`) are dropped; a cascade's low-resolution image and
-    augmentation level stay."""
-    return null_condition(num_classes)
 
 
 def null_condition(num_classes: int) -> Callable:
