@@ -52,7 +52,7 @@ def test_run_directory_contents(run):
 def test_resume_never_refuses_and_changes_nothing(run, capsys):
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     assert main([*TRAIN, "--run-dir", str(run), "--resume", "never"]) == 2
-    assert "already holds checkpoints" in capsys.readouterr().err
+    assert "already holds a run" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
 
 
@@ -207,3 +207,25 @@ def test_class_major_png_shows_a_row_per_class(run, tmp_path):
     assert main(["sample", str(run), "--n", "40", "--steps", "2", "--quiet", "--columns", "3",
                  "--out", str(tmp_path / "g.png")]) == 0
     assert Image.open(tmp_path / "g.png").size == (2 + 3 * 18, 2 + 10 * 18)  # 10 rows of the first 3 per class
+
+
+def test_a_folder_that_is_not_a_run_is_never_written_to(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"precious")
+    for extra in ([], ["--overwrite"]):
+        assert main([*TRAIN, "--run-dir", str(folder), "--images", "32", *extra]) == 2
+        assert "not a diffusekit run directory" in capsys.readouterr().err
+    assert [p.name for p in folder.iterdir()] == ["holiday.jpg"]
+    assert (folder / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_overwrite_starts_the_run_over(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*TRAIN, "--run-dir", str(run), "--images", "64"]) == 0
+    assert main([*TRAIN, "--run-dir", str(run), "--images", "64", "--seed", "3"]) == 2  # another recipe: refused
+    assert main([*TRAIN, "--run-dir", str(run), "--images", "64", "--seed", "3", "--overwrite"]) == 0
+    assert "--overwrite: removed the earlier run" in capsys.readouterr().err
+    assert from_dict(Config, read_file(run / "config.yaml")).run.seed == 3
+    assert len(json.loads((run / "environment.json").read_text())["sessions"]) == 1
+    assert [r["cur_nimg"] for r in read_metrics(run / "metrics.jsonl")] == [32, 64]

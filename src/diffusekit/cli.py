@@ -4,6 +4,8 @@ commands fid, ref-stats and eval (:mod:`diffusekit.cli_metrics`)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import math
 import sys
@@ -31,7 +33,8 @@ def _train_config(args):
         for path in args.config:
             config = merge(config, read_file(path))
     shortcuts = {"data.name": args.data, "run.total_images": args.images, "optim.batch_size": args.batch_size,
-                 "run.checkpoint_every": args.checkpoint_every, "run.seed": args.seed, "run.device": args.device}
+                 "run.checkpoint_every": args.checkpoint_every, "run.seed": args.seed, "run.device": args.device,
+                 "data.strict": True if getattr(args, "strict", False) else None}
     for key, value in shortcuts.items():
         if value is not None:
             config = apply_override(config, key.split("."), value)
@@ -41,7 +44,55 @@ def _train_config(args):
     return validate(config)
 
 
+def _check_run_dir(run_dir: Path, args) -> bool:
+    """Whether ``run_dir`` holds an earlier run; refuses (before any work) what would overwrite something: a
+    folder that is not a run, or a run with ``--resume never``, unless ``--overwrite`` (runs only)."""
+    if not run_dir.exists():
+        return False
+    if not run_dir.is_dir():
+        raise CLIError(f"--run-dir {run_dir} is a file, not a directory; choose another --run-dir")
+    if not any(run_dir.iterdir()):
+        return False
+    is_run = (run_dir / "config.yaml").is_file() or (run_dir / "checkpoints").is_dir()
+    if not is_run:
+        raise CLIError(f"{run_dir} exists and is not a diffusekit run directory (no config.yaml or checkpoints/); "
+                       "choose a new or empty --run-dir (nothing was changed)")
+    if args.overwrite:
+        if args.resume not in ("auto", "never"):
+            raise CLIError("--overwrite starts the run over: it cannot also --resume from a checkpoint")
+        return True
+    if args.resume == "never":
+        raise CLIError(f"{run_dir} already holds a run; continue it with --resume auto, or start it over with "
+                       "--overwrite (nothing was changed)")
+    return True
+
+
+@contextlib.contextmanager
+def _preemptible(trainer, log):
+    """SIGINT / SIGTERM: the first asks the trainer to finish its step, checkpoint and return (the preemption
+    path); a second exits at once through KeyboardInterrupt. Every write is atomic (temporary file, then rename),
+    so an exit at any point leaves the previous files whole."""
+    import signal
+
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if trainer.stop_requested is not None:
+            raise KeyboardInterrupt(name)
+        trainer.stop_requested = name
+        log(f"{name}: finishing the current step, then writing a checkpoint (send it again to exit at once)")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def cmd_train(args) -> int:
+    import shutil
+    import signal
+
     import torch
 
     from .monitor import ProgressBar
@@ -52,21 +103,22 @@ def cmd_train(args) -> int:
 
     config = _train_config(args)
     run_dir = Path(args.run_dir)
-    newest = latest_valid(run_dir / "checkpoints")
-    if args.resume == "never" and newest is not None:
-        raise CLIError(f"{run_dir} already holds checkpoints (newest: {newest.name}); continue it with "
-                       "--resume auto or choose a new --run-dir (nothing was changed)")
+    existing = _check_run_dir(run_dir, args)
+    rundir = RunDirectory(run_dir, config)
+    if existing and not args.overwrite:
+        rundir.check_resume()  # a different recipe is refused before any work
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     data = load_training_data(config.data)
+    if existing and args.overwrite:
+        shutil.rmtree(run_dir)
+        print(f"--overwrite: removed the earlier run in {run_dir}", file=sys.stderr)
     trainer = Trainer(config, data, run_dir)
     resume_from = None if args.resume in ("auto", "never") else Path(args.resume)
     if args.resume != "never" and trainer.resume(resume_from):
         print(f"resumed from {resume_from or latest_valid(run_dir / 'checkpoints')} at {trainer.cur_nimg:,} images",
               file=sys.stderr)
-    rundir = RunDirectory(run_dir, config)
-    rundir.check_resume()
     rundir.open(trainer.cur_nimg, trainer.device)
     params = sum(p.numel() for p in trainer.network.parameters())
     print(f"training {config.network.kind} ({params / 1e6:.2f}M parameters) on {config.data.name} "
@@ -75,14 +127,20 @@ def cmd_train(args) -> int:
     rundir.progress = ProgressBar(config.run.total_images, initial=trainer.cur_nimg, unit="img",
                                   disable=args.quiet)
     try:
-        trainer.run(hooks=rundir)
+        with _preemptible(trainer, rundir.log):
+            trainer.run(hooks=rundir)
     except KeyboardInterrupt:
-        rundir.close()
         newest = latest_valid(run_dir / "checkpoints")
         print(f"\ninterrupted at {trainer.cur_nimg:,} images; newest checkpoint: {newest}; continue with "
               f"--resume auto", file=sys.stderr)
         return 130
-    rundir.close()
+    finally:
+        rundir.close()
+    if trainer.stop_requested is not None and trainer.cur_nimg < config.run.total_images:
+        newest = latest_valid(run_dir / "checkpoints")
+        print(f"stopped by {trainer.stop_requested} at {trainer.cur_nimg:,} images with a checkpoint ({newest}); "
+              "continue with --resume auto", file=sys.stderr)
+        return 128 + int(getattr(signal, trainer.stop_requested))
     summary = {"run_dir": str(run_dir), "cur_nimg": trainer.cur_nimg, "wall_s": round(time.perf_counter() - started, 1),
                **_peak(trainer.device)}
     print(json.dumps(summary), file=sys.stderr)
@@ -198,7 +256,10 @@ def _cascade_condition(args, model, labels):
     if not args.low_res:
         raise CLIError(f"this run is a super-resolution stage conditioned on {r}x{r} images: give them with "
                        "--low-res SAMPLES.npz (e.g. the first stage's `diffusekit sample --out SAMPLES.npz`)")
-    with np.load(args.low_res) as data:
+    with np.load(args.low_res, allow_pickle=False) as data:  # never unpickle: a hostile file could run code
+        if "images" not in data.files:
+            raise CLIError(f"--low-res {args.low_res} has no 'images' array (it holds {', '.join(data.files)}); give "
+                           "a `diffusekit sample --out X.npz` file")
         images = torch.from_numpy(np.asarray(data["images"], dtype=np.float32))
         file_labels = torch.from_numpy(np.asarray(data["labels"], dtype=np.int64)) if "labels" in data else None
     expected = (model.image_shape[0], r, r)
@@ -445,8 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, help="images per optimizer step (sets optim.batch_size)")
     t.add_argument("--checkpoint-every", type=int, help="checkpoint interval in images (sets run.checkpoint_every)")
     t.add_argument("--seed", type=int, help="sets run.seed")
-    t.add_argument("--resume", default="auto", help="auto: continue from the newest valid checkpoint if any (default); "
-                   "never: refuse if the run directory has checkpoints; or a checkpoint path")
+    t.add_argument("--resume", default="auto", help="auto: continue the run in --run-dir from its newest valid "
+                   "checkpoint (from the start if it has none) (default); never: refuse if --run-dir already holds "
+                   "a run; or a checkpoint path")
+    t.add_argument("--overwrite", action="store_true", help="start over: delete the run already in --run-dir (only "
+                   "a diffusekit run directory; without this flag a run is never overwritten)")
+    t.add_argument("--strict", action="store_true", help="an image folder with unreadable, tiny or non-image files "
+                   "is an error (sets data.strict; default: skip them with a warning that counts them)")
     t.add_argument("--device", help="cpu, cuda or cuda:N (sets run.device)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set optim.lr=1e-3 (repeatable; value read as YAML)")
@@ -509,6 +575,7 @@ def main(argv=None) -> int:
     from .data import DatasetNotInstalled
     from .metrics.inception import FeatureExtractorNotInstalled
     from .training.checkpoint import CheckpointError
+    from .training.loop import NonFiniteError
 
     try:
         return args.func(args)
@@ -516,3 +583,16 @@ def main(argv=None) -> int:
             FileNotFoundError, ValueError) as e:
         print(f"diffusekit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteError as e:
+        print(f"diffusekit {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"diffusekit {args.command}: error: no space left on the device writing {e.filename or 'a file'}; "
+              "files are replaced atomically, so what was written before is intact: free space and run it again "
+              "(train: --resume auto)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"diffusekit {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,13 +1,22 @@
+import errno
 import hashlib
 import json
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from diffusekit.training.checkpoint import CheckpointError, latest_valid, load_checkpoint, prune, save_checkpoint
+from diffusekit.training.checkpoint import (
+    CheckpointError,
+    latest_valid,
+    load_checkpoint,
+    prune,
+    remove_partial_writes,
+    save_checkpoint,
+)
 
 
 def _state(step):
@@ -61,17 +70,43 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path, monkeypatch):
     assert not (tmp_path / "PWNED").exists()
 
 
-def test_failed_write_leaves_previous_checkpoints(tmp_path, monkeypatch):
+def test_disk_full_leaves_previous_checkpoints_and_says_so(tmp_path, monkeypatch):
     save_checkpoint(tmp_path, 16, *_state(1))
+    before = load_checkpoint(tmp_path / "ckpt-000000000016")[1]
+    real_save = torch.save
 
-    def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    def disk_full(obj, path, *args, **kwargs):  # half the file lands, then the device is full
+        real_save(obj, path, *args, **kwargs)
+        size = Path(path).stat().st_size
+        os.truncate(path, size // 2)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match=r"no space left .*ckpt-0+32.*intact \(newest: .*ckpt-0+16"):
         save_checkpoint(tmp_path, 32, *_state(2))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt-000000000016"]
     assert latest_valid(tmp_path).name == "ckpt-000000000016"
+    after = load_checkpoint(tmp_path / "ckpt-000000000016")[1]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_other_write_errors_propagate_unchanged(tmp_path, monkeypatch):
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(torch, "save", denied)
+    with pytest.raises(PermissionError):
+        save_checkpoint(tmp_path, 32, *_state(2))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_remove_partial_writes_keeps_finished_checkpoints(tmp_path):
+    save_checkpoint(tmp_path, 16, *_state(1))
+    (tmp_path / ".tmp-ckpt-000000000032-123").mkdir()
+    (tmp_path / ".tmp-ckpt-000000000032-123" / "weights.safetensors").write_bytes(b"half")
+    removed = remove_partial_writes(tmp_path)
+    assert [p.name for p in removed] == [".tmp-ckpt-000000000032-123"]
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt-000000000016"]
 
 
 def test_prune_keeps_newest_and_milestones(tmp_path):

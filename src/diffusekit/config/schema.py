@@ -66,6 +66,8 @@ class OptimConfig:
     decay: Literal["constant", "cosine", "inverse_sqrt"] = "constant"
     decay_images: int | None = None  # cosine: the decay length (default: run.total_images); inverse_sqrt: t_ref
     grad_clip: float | None = 1.0
+    # a step whose loss or gradient is not finite is skipped (counted, logged); this many in a row stop the run
+    nonfinite_limit: int = 10
 
 
 @dataclass
@@ -86,6 +88,7 @@ class RunConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of the forward pass
     compile: bool = False  # torch.compile the network
+    dump_bad_batch: bool = True  # non-finite steps stopped the run: its last batch -> <run>/nonfinite-*.safetensors
 
 
 @dataclass

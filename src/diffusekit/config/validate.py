@@ -54,6 +54,7 @@ def validate(config: Config) -> Config:
     _positive("optim.warmup_images", opt.warmup_images, allow_zero=True)
     _positive("optim.decay_images", opt.decay_images)
     _positive("optim.grad_clip", opt.grad_clip)
+    _positive("optim.nonfinite_limit", opt.nonfinite_limit)
 
     if not config.ema.half_lives:
         raise ConfigError("ema.half_lives: at least one EMA is needed (name: half-life in images)")

@@ -116,6 +116,11 @@ def load_stats(path: str | Path) -> FeatureStats:
             count = int(f["count"]) if "count" in f.files else int(meta.get("count", 0))
     except (OSError, EOFError) as e:
         raise ValueError(f"cannot read statistics file {path}: {e}") from None
+    except ValueError as e:
+        if "pickle" in str(e):  # numpy refuses object arrays and pickles when allow_pickle=False
+            raise ValueError(f"{path} holds pickled Python objects, which are never loaded (refused): "
+                             "statistics files hold plain arrays only") from None
+        raise
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not match")
     return FeatureStats(mu, sigma, count, features, meta)

@@ -15,6 +15,7 @@ one. ``prune`` keeps the newest ``keep`` checkpoints plus milestones (every ``mi
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .._files import file_digest
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_valid", "prune", "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_valid", "prune", "remove_partial_writes", "CheckpointError"]
 
 _PREFIX = "ckpt-"
 FORMAT_VERSION = 1
@@ -75,10 +76,30 @@ def save_checkpoint(directory: str | Path, cur_nimg: int, model_state: dict, ema
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync(directory)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        previous = _checkpoints(directory)
+        raise CheckpointError(f"no space left on the device writing checkpoint {final}; the earlier checkpoints are "
+                              f"intact (newest: {previous[-1] if previous else 'none'}): free space, then continue "
+                              "with --resume auto") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def remove_partial_writes(directory: str | Path) -> list[Path]:
+    """Delete the temporary directories of checkpoint writes that a killed process left in ``directory``
+    (never a finished checkpoint); returns what was removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith(f".tmp-{_PREFIX}")]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def _verify(path: Path) -> dict:
@@ -96,7 +117,11 @@ def load_checkpoint(path: str | Path) -> tuple[int, dict, dict[str, dict], dict]
     """(cur_nimg, model_state, ema_states, training_state) of a verified checkpoint."""
     path = Path(path)
     meta = _verify(path)
-    tensors = load_file(path / "weights.safetensors")
+    try:
+        tensors = load_file(path / "weights.safetensors")
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a malformed file
+        message = f"{path / 'weights.safetensors'} is not a safetensors file (refused to load): {e}"
+        raise CheckpointError(message) from None
     model_state, ema_states = {}, {}
     for key, value in tensors.items():
         kind, rest = key.split(".", 1)

@@ -44,7 +44,11 @@ from .ema import EMASet
 from .evaluation import TrainingEvaluator
 from .optim import LRSchedule, make_optimizer
 
-__all__ = ["Trainer", "train", "data_info"]
+__all__ = ["Trainer", "train", "data_info", "NonFiniteError"]
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive optimizer steps with a non-finite loss or gradient (``optim.nonfinite_limit``)."""
 
 
 def data_info(data: ImageArrays, conditional: bool, captions: bool = False) -> dict:
@@ -96,6 +100,13 @@ class Trainer:
         self.cur_nimg = 0
         self._batches = None
         self._data_position = 0
+        # non-finite steps: skipped, counted (total and the current streak) and kept in the checkpoint
+        self.nonfinite_total = 0
+        self.nonfinite_streak = 0
+        self.last_step_skipped = False
+        self._last_batch = None
+        # set (to the signal's name) by the CLI's SIGINT/SIGTERM handler: finish the step, checkpoint, return
+        self.stop_requested: str | None = None
 
     # -- state --------------------------------------------------------------------------------------
     def training_state(self) -> dict:
@@ -103,7 +114,8 @@ class Trainer:
                  "torch_rng": torch.get_rng_state(), "data_position": self._data_position,
                  "data_size": len(self.data), "time_sampler": self.loss.time_sampler.state_dict(),
                  "config": to_dict(self.config), "data_info": self.info,
-                 "evaluation": self.evaluator.state_dict()}
+                 "evaluation": self.evaluator.state_dict(),
+                 "nonfinite": [self.nonfinite_total, self.nonfinite_streak]}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -145,6 +157,7 @@ class Trainer:
         self._data_position = int(state["data_position"])
         self.loss.time_sampler.load_state_dict(state["time_sampler"])
         self.evaluator.load_state_dict(state.get("evaluation", {}))
+        self.nonfinite_total, self.nonfinite_streak = (int(v) for v in state.get("nonfinite", (0, 0)))
         self.cur_nimg, self._batches = cur_nimg, None
         return True
 
@@ -168,6 +181,8 @@ class Trainer:
             x0, parts["augment"] = augment(x0, self.augment, self.generator)
         if self.cascade is not None:  # the super-resolution stage's low-resolution input, noise-augmented
             parts.update(training_condition(x0, self.cascade, self.generator))
+        if self.config.run.dump_bad_batch:  # kept (no copy) so that a run stopped by NaNs can show its batch
+            self._last_batch = (x0, parts)
         if not parts:
             return x0, None
         return x0, {"cond": parts["labels"] if list(parts) == ["labels"] else parts}
@@ -179,7 +194,11 @@ class Trainer:
 
     def step(self) -> torch.Tensor:
         """One optimizer step over ``batch_size`` images (in ``accumulation`` micro-batches); returns the
-        mean loss as a 0-d tensor on the device (no synchronisation)."""
+        mean loss as a 0-d tensor on the device.
+
+        A step whose loss or gradient norm is not finite changes nothing but the counters: no update, no
+        EMA; its images still count as seen (``last_step_skipped`` is set). ``optim.nonfinite_limit`` such
+        steps in a row raise :class:`NonFiniteError`. The check costs one device synchronisation per step."""
         opt = self.config.optim
         micro = opt.batch_size // opt.accumulation
         self.optimizer.zero_grad(set_to_none=True)
@@ -190,14 +209,41 @@ class Trainer:
                 loss = self.loss(self.denoiser.network_output, x0, generator=self.generator, cond=cond)
             (loss.loss.mean() / opt.accumulation).backward()
             total += loss.loss.detach().mean() / opt.accumulation
-        if opt.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.network.parameters(), opt.grad_clip)
+        max_norm = opt.grad_clip if opt.grad_clip is not None else float("inf")  # inf: measure, do not clip
+        grad_norm = nn.utils.clip_grad_norm_(self.network.parameters(), max_norm)
         self.cur_nimg += opt.batch_size
+        self.last_step_skipped = not bool(torch.isfinite(total) & torch.isfinite(grad_norm))
+        if self.last_step_skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_total += 1
+            self.nonfinite_streak += 1
+            if self.nonfinite_streak >= opt.nonfinite_limit:
+                self._fail_nonfinite(float(total), float(grad_norm))
+            return total
+        self.nonfinite_streak = 0
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr(self.cur_nimg)
         self.optimizer.step()
         self.emas.update(self.network, self.cur_nimg, opt.batch_size)
         return total
+
+    def _fail_nonfinite(self, loss: float, grad_norm: float) -> None:
+        step = self.cur_nimg // self.config.optim.batch_size
+        dumped = ""
+        if self._last_batch is not None:
+            from safetensors.torch import save_file
+
+            x0, parts = self._last_batch
+            tensors = {"x0": x0, **{f"cond.{k}": v for k, v in parts.items() if isinstance(v, torch.Tensor)}}
+            path = self.run_dir / f"nonfinite-{self.cur_nimg:012d}.safetensors"
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(path))
+            dumped = f"; its last batch is in {path}"
+        raise NonFiniteError(
+            f"{self.nonfinite_streak} consecutive non-finite steps (optim.nonfinite_limit), the last at step {step:,} "
+            f"(image {self.cur_nimg:,}: loss {loss}, gradient norm {grad_norm}); no checkpoint was written after "
+            f"the last good step{dumped}. Lower optim.lr, set optim.grad_clip, or check the data, then continue "
+            "with --resume auto")
 
     # -- the loop -----------------------------------------------------------------------------------
     def run(self, until_images: int | None = None, hooks=None) -> None:
@@ -221,13 +267,19 @@ class Trainer:
         while self.cur_nimg < until:
             before = self.cur_nimg
             loss = self.step()
-            loss_sum += loss
-            loss_count += 1
+            if self.last_step_skipped:
+                _call(hooks, "log", f"non-finite loss or gradient at image {self.cur_nimg:,}: update skipped "
+                                    f"({self.nonfinite_streak} in a row, {self.nonfinite_total} in all)")
+            else:
+                loss_sum += loss
+                loss_count += 1
             _call(hooks, "on_step", self, loss)
             final = self.cur_nimg >= run.total_images
             if _crossed(before, self.cur_nimg, run.log_every) or final:
-                record = {"cur_nimg": self.cur_nimg, "loss": float(loss_sum) / loss_count,
-                          "lr": self.optimizer.param_groups[0]["lr"]}
+                record = {"cur_nimg": self.cur_nimg, "lr": self.optimizer.param_groups[0]["lr"],
+                          "skipped_steps": self.nonfinite_total}
+                if loss_count:  # no loss when every step of the interval was skipped
+                    record["loss"] = float(loss_sum) / loss_count
                 loss_sum.zero_()
                 loss_count = 0
                 _call(hooks, "on_log", self, record)
@@ -248,8 +300,13 @@ class Trainer:
             sample_every = run.sample_every or run.checkpoint_every
             if _crossed(before, self.cur_nimg, sample_every) or final or stop:
                 _call(hooks, "on_sample", self)
-            if _crossed(before, self.cur_nimg, run.checkpoint_every) or final or stop:
+            preempted = self.stop_requested is not None
+            if _crossed(before, self.cur_nimg, run.checkpoint_every) or final or stop or preempted:
                 _call(hooks, "on_checkpoint", self, self.save())
+            if preempted:
+                _call(hooks, "log", f"{self.stop_requested}: stopped after the step at {self.cur_nimg:,} images "
+                                    "and wrote a checkpoint; continue with --resume auto")
+                break
             if stop:
                 _call(hooks, "log", f"early stop at {self.cur_nimg:,} images: FID has not improved for "
                                     f"{self.evaluator.since_best} evaluations (best {self.evaluator.best_fid:.4g} "

@@ -37,12 +37,14 @@ from ..guidance import GuidanceSettings
 from ..images import make_grid, save_png
 from ..monitor import MetricsLog, TensorBoardWriter, plot_loss_curve, read_metrics
 from .build import build_denoiser
+from .checkpoint import remove_partial_writes
 
 __all__ = ["RunDirectory", "RESUMABLE_KEYS", "config_differences", "environment", "stored_config"]
 
 # Fields a resumed run may change: durations, intervals, where and how fast it runs, how it samples and evaluates.
 RESUMABLE_KEYS = ("run.total_images", "run.checkpoint_every", "run.keep_checkpoints", "run.milestone_every",
-                  "run.log_every", "run.sample_every", "run.device", "run.precision", "run.compile", "data.workers",
+                  "run.log_every", "run.sample_every", "run.device", "run.precision", "run.compile",
+                  "run.dump_bad_batch", "optim.nonfinite_limit", "data.workers",
                   "sample.", "eval.")
 
 
@@ -133,6 +135,10 @@ class RunDirectory:
     def open(self, cur_nimg: int, device: torch.device) -> None:
         """Write config and environment; align the logs with the checkpoint at ``cur_nimg``."""
         self.path.mkdir(parents=True, exist_ok=True)
+        for folder in ("checkpoints", "best"):  # what a kill in the middle of a checkpoint write left behind
+            remove_partial_writes(self.path / folder)
+        for stale in [*self.path.glob(".environment.json.tmp-*"), *self.path.glob(".config.yaml.tmp-*")]:
+            stale.unlink(missing_ok=True)
         write_yaml(self.config, self.path / "config.yaml")
         env_path = self.path / "environment.json"
         sessions = json.loads(env_path.read_text()).get("sessions", []) if env_path.exists() else []
@@ -168,7 +174,7 @@ class RunDirectory:
         self.metrics.append(record)
         self.tensorboard.add_scalars({f"train/{k}": v for k, v in record.items() if k != "cur_nimg"},
                                      trainer.cur_nimg)
-        if self.progress is not None:
+        if self.progress is not None and "loss" in record:
             self.progress.set_postfix(loss=record["loss"])
 
     def on_evaluate(self, trainer, record: dict) -> None:
@@ -189,7 +195,8 @@ class RunDirectory:
         self._last = (last_time + record.get("eval_s", 0.0) + time.perf_counter() - started, last_nimg)
 
     def log(self, message: str) -> None:
-        if self.progress is not None:
+        """Messages (evaluations, skipped steps, signals) print with or without a progress bar (--quiet)."""
+        if self.progress is not None and not self.progress.disable:
             self.progress.write(message)
         else:
             print(message, file=sys.stderr)
