@@ -76,9 +76,9 @@ def _preemptible(trainer, log):
 
     def handler(signum, frame):
         name = signal.Signals(signum).name
-        if trainer.stop_requested is not None:
+        if trainer.stop_signal is not None:
             raise KeyboardInterrupt(name)
-        trainer.stop_requested = name
+        trainer.stop_signal = name
         log(f"{name}: finishing the current step, then writing a checkpoint (send it again to exit at once)")
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -89,19 +89,68 @@ def _preemptible(trainer, log):
             signal.signal(s, h)
 
 
+def _torchrun(args) -> int:
+    """``train --nproc N``: this same command under torchrun, N processes on this machine (one per GPU, or gloo
+    processes on the CPU). Several machines: run torchrun yourself (docs/distributed.md)."""
+    import subprocess
+
+    rest, skip = [], False
+    for item in args.argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            rest.append(item)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+               "-m", "diffusekit", "--", *rest]  # "--": torchrun would take abbreviations such as --n as its own
+    print("running: " + " ".join(command), file=sys.stderr)
+    return subprocess.run(command, check=False).returncode
+
+
 def cmd_train(args) -> int:
+    import os
+
+    from . import distributed
+
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise CLIError(f"--nproc must be >= 1, got {args.nproc}")
+        if "WORLD_SIZE" not in os.environ and args.nproc > 1:
+            return _torchrun(args)
+    config = _train_config(args)
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    opt = config.optim
+    if opt.batch_size % (world * opt.accumulation):
+        raise CLIError(f"optim.batch_size {opt.batch_size} is not divisible by {world} processes x "
+                       f"optim.accumulation {opt.accumulation}: choose a batch size that is a multiple of "
+                       f"{world * opt.accumulation}")
+    context = distributed.init(config.run.device)
+    try:
+        return _train(args, config, context)
+    finally:
+        distributed.shutdown()
+
+
+def _train(args, config, context) -> int:
     import shutil
     import signal
 
     import torch
 
+    from . import distributed
     from .monitor import ProgressBar
     from .training.build import load_training_data
     from .training.checkpoint import latest_valid
     from .training.loop import Trainer
     from .training.rundir import RunDirectory
 
-    config = _train_config(args)
+    main_process = context.main
+
+    def say(message: str) -> None:
+        if main_process:
+            print(message, file=sys.stderr)
+
     run_dir = Path(args.run_dir)
     existing = _check_run_dir(run_dir, args)
     rundir = RunDirectory(run_dir, config)
@@ -112,38 +161,51 @@ def cmd_train(args) -> int:
     started = time.perf_counter()
     data = load_training_data(config.data)
     if existing and args.overwrite:
-        shutil.rmtree(run_dir)
-        print(f"--overwrite: removed the earlier run in {run_dir}", file=sys.stderr)
+        if main_process:
+            shutil.rmtree(run_dir)
+        distributed.barrier()
+        say(f"--overwrite: removed the earlier run in {run_dir}")
     trainer = Trainer(config, data, run_dir)
     resume_from = None if args.resume in ("auto", "never") else Path(args.resume)
     if args.resume != "never" and trainer.resume(resume_from):
-        print(f"resumed from {resume_from or latest_valid(run_dir / 'checkpoints')} at {trainer.cur_nimg:,} images",
-              file=sys.stderr)
-    rundir.open(trainer.cur_nimg, trainer.device)
+        say(f"resumed from {resume_from or latest_valid(run_dir / 'checkpoints')} at {trainer.cur_nimg:,} images")
+    hooks = rundir if main_process else None
+    if main_process:
+        rundir.open(trainer.cur_nimg, trainer.device)
     params = sum(p.numel() for p in trainer.network.parameters())
-    print(f"training {config.network.kind} ({params / 1e6:.2f}M parameters) on {config.data.name} "
-          f"({len(data):,} images {tuple(trainer.info['image_shape'])}, {trainer.num_classes} classes) for "
-          f"{config.run.total_images:,} images on {trainer.device}; run directory {run_dir}", file=sys.stderr)
+    processes = f" x {context.world_size} processes" if context.distributed else ""
+    say(f"training {config.network.kind} ({params / 1e6:.2f}M parameters) on {config.data.name} "
+        f"({len(data):,} images {tuple(trainer.info['image_shape'])}, {trainer.num_classes} classes) for "
+        f"{config.run.total_images:,} images on {trainer.device}{processes}; run directory {run_dir}")
     rundir.progress = ProgressBar(config.run.total_images, initial=trainer.cur_nimg, unit="img",
-                                  disable=args.quiet)
+                                  disable=args.quiet or not main_process)
     try:
-        with _preemptible(trainer, rundir.log):
-            trainer.run(hooks=rundir)
+        with _preemptible(trainer, rundir.log if main_process else (lambda message: None)):
+            trainer.run(hooks=hooks)
+    except RuntimeError as e:
+        if not context.distributed or isinstance(e, distributed.DistributedError):
+            raise
+        # DDP's gradient all-reduce reports a peer that died as a RuntimeError from inside backward()
+        raise distributed.DistributedError(f"process {context.rank} of {context.world_size}: training failed, another "
+                                           f"process has probably ended ({str(e).splitlines()[0]}); the newest "
+                                           "checkpoint is intact: continue with --resume auto") from None
     except KeyboardInterrupt:
         newest = latest_valid(run_dir / "checkpoints")
-        print(f"\ninterrupted at {trainer.cur_nimg:,} images; newest checkpoint: {newest}; continue with "
-              f"--resume auto", file=sys.stderr)
+        say(f"\ninterrupted at {trainer.cur_nimg:,} images; newest checkpoint: {newest}; continue with --resume auto")
         return 130
     finally:
-        rundir.close()
+        if main_process:
+            rundir.close()
     if trainer.stop_requested is not None and trainer.cur_nimg < config.run.total_images:
         newest = latest_valid(run_dir / "checkpoints")
-        print(f"stopped by {trainer.stop_requested} at {trainer.cur_nimg:,} images with a checkpoint ({newest}); "
-              "continue with --resume auto", file=sys.stderr)
-        return 128 + int(getattr(signal, trainer.stop_requested))
+        say(f"stopped by {trainer.stop_requested} at {trainer.cur_nimg:,} images with a checkpoint ({newest}); "
+            "continue with --resume auto")
+        return 128 + int(getattr(signal, trainer.stop_requested, signal.SIGTERM))
     summary = {"run_dir": str(run_dir), "cur_nimg": trainer.cur_nimg, "wall_s": round(time.perf_counter() - started, 1),
                **_peak(trainer.device)}
-    print(json.dumps(summary), file=sys.stderr)
+    if context.distributed:
+        summary["processes"] = context.world_size
+    say(json.dumps(summary))
     return 0
 
 
@@ -518,6 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one config value, e.g. --set optim.lr=1e-3 (repeatable; value read as YAML)")
     t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--nproc", type=int, metavar="N", help="train with N processes on this machine: runs this command "
+                   "under torchrun (one process per GPU with run.device=cuda, else gloo on the CPU); several "
+                   "machines: see docs/distributed.md")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="generate images from a run or checkpoint")
@@ -570,9 +635,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     from .config import ConfigError
     from .data import DatasetNotInstalled
+    from .distributed import DistributedError
     from .metrics.inception import FeatureExtractorNotInstalled
     from .training.checkpoint import CheckpointError
     from .training.loop import NonFiniteError
@@ -583,7 +651,7 @@ def main(argv=None) -> int:
             FileNotFoundError, ValueError) as e:
         print(f"diffusekit {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteError as e:
+    except (NonFiniteError, DistributedError) as e:
         print(f"diffusekit {args.command}: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:

@@ -19,10 +19,11 @@ def _threads(args) -> None:
         torch.set_num_threads(args.threads)
 
 
-def _extractor(args, name: str | None = None):
+def _extractor(args, name: str | None = None, device: str | None = None):
     from .metrics.inception import get_extractor
 
-    return get_extractor(name or args.extractor, args.preprocess, args.resolution, device=args.device or "cpu")
+    return get_extractor(name or args.extractor, args.preprocess, args.resolution,
+                         device=device or args.device or "cpu")
 
 
 def _bar(total: int, desc: str, quiet: bool):
@@ -109,14 +110,31 @@ def _eval_out_dir(args, model) -> Path:
 
 
 def cmd_eval(args) -> int:
+    from . import distributed
+    from .metrics.evaluate import METRICS
+
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown or not metrics:
+        raise ValueError(f"--metrics: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}")
+    _threads(args)
+    context = distributed.init(args.device or "cpu")  # under torchrun: each process draws a share of the samples
+    try:
+        return _evaluate(args, metrics, context)
+    finally:
+        distributed.shutdown()
+
+
+def _evaluate(args, metrics: tuple[str, ...], context) -> int:
+    from . import distributed
     from .cli import guidance_from_args
     from .config import parse_override
-    from .generate import load_model
+    from .generate import class_major_labels, load_model
     from .images import save_png
     from .metrics.evaluate import (
-        METRICS,
         SamplingSettings,
         as_json,
+        distributed_evaluation_features,
         feature_metrics,
         memorization_metrics,
         preview_grid,
@@ -125,12 +143,7 @@ def cmd_eval(args) -> int:
     )
     from .metrics.stats import load_stats
 
-    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
-    unknown = sorted(set(metrics) - set(METRICS))
-    if unknown or not metrics:
-        raise ValueError(f"--metrics: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}")
-    _threads(args)
-    device = args.device or "cpu"
+    device = distributed.device_for(args.device or "cpu")
     model = load_model(args.source, ema=args.ema, device=device)
     options = {}
     for text in args.option:
@@ -142,18 +155,27 @@ def cmd_eval(args) -> int:
                                             options=options or None, seed=args.seed, batch_size=args.batch_size)
     out_dir = _eval_out_dir(args, model)
     started = time.perf_counter()
-    with _bar(args.n, "sampling", args.quiet) as bar:
-        images, labels, _ = sample_for_evaluation(model.denoiser, model.image_shape, model.num_classes, args.n,
-                                                  settings, device=device, progress=bar.update)
+    quiet = args.quiet or not context.main
+    with _bar(args.n, "sampling", quiet) as bar:
+        images, _, index = sample_for_evaluation(model.denoiser, model.image_shape, model.num_classes, args.n,
+                                                 settings, device=device, rank=context.rank,
+                                                 world_size=context.world_size, progress=bar.update)
     sampling_s = time.perf_counter() - started
+    feature_names = tuple(m for m in metrics if m != "memorization")
+    extractor = _extractor(args, device=device) if feature_names else None
+    with _bar(args.n, "sample features", quiet or extractor is None) as bar:
+        images, features = distributed_evaluation_features(images, index, extractor,
+                                                           batch_size=args.feature_batch_size, progress=bar.update)
+    if not context.main:  # process 0 scores the gathered samples and writes the results
+        return 0
+    labels = class_major_labels(args.n, model.num_classes) if model.num_classes else None
     out_dir.mkdir(parents=True, exist_ok=True)
     save_png(preview_grid(images, labels), out_dir / "samples.png")
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     result: dict = {"checkpoint": str(model.checkpoint), "cur_nimg": model.cur_nimg, "weights": model.weights,
-                    "n": args.n, **settings.describe(), "sampling_s": round(sampling_s, 2)}
-    feature_names = tuple(m for m in metrics if m != "memorization")
+                    "n": args.n, **settings.describe(), "sampling_s": round(sampling_s, 2),
+                    "processes": context.world_size}
     if feature_names:
-        extractor = _extractor(args)
         if args.ref:
             reference = load_stats(args.ref)
         else:
@@ -161,9 +183,7 @@ def cmd_eval(args) -> int:
             with _bar(count, "reference features", args.quiet) as bar:
                 reference = reference_for_data(model.config.data, extractor, count, args.ref_split,
                                                batch_size=args.feature_batch_size, progress=bar.update, log=log)
-        with _bar(args.n, "sample features", args.quiet) as bar:
-            values, _ = feature_metrics(images, feature_names, reference, extractor,
-                                        batch_size=args.feature_batch_size, progress=bar.update)
+        values, _ = feature_metrics(images, feature_names, reference, extractor, features=features)
         result.update(values)
     if "memorization" in metrics:
         extractor = None

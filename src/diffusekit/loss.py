@@ -16,7 +16,7 @@ from torch import Tensor
 from ._tensors import append_dims
 from .parameterizations import Parameterization
 from .schedules import Schedule, ScheduleAt
-from .time_sampling import TimeSampler
+from .time_sampling import TimeDraw, TimeSampler
 from .weighting import Weighting
 
 __all__ = ["DiffusionLoss", "LossOutput", "loss_by_logsnr_bins"]
@@ -40,13 +40,26 @@ class DiffusionLoss:
         """The schedule in float64 (coefficients are then cast to the data's dtype)."""
         return self.schedule(t.to(torch.float64))
 
+    def draw(self, x0_shape: tuple[int, ...], *, generator: torch.Generator | None = None,
+             dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> tuple[TimeDraw, Tensor]:
+        """The random part of a batch: times, then noise (in that order from ``generator``). Drawn once for a
+        whole global batch and sliced per process, it makes training independent of the number of processes."""
+        draw = self.time_sampler(x0_shape[0], self.schedule, generator=generator)
+        noise_device = generator.device if generator is not None else device
+        noise = torch.randn(x0_shape, generator=generator, device=noise_device, dtype=dtype).to(device)
+        return draw, noise
+
     def __call__(self, network_fn, x0: Tensor, *, generator: torch.Generator | None = None,
-                 noise: Tensor | None = None, t: Tensor | None = None, cond: dict | None = None) -> LossOutput:
-        """Per-example losses for a batch. ``noise`` and ``t`` may be given (then no draw is made)."""
+                 noise: Tensor | None = None, t: Tensor | None = None, cond: dict | None = None,
+                 time_draw: TimeDraw | None = None, update_sampler: bool = True) -> LossOutput:
+        """Per-example losses for a batch. ``noise`` and ``t`` (or a whole ``time_draw``, importance weights
+        included) may be given, then no draw is made. ``update_sampler=False`` leaves the importance
+        sampler's statistics to the caller (distributed training updates them with every process's losses)."""
         n = x0.shape[0]
-        if t is None:
-            draw = self.time_sampler(n, self.schedule, generator=generator)
-            t, importance, u = draw.t, draw.weight, draw.u
+        if time_draw is None and t is None:
+            time_draw = self.time_sampler(n, self.schedule, generator=generator)
+        if time_draw is not None:
+            t, importance, u = time_draw.t, time_draw.weight, time_draw.u
         else:
             importance, u = torch.ones(n, dtype=torch.float64), None
         if noise is None:
@@ -58,7 +71,7 @@ class DiffusionLoss:
         output = network_fn(x_t, at.t.to(x0.dtype), **(cond or {}))
         mse = (output - target).pow(2).reshape(n, -1).mean(1)
         unweighted = self.weighting(at, self.parameterization).to(mse.dtype) * mse
-        if u is not None:
+        if u is not None and update_sampler:
             self.time_sampler.update(u, unweighted)
         loss = importance.to(device=mse.device, dtype=mse.dtype) * unweighted
         return LossOutput(loss, unweighted, at.t, at.logsnr)

@@ -91,7 +91,12 @@ def test_early_stop_survives_resume_and_patience_can_be_raised(tmp_path, monkeyp
 
 
 class _Named:
-    name = "scripted"
+    """A stand-in feature extractor: its features are ignored by the scripted feature_metrics."""
+
+    name, dim = "scripted", 4
+
+    def __call__(self, batch):
+        return torch.zeros(batch.shape[0], self.dim)
 
 
 def test_best_tracking_counts_evaluations_and_ignores_nan():

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..generate import class_major_labels, generate, load_guide
 from ..guidance import GuidanceSettings
-from .features import array_batches, cached_image_stats, compute_stats, dataset_label
+from .features import array_batches, cached_image_stats, dataset_label
 from .fid import fid_from_stats
 from .inception import InceptionV3, quantize
 from .kid import kid
@@ -97,18 +97,46 @@ def sample_for_evaluation(denoiser, image_shape: tuple[int, int, int], num_class
     return out, (None if labels is None else labels[index]), index
 
 
+def sample_features(images: Tensor, extractor: InceptionV3, batch_size: int = 50, progress=None) -> Tensor:
+    """Features [n, dim] (float32, CPU) of uint8 NCHW ``images`` (n may be 0: a rank without samples)."""
+    out = []
+    for batch in array_batches(images, batch_size):
+        out.append(extractor(batch).float().cpu())
+        if progress is not None:
+            progress(batch.shape[0])
+    return torch.cat(out) if out else torch.zeros((0, extractor.dim))
+
+
+def distributed_evaluation_features(images: Tensor, index: Tensor, extractor: InceptionV3 | None, *,
+                                    batch_size: int = 50, progress=None) -> tuple[Tensor, Tensor | None]:
+    """Every rank's samples and their features (computed where the samples were drawn), gathered on every rank
+    in sample order: (uint8 images [n, ...], float32 features [n, dim] or None without an extractor). One
+    process: the same, without communication."""
+    from .. import distributed
+
+    features = None
+    if extractor is not None:
+        features = distributed.gather_in_order(sample_features(images, extractor, batch_size, progress), index)
+    return distributed.gather_in_order(images, index), features
+
+
 def feature_metrics(images: Tensor, metrics: tuple[str, ...], reference: FeatureStats, extractor: InceptionV3, *,
                     batch_size: int = 50, kid_subsets: int = 100, kid_subset_size: int = 1000, pr_k: int = 3,
-                    progress=None) -> tuple[dict, FeatureStats]:
+                    progress=None, features: Tensor | None = None) -> tuple[dict, FeatureStats]:
     """FID / KID / precision-recall of uint8 ``images`` against ``reference`` (statistics with features for
-    KID and precision-recall). Returns (results, the samples' statistics)."""
+    KID and precision-recall). ``features``: the images' features when already computed (distributed
+    evaluation), then ``images`` is not read. Returns (results, the samples' statistics)."""
     unknown = sorted(set(metrics) - {"fid", "kid", "precision_recall"})
     if unknown:
         raise ValueError(f"unknown feature metric(s) {', '.join(unknown)}; choose from fid, kid, precision_recall")
     if reference.features is None and {"kid", "precision_recall"} & set(metrics):
         raise ValueError(f"the reference statistics ({reference.describe()}) hold no features, which KID and "
                          "precision/recall need: recompute them with `diffusekit ref-stats` (features are kept)")
-    stats = compute_stats(extractor, array_batches(images, batch_size), progress=progress, source="samples")
+    if features is None:
+        features = sample_features(images, extractor, batch_size, progress)
+    if features.shape[0] < 2:
+        raise ValueError(f"need at least 2 images for feature statistics, got {features.shape[0]}")
+    stats = FeatureStats.from_features(features.numpy(), **extractor.describe(), source="samples")
     check_compatible(stats, reference, ("the samples' features", "the reference statistics"))
     results: dict = {"n": stats.count, "reference": reference.describe(), "reference_count": reference.count,
                      "extractor": extractor.name, "preprocess": extractor.preprocess,

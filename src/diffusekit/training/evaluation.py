@@ -107,7 +107,12 @@ class TrainingEvaluator:
 
     def sample_metrics(self, trainer) -> dict:
         """Score ``eval.num_samples`` EMA samples; updates the best FID. The record says ``improved``."""
-        from ..metrics.evaluate import SamplingSettings, feature_metrics, sample_for_evaluation
+        from ..metrics.evaluate import (
+            SamplingSettings,
+            distributed_evaluation_features,
+            feature_metrics,
+            sample_for_evaluation,
+        )
 
         config, e = self.config, self.config.eval
         self._prepare(trainer.device)
@@ -115,10 +120,13 @@ class TrainingEvaluator:
         denoiser = build_denoiser(config, trainer.emas[ema_name].model)
         settings = SamplingSettings.from_config(config.sample, steps=e.steps, guidance=e.guidance,
                                                 seed=config.run.seed)
-        images, _, _ = sample_for_evaluation(denoiser, tuple(trainer.info["image_shape"]), trainer.num_classes,
-                                             e.num_samples, settings, device=trainer.device)
+        ctx = trainer.dist  # several processes: each draws its share of the samples and their features
+        images, _, index = sample_for_evaluation(denoiser, tuple(trainer.info["image_shape"]), trainer.num_classes,
+                                                 e.num_samples, settings, device=trainer.device, rank=ctx.rank,
+                                                 world_size=ctx.world_size)
+        images, features = distributed_evaluation_features(images, index, self._extractor)
         metrics = tuple(m.strip() for m in e.metrics.split(",") if m.strip())
-        values, _ = feature_metrics(images, metrics, self._reference, self._extractor)
+        values, _ = feature_metrics(images, metrics, self._reference, self._extractor, features=features)
         record = {k: values[k] for k in ("fid", "kid", "kid_std", "precision", "recall") if k in values}
         improved = self.update_best(record.get("fid"), trainer.cur_nimg)
         record.update({"improved": improved, "best_fid": self.best_fid, "best_nimg": self.best_nimg,

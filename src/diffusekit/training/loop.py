@@ -24,11 +24,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import distributed
 from ..cascade import training_condition
 from ..config import Config, to_dict
 from ..data import ImageArrays
 from ..data.augment import augment
 from ..guidance import drop_conditions
+from ..time_sampling import TimeDraw
 from .batches import BatchStream
 from .build import (
     augment_settings,
@@ -69,7 +71,8 @@ class Trainer:
 
     def __init__(self, config: Config, data: ImageArrays, run_dir: str | Path, device: str | None = None):
         self.config, self.data = config, data
-        self.device = torch.device(device or config.run.device)
+        self.dist = distributed.context()
+        self.device = torch.device(device or distributed.device_for(config.run.device))
         self.checkpoint_dir = Path(run_dir) / "checkpoints"
         self.info = data_info(data, config.data.conditional, config.data.captions)
         self.num_classes = self.info["num_classes"]
@@ -79,7 +82,13 @@ class Trainer:
                                      **network_conditioning(config, image_shape))
         self.augment, self.cascade = augment_settings(config), cascade_settings(config)
         self.network.to(self.device, torch.float32)  # float32 weights whatever the default dtype; bf16 via autocast
-        forward = torch.compile(self.network) if config.run.compile else self.network
+        # several processes: DDP averages the gradients; every other random draw of training is made for the whole
+        # global batch on every process and sliced (see step), so only dropout needs a per-process seed
+        self.ddp = distributed.wrap_ddp(self.network, self.device) if self.dist.distributed else None
+        if self.dist.distributed:
+            torch.manual_seed(_rank_seed(config.run.seed, self.dist.rank, 0))
+        module = self.ddp if self.ddp is not None else self.network
+        forward = torch.compile(module) if config.run.compile else module
         self.denoiser = build_denoiser(config, forward)
         self.loss = build_loss(config)
         opt = config.optim
@@ -105,7 +114,9 @@ class Trainer:
         self.nonfinite_streak = 0
         self.last_step_skipped = False
         self._last_batch = None
-        # set (to the signal's name) by the CLI's SIGINT/SIGTERM handler: finish the step, checkpoint, return
+        # the CLI's SIGINT/SIGTERM handler sets stop_signal (the signal's name); at the end of the step it becomes
+        # stop_requested, on every process at the same step: the loop then checkpoints and returns
+        self.stop_signal: str | None = None
         self.stop_requested: str | None = None
 
     # -- state --------------------------------------------------------------------------------------
@@ -120,18 +131,25 @@ class Trainer:
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
-    def save(self) -> Path:
-        path = save_checkpoint(self.checkpoint_dir, self.cur_nimg, self.network.state_dict(),
-                               self.emas.state_dicts(), self.training_state())
-        prune(self.checkpoint_dir, self.config.run.keep_checkpoints, self.config.run.milestone_every)
+    def save(self) -> Path | None:
+        """Process 0 writes the checkpoint (the others hold the same weights); all wait for it. None elsewhere."""
+        path = None
+        if self.dist.main:
+            path = save_checkpoint(self.checkpoint_dir, self.cur_nimg, self.network.state_dict(),
+                                   self.emas.state_dicts(), self.training_state())
+            prune(self.checkpoint_dir, self.config.run.keep_checkpoints, self.config.run.milestone_every)
+        distributed.barrier()
         return path
 
-    def save_best(self) -> Path:
+    def save_best(self) -> Path | None:
         """The current weights as ``<run>/best/ckpt-*`` (only the newest is kept): the best model by FID."""
         directory = self.run_dir / "best"
-        path = save_checkpoint(directory, self.cur_nimg, self.network.state_dict(), self.emas.state_dicts(),
-                               self.training_state())
-        prune(directory, 1, None)
+        path = None
+        if self.dist.main:
+            path = save_checkpoint(directory, self.cur_nimg, self.network.state_dict(), self.emas.state_dicts(),
+                                   self.training_state())
+            prune(directory, 1, None)
+        distributed.barrier()
         return path
 
     def resume(self, path: str | Path | None = None) -> bool:
@@ -151,7 +169,10 @@ class Trainer:
                              f"(resume it with the config it was trained with): {e}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        if self.dist.distributed:  # dropout's per-process stream, re-derived: the world size may have changed
+            torch.manual_seed(_rank_seed(self.config.run.seed, self.dist.rank, cur_nimg))
+        else:
+            torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self._data_position = int(state["data_position"])
@@ -196,19 +217,41 @@ class Trainer:
         """One optimizer step over ``batch_size`` images (in ``accumulation`` micro-batches); returns the
         mean loss as a 0-d tensor on the device.
 
+        With several processes every process prepares the whole global micro-batch (images, condition
+        dropout, augmentation, times, noise: one stream of draws from the shared generator) and trains on its
+        contiguous share; DDP averages the gradients (``no_sync`` until the last micro-batch). The run is then
+        the same for any number of processes up to float rounding, and resumes under another world size.
+
         A step whose loss or gradient norm is not finite changes nothing but the counters: no update, no
         EMA; its images still count as seen (``last_step_skipped`` is set). ``optim.nonfinite_limit`` such
         steps in a row raise :class:`NonFiniteError`. The check costs one device synchronisation per step."""
         opt = self.config.optim
         micro = opt.batch_size // opt.accumulation
+        share = micro // self.dist.world_size
+        part = slice(self.dist.rank * share, (self.dist.rank + 1) * share)
+        importance = self.loss.time_sampler.mode == "importance"
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
-        for _ in range(opt.accumulation):
+        for i in range(opt.accumulation):
             x0, cond = self._micro_batch(micro)
-            with self._autocast():
-                loss = self.loss(self.denoiser.network_output, x0, generator=self.generator, cond=cond)
-            (loss.loss.mean() / opt.accumulation).backward()
+            draw, noise = self.loss.draw(tuple(x0.shape), generator=self.generator, dtype=x0.dtype,
+                                         device=self.device)
+            if self.dist.distributed:
+                x0, noise, cond = x0[part], noise[part], _slice(cond, part)
+            mine = TimeDraw(draw.t[part], draw.weight[part], draw.u[part])
+            last = i == opt.accumulation - 1
+            with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
+                with self._autocast():
+                    loss = self.loss(self.denoiser.network_output, x0, noise=noise, time_draw=mine, cond=cond,
+                                     update_sampler=not self.dist.distributed)
+                (loss.loss.mean() / opt.accumulation).backward()
+            if self.dist.distributed and importance:  # the sampler's statistics see every process's losses
+                self.loss.time_sampler.update(draw.u, distributed.all_gather_cat(loss.unweighted.detach()))
             total += loss.loss.detach().mean() / opt.accumulation
+        if self.dist.distributed:
+            total = self._agree(total)
+        elif self.stop_signal is not None:
+            self.stop_requested = self.stop_signal
         max_norm = opt.grad_clip if opt.grad_clip is not None else float("inf")  # inf: measure, do not clip
         grad_norm = nn.utils.clip_grad_norm_(self.network.parameters(), max_norm)
         self.cur_nimg += opt.batch_size
@@ -226,6 +269,15 @@ class Trainer:
         self.optimizer.step()
         self.emas.update(self.network, self.cur_nimg, opt.batch_size)
         return total
+
+    def _agree(self, total: torch.Tensor) -> torch.Tensor:
+        """The mean loss over processes, and a stop request (a signal seen by any process) shared by all, so that
+        every process makes the same skip / stop decision."""
+        stop = torch.tensor(1.0 if self.stop_signal is not None else 0.0, device=self.device, dtype=torch.float64)
+        mean = distributed.all_mean(torch.stack([total.detach().double(), stop]))
+        if float(mean[1]) > 0:  # torchrun passes a SIGTERM / SIGINT to every process; one is enough here
+            self.stop_requested = self.stop_signal or "SIGTERM"
+        return mean[0].to(total.dtype)
 
     def _fail_nonfinite(self, loss: float, grad_norm: float) -> None:
         step = self.cur_nimg // self.config.optim.batch_size
@@ -312,6 +364,21 @@ class Trainer:
                                     f"{self.evaluator.since_best} evaluations (best {self.evaluator.best_fid:.4g} "
                                     f"at {self.evaluator.best_nimg:,})")
                 break
+
+
+def _rank_seed(seed: int, rank: int, cur_nimg: int) -> int:
+    """The seed of process ``rank``'s global torch RNG (dropout) when training from image ``cur_nimg``."""
+    return (seed * 1_000_003 + (rank + 1) * 7_919 + cur_nimg) % (2**63)
+
+
+def _slice(cond: dict | None, part: slice) -> dict | None:
+    """This process's share of a micro-batch's ``{"cond": labels or {name: tensor}}``."""
+    if cond is None:
+        return None
+    value = cond["cond"]
+    if isinstance(value, dict):
+        return {"cond": {k: v[part] for k, v in value.items()}}
+    return {"cond": value[part]}
 
 
 def _call(hooks, name: str, *args) -> None:
