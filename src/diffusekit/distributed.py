@@ -20,7 +20,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = ["Context", "init", "context", "device_for", "shutdown", "is_main", "barrier", "all_mean",
-           "all_gather_cat", "gather_in_order", "broadcast_object", "wrap_ddp", "DistributedError"]
+           "all_gather_cat", "gather_in_order", "broadcast_object", "wrap_ddp", "DistributedError", "shard_fsdp",
+           "full_tensor", "set_gradient_sync", "full_model_state", "full_optimizer_state", "load_full_state"]
 
 
 class DistributedError(RuntimeError):
@@ -174,3 +175,64 @@ def wrap_ddp(network: nn.Module, device: torch.device) -> nn.Module:
     no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
                else {"broadcast_buffers": False})
     return ddp(network, device_ids=ids, **no_sync)
+
+
+# -- FSDP (fully_shard): parameters, gradients and optimizer state sharded over the processes ---------------
+def shard_fsdp(network: nn.Module) -> None:
+    """``fully_shard`` each block of every ``nn.ModuleList`` of ``network`` (the DiT's blocks, the U-Net's
+    encoder and decoder), then the network itself: a block's weights are gathered only while it runs."""
+    from torch.distributed.fsdp import fully_shard
+
+    for child in network.children():
+        if isinstance(child, nn.ModuleList):
+            for block in child:
+                fully_shard(block)
+    fully_shard(network)
+
+
+def full_tensor(value: Tensor) -> Tensor:
+    """A sharded (DTensor) value gathered whole on every process (collective); any other tensor unchanged."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
+
+
+def set_gradient_sync(network: nn.Module, enabled: bool) -> None:
+    """FSDP's ``no_sync``: skip the gradient reduce-scatter for all but the last micro-batch of an accumulation."""
+    network.set_requires_gradient_sync(enabled)
+
+
+def full_model_state(network: nn.Module) -> dict:
+    """The sharded network's whole state dict on process 0, on the CPU (collective; empty elsewhere): the same
+    keys and shapes as the unsharded network's, so checkpoints do not depend on the world size."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return _collective(get_model_state_dict, network,
+                       options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optimizer_state(network: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer state of a sharded network in ``optimizer.state_dict()``'s own layout (parameters
+    numbered in ``named_parameters()`` order) on process 0 (collective; empty elsewhere)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    state = _collective(get_optimizer_state_dict, network, optimizer,
+                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not state:
+        return {}
+    index = {name: i for i, (name, _) in enumerate(network.named_parameters())}
+    groups = [{**group, "params": [index[name] for name in group["params"]]} for group in state["param_groups"]]
+    return {"state": {index[name]: value for name, value in state["state"].items()}, "param_groups": groups}
+
+
+def load_full_state(network: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
+                    optimizer_state: dict) -> None:
+    """Load whole (unsharded) states, as every checkpoint holds them, into a sharded network and its optimizer;
+    every process reads the same checkpoint."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    _collective(set_model_state_dict, network, model_state, options=options)
+    names = [name for name, _ in network.named_parameters()]
+    groups = [{**group, "params": [names[i] for i in group["params"]]} for group in optimizer_state["param_groups"]]
+    by_name = {"state": {names[int(i)]: value for i, value in optimizer_state["state"].items()},
+               "param_groups": groups}
+    _collective(set_optimizer_state_dict, network, optimizer, by_name, options=options)

@@ -88,6 +88,9 @@ class RunConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of the forward pass
     compile: bool = False  # torch.compile the network
+    # several processes: ddp (a whole copy per process) or fsdp (parameters, gradients and optimizer state sharded
+    # with fully_shard; the EMAs stay whole on every process); checkpoints are the same either way
+    parallel: Literal["ddp", "fsdp"] = "ddp"
     dump_bad_batch: bool = True  # non-finite steps stopped the run: its last batch -> <run>/nonfinite-*.safetensors
 
 

@@ -13,6 +13,8 @@ import copy
 import torch
 from torch import nn
 
+from ..distributed import full_tensor
+
 __all__ = ["EMA", "EMASet"]
 
 
@@ -34,7 +36,8 @@ class EMA:
         """Fold in ``model`` after a step that brought the image count to ``cur_nimg``."""
         beta = self.beta(cur_nimg, batch)
         for averaged, current in zip(self.model.parameters(), model.parameters(), strict=True):
-            averaged.lerp_(current.detach().to(averaged.dtype), 1 - beta)
+            current = full_tensor(current.detach())  # FSDP: the shards gathered (the average stays whole)
+            averaged.lerp_(current.to(averaged.dtype), 1 - beta)
         for averaged, current in zip(self.model.buffers(), model.buffers(), strict=True):
             averaged.copy_(current)
 

@@ -84,7 +84,12 @@ class Trainer:
         self.network.to(self.device, torch.float32)  # float32 weights whatever the default dtype; bf16 via autocast
         # several processes: DDP averages the gradients; every other random draw of training is made for the whole
         # global batch on every process and sliced (see step), so only dropout needs a per-process seed
-        self.ddp = distributed.wrap_ddp(self.network, self.device) if self.dist.distributed else None
+        self.emas = EMASet(self.network, config.ema.half_lives, config.ema.rampup)  # whole copies, before sharding
+        self.fsdp = self.dist.distributed and config.run.parallel == "fsdp"
+        if self.fsdp:
+            distributed.shard_fsdp(self.network)
+        use_ddp = self.dist.distributed and not self.fsdp
+        self.ddp = distributed.wrap_ddp(self.network, self.device) if use_ddp else None
         if self.dist.distributed:
             torch.manual_seed(_rank_seed(config.run.seed, self.dist.rank, 0))
         module = self.ddp if self.ddp is not None else self.network
@@ -96,7 +101,6 @@ class Trainer:
         decay_images = opt.decay_images or config.run.total_images
         self.lr = LRSchedule(opt.lr, opt.warmup_images, opt.decay, total_images=decay_images,
                              ref_images=decay_images)
-        self.emas = EMASet(self.network, config.ema.half_lives, config.ema.rampup)
         self.generator = torch.Generator().manual_seed(config.run.seed + 1)
         self.captions = None
         if config.data.captions:  # encoded once: the caption set is finite
@@ -121,7 +125,9 @@ class Trainer:
 
     # -- state --------------------------------------------------------------------------------------
     def training_state(self) -> dict:
-        state = {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+        optimizer = (distributed.full_optimizer_state(self.network, self.optimizer) if self.fsdp
+                     else self.optimizer.state_dict())
+        state = {"optimizer": optimizer, "generator": self.generator.get_state(),
                  "torch_rng": torch.get_rng_state(), "data_position": self._data_position,
                  "data_size": len(self.data), "time_sampler": self.loss.time_sampler.state_dict(),
                  "config": to_dict(self.config), "data_info": self.info,
@@ -134,9 +140,10 @@ class Trainer:
     def save(self) -> Path | None:
         """Process 0 writes the checkpoint (the others hold the same weights); all wait for it. None elsewhere."""
         path = None
+        model_state, training_state = self._model_state(), self.training_state()  # collective under FSDP
         if self.dist.main:
-            path = save_checkpoint(self.checkpoint_dir, self.cur_nimg, self.network.state_dict(),
-                                   self.emas.state_dicts(), self.training_state())
+            path = save_checkpoint(self.checkpoint_dir, self.cur_nimg, model_state, self.emas.state_dicts(),
+                                   training_state)
             prune(self.checkpoint_dir, self.config.run.keep_checkpoints, self.config.run.milestone_every)
         distributed.barrier()
         return path
@@ -145,12 +152,15 @@ class Trainer:
         """The current weights as ``<run>/best/ckpt-*`` (only the newest is kept): the best model by FID."""
         directory = self.run_dir / "best"
         path = None
+        model_state, training_state = self._model_state(), self.training_state()
         if self.dist.main:
-            path = save_checkpoint(directory, self.cur_nimg, self.network.state_dict(), self.emas.state_dicts(),
-                                   self.training_state())
+            path = save_checkpoint(directory, self.cur_nimg, model_state, self.emas.state_dicts(), training_state)
             prune(directory, 1, None)
         distributed.barrier()
         return path
+
+    def _model_state(self) -> dict:
+        return distributed.full_model_state(self.network) if self.fsdp else self.network.state_dict()
 
     def resume(self, path: str | Path | None = None) -> bool:
         """Load ``path`` or the newest valid checkpoint of this run; False when there is none."""
@@ -162,12 +172,16 @@ class Trainer:
             raise ValueError(f"{path} was trained on {state['data_size']} images, this dataset has {len(self.data)}: "
                              "resume with the same data or start a new run")
         try:
-            self.network.load_state_dict(model_state)
+            if self.fsdp:
+                distributed.load_full_state(self.network, self.optimizer, model_state, state["optimizer"])
+            else:
+                self.network.load_state_dict(model_state)
             self.emas.load_state_dicts(ema_states)
-        except (RuntimeError, ValueError) as e:
+        except (RuntimeError, ValueError, KeyError) as e:
             raise ValueError(f"{path} holds weights of another network or EMA set than this config builds "
                              f"(resume it with the config it was trained with): {e}") from None
-        self.optimizer.load_state_dict(state["optimizer"])
+        if not self.fsdp:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         if self.dist.distributed:  # dropout's per-process stream, re-derived: the world size may have changed
             torch.manual_seed(_rank_seed(self.config.run.seed, self.dist.rank, cur_nimg))
@@ -240,6 +254,8 @@ class Trainer:
                 x0, noise, cond = x0[part], noise[part], _slice(cond, part)
             mine = TimeDraw(draw.t[part], draw.weight[part], draw.u[part])
             last = i == opt.accumulation - 1
+            if self.fsdp:
+                distributed.set_gradient_sync(self.network, last)
             with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
                 with self._autocast():
                     loss = self.loss(self.denoiser.network_output, x0, noise=noise, time_draw=mine, cond=cond,
@@ -253,7 +269,7 @@ class Trainer:
         elif self.stop_signal is not None:
             self.stop_requested = self.stop_signal
         max_norm = opt.grad_clip if opt.grad_clip is not None else float("inf")  # inf: measure, do not clip
-        grad_norm = nn.utils.clip_grad_norm_(self.network.parameters(), max_norm)
+        grad_norm = distributed.full_tensor(nn.utils.clip_grad_norm_(self.network.parameters(), max_norm))
         self.cur_nimg += opt.batch_size
         self.last_step_skipped = not bool(torch.isfinite(total) & torch.isfinite(grad_norm))
         if self.last_step_skipped:
