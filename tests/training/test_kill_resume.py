@@ -127,6 +127,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(reference, tmp_p
     else:
         code, err = finish(start(run_dir))
         assert code == 0, err
+    print(f"\n{kills} SIGKILLs ({mid_write} inside checkpoint writes), each followed by --resume auto")
     assert kills >= 3 and mid_write >= 1, (kills, mid_write)
     assert latest_valid(run_dir / "checkpoints").name == FINAL
     assert not list((run_dir / "checkpoints").glob(".tmp-*"))  # partial writes cleaned on resume
