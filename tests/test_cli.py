@@ -201,6 +201,13 @@ def test_train_on_an_image_folder_with_class_subfolders(tmp_path):
     samples = np.load(tmp_path / "dogs.npz")
     assert samples["images"].shape == (4, 3, 8, 8) and set(samples["labels"].tolist()) == {1}
     assert Image.open(tmp_path / "dogs.png").mode == "RGB"
+    # a corrupt file and a stray text file: skipped with a warning, or an error before any work with --strict
+    (tmp_path / "data" / "dogs" / "broken.png").write_bytes(b"\x89PNG cut")
+    (tmp_path / "data" / "cats" / "notes.txt").write_text("x")
+    with pytest.warns(UserWarning, match="skipped 2 of 14 files: 1 unreadable"):
+        assert main([*argv, "--run-dir", str(tmp_path / "run2")]) == 0
+    assert main([*argv, "--run-dir", str(tmp_path / "run3"), "--strict"]) == 2
+    assert not (tmp_path / "run3").exists()
 
 
 def test_class_major_png_shows_a_row_per_class(run, tmp_path):

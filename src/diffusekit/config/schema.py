@@ -31,6 +31,10 @@ class DataConfig:
     # text-conditioned on captions of each image's class (diffusekit.data.captions); the class label itself is then
     # not given to the network (a text-only model, num_classes 0)
     captions: bool = False
+    # image folders: files that cannot be used (unreadable, smaller than min_size pixels on their short side, not
+    # images, empty class folders) are skipped with a warning that counts them; strict makes them an error
+    strict: bool = False
+    min_size: int = 8
 
 
 @dataclass

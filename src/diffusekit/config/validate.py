@@ -128,6 +128,7 @@ def validate(config: Config) -> Config:
     _positive("data.resolution", d.resolution)
     _positive("data.limit", d.limit)
     _positive("data.workers", d.workers, allow_zero=True)
+    _positive("data.min_size", d.min_size)
     if d.intensity is not None:
         from ..data.intensity import check_intensity
 

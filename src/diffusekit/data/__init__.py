@@ -21,7 +21,7 @@ def open_dataset(spec: str | Path, split: str = "train", resolution: int | None 
     :func:`resize_arrays` (``mode`` "resize" or "pad"); ``options`` go to :func:`load` (``root``). A name that is
     a built-in wins over a folder of that name: write ``./mnist`` for the folder. A folder needs ``resolution``
     (``channels`` defaults to 3), has only the ``train`` split (all its images) and takes the options of
-    :func:`image_folder` (``workers``, ``skip_unreadable``).
+    :func:`image_folder` (``workers``, ``strict``, ``min_size``).
     """
     if isinstance(spec, str) and spec in DATASETS:
         data = load(spec, split, **options)

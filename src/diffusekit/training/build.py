@@ -32,9 +32,12 @@ def _first(arrays: ImageArrays, limit: int | None) -> ImageArrays:
 def load_training_data(data: DataConfig) -> ImageArrays:
     """The configured dataset: the split, its first ``limit`` examples, at the configured size, with the random
     global intensity of ``data.intensity`` (diffusekit.data.intensity; image i keyed by its index i)."""
-    if data.limit is None or data.name not in DATASETS:  # folders are decoded straight to the size
+    if data.name not in DATASETS:  # folders are decoded straight to the size, bad files counted (data.strict)
         arrays = _first(open_dataset(data.name, split=data.split, resolution=data.resolution, channels=data.channels,
-                                     mode=data.resize), data.limit)
+                                     mode=data.resize, strict=data.strict, min_size=data.min_size), data.limit)
+    elif data.limit is None:
+        arrays = open_dataset(data.name, split=data.split, resolution=data.resolution, channels=data.channels,
+                              mode=data.resize)
     else:
         arrays = _first(open_dataset(data.name, split=data.split), data.limit)  # subset first: less to resize
         arrays = resize_arrays(arrays, data.resolution, data.channels, data.resize)
