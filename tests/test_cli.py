@@ -236,3 +236,45 @@ def test_overwrite_starts_the_run_over(tmp_path, capsys):
     assert from_dict(Config, read_file(run / "config.yaml")).run.seed == 3
     assert len(json.loads((run / "environment.json").read_text())["sessions"]) == 1
     assert [r["cur_nimg"] for r in read_metrics(run / "metrics.jsonl")] == [32, 64]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--set", "data.conditional=false", "--set", "sample.guidance=3"],
+     "sample.guidance is 3.0, but classifier-free guidance needs a conditional model"),
+    (["--set", "data.resolution=30", "--set", "network.options.attn_resolutions=[]",
+      "--set", "network.options.channel_mult=[1,2,2]"], "use a resolution that is a multiple of 4 (e.g. 28 or 32)"),
+    (["--set", "network.kind=dit", "--set", "data.resolution=15"], "use a resolution that is a multiple of 2"),
+    (["--batch-size", "16", "--set", "optim.accumulation=2"], "not divisible by 3 processes x optim.accumulation 2"),
+], ids=["guidance-unconditional", "unet-resolution", "dit-resolution", "batch-world-accumulation"])
+def test_impossible_combinations_are_refused_before_any_work(tmp_path, capsys, monkeypatch, extra, expected):
+    if "processes" in expected:
+        monkeypatch.setenv("WORLD_SIZE", "3")  # as torchrun would set it (the check comes before joining a group)
+    run_dir = tmp_path / "run"
+    assert main([*TRAIN, "--run-dir", str(run_dir), "--images", "32", *extra]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not run_dir.exists()
+
+
+def test_guidance_on_an_unconditional_checkpoint_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main([*TRAIN, "--run-dir", str(run_dir), "--images", "32", "--set", "data.conditional=false"]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(run_dir), "--n", "2", "--guidance", "3", "--out", str(tmp_path / "x.png")]) == 2
+    assert "--guidance: classifier-free guidance needs a class- or text-conditional model" in capsys.readouterr().err
+    assert main(["eval", str(run_dir), "--n", "2", "--guidance", "3", "--metrics", "fid"]) == 2
+    assert "--guidance 3.0: classifier-free guidance needs a conditional model" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_refused(run, tmp_path, capsys):
+    from diffusekit.training.checkpoint import load_checkpoint, save_checkpoint
+
+    cur_nimg, model, emas, state = load_checkpoint(run / "checkpoints" / "ckpt-000000000192")
+    first = next(iter(model))
+    model[first] = model[first][..., :1].clone()  # one tensor of the wrong shape
+    emas = {name: {**ema, first: model[first]} for name, ema in emas.items()}
+    broken = save_checkpoint(tmp_path, cur_nimg, model, emas, state)
+    assert main(["sample", str(broken), "--n", "2", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "weights do not fit the network its config describes" in err and "Traceback" not in err

@@ -153,6 +153,11 @@ def _evaluate(args, metrics: tuple[str, ...], context) -> int:
                                             spacing=args.spacing,
                                             guidance=guidance_from_args(args, model.config.sample),
                                             options=options or None, seed=args.seed, batch_size=args.batch_size)
+    g = settings.guidance
+    if g.active and g.autoguide is None and not model.num_classes:
+        raise ValueError(f"--guidance {g.scale}: classifier-free guidance needs a conditional model and "
+                         f"{model.checkpoint} has no classes; use --guidance 1, or --autoguide CHECKPOINT "
+                         "(autoguidance works without labels)")
     out_dir = _eval_out_dir(args, model)
     started = time.perf_counter()
     quiet = args.quiet or not context.main

@@ -74,7 +74,13 @@ def load_model(path: str | Path, ema: str | None = None, device: str | torch.dev
     image_shape = tuple(info["image_shape"])
     network = build_network(config.network, image_shape, info["num_classes"],
                             **network_conditioning(config, image_shape))
-    network.load_state_dict(weights)
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as e:  # missing, unexpected or misshapen tensors: the stored config does not build this net
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise ValueError(f"{checkpoint}: its {name} weights do not fit the network its config describes ({first}); "
+                         "the checkpoint was written by another version or edited: sample it with the code and "
+                         "config of the run that wrote it") from None
     network.to(device, torch.float32).eval().requires_grad_(False)
     return LoadedModel(build_denoiser(config, network), config, tuple(info["image_shape"]), info["num_classes"],
                        list(info["class_names"]), cur_nimg, checkpoint, name)

@@ -16,9 +16,9 @@ def read_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
     suffix = path.suffix.lower()
     try:
+        text = path.read_text(encoding="utf-8")
         if suffix in (".yaml", ".yml"):
             import yaml
 
@@ -36,7 +36,8 @@ def read_file(path: str | Path) -> dict:
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - parser errors of three libraries
-        raise ConfigError(f"config file {path} cannot be read: {e}") from None
+        reason = " ".join(str(e).split())  # parsers explain over several lines: one line for the CLI
+        raise ConfigError(f"config file {path} cannot be read: {reason}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -186,11 +186,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {text!r}: bad key {key!r}")
+        raise ConfigError(f"--set {text!r}: bad key {key!r}: write section.field=value, e.g. optim.lr=1e-3")
     import yaml
 
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set {text!r}: cannot read the value: {e}") from None
+        reason = " ".join(str(e).split())  # YAML explains over several lines: one line for the CLI
+        raise ConfigError(f"--set {text!r}: cannot read the value as YAML: {reason}") from None
     return key.split("."), value

@@ -8,7 +8,20 @@ import re
 from .schema import Config
 from .typed import ConfigError
 
-__all__ = ["validate"]
+__all__ = ["validate", "check_guidance"]
+
+
+def check_guidance(config: Config, conditional: bool) -> None:
+    """Classifier-free guidance (``sample.guidance`` / ``eval.guidance`` != 1) needs a condition to contrast with
+    the null one; autoguidance (``sample.autoguide``) works without. ``conditional``: the model has labels or
+    text (known for certain only once the data is loaded: an image folder without class folders has none)."""
+    if conditional or config.sample.autoguide is not None:
+        return
+    for key, weight in (("sample.guidance", config.sample.guidance), ("eval.guidance", config.eval.guidance)):
+        if weight is not None and weight != 1:
+            raise ConfigError(f"{key} is {weight}, but classifier-free guidance needs a conditional model and this "
+                              "one has no class labels or text (data.conditional, class folders, data.captions): set "
+                              f"{key}: 1, or give sample.autoguide (autoguidance also works without labels)")
 
 
 def _check(key: str, fn, *args, **kwargs):
@@ -123,6 +136,7 @@ def validate(config: Config) -> Config:
                               f"{', '.join(CAPTIONED_DATASETS)}")
         if not d.conditional:
             raise ConfigError("data.captions picks each image's caption by its class: it needs data.conditional: true")
+    check_guidance(config, d.conditional or d.captions)
     if d.channels not in (None, 1, 3):
         raise ConfigError(f"data.channels must be 1, 3 or null, got {d.channels}")
     _positive("data.resolution", d.resolution)

@@ -165,7 +165,8 @@ class DiT(nn.Module):
         super().__init__()
         height, width = (img_resolution, img_resolution) if isinstance(img_resolution, int) else img_resolution
         if height % patch_size or width % patch_size:
-            raise ValueError(f"image size {height}x{width} is not divisible by the patch size {patch_size}")
+            raise ValueError(f"image size {height}x{width} is not divisible by the patch size {patch_size}: use a "
+                             f"resolution that is a multiple of {patch_size}, or another patch_size")
         if hidden_size % num_heads:
             raise ValueError(f"hidden size {hidden_size} is not divisible by the number of heads {num_heads}")
         if num_classes < 0:

@@ -133,14 +133,18 @@ class UNet(nn.Module):
         super().__init__()
         levels = len(channel_mult)
         if levels < 1 or img_resolution % 2 ** (levels - 1):
+            factor = 2 ** max(levels - 1, 0)
             raise ValueError(
-                f"img_resolution {img_resolution} must be divisible by 2**(len(channel_mult) - 1) = "
-                f"{2 ** (levels - 1)} for channel_mult {tuple(channel_mult)}"
+                f"img_resolution {img_resolution} must be divisible by 2**(len(channel_mult) - 1) = {factor} for "
+                f"channel_mult {tuple(channel_mult)}: use a resolution that is a multiple of {factor} (e.g. "
+                f"{max(factor, img_resolution // factor * factor)} or {(img_resolution // factor + 1) * factor}), "
+                "or fewer levels in channel_mult"
             )
         resolutions = [img_resolution >> level for level in range(levels)]
         unknown = sorted(set(attn_resolutions) - set(resolutions))
         if unknown:
-            raise ValueError(f"attn_resolutions {unknown} are not among the U-Net resolutions {resolutions}")
+            raise ValueError(f"attn_resolutions {unknown} are not among the U-Net resolutions {resolutions}: attention "
+                             f"runs at feature-map sizes, choose from {resolutions} (or [] for none)")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0 (0 = unconditional), got {num_classes}")
         if text_dim < 0:

@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import parameterizations, schedules, time_sampling, weighting
 from ..cascade import CascadeSettings
-from ..config import Config, DataConfig, NetworkConfig
+from ..config import Config, ConfigError, DataConfig, NetworkConfig
 from ..data import DATASETS, ImageArrays, open_dataset, resize_arrays
 from ..data.augment import AUGMENT_DIM, AugmentSettings
 from ..data.intensity import random_intensity
@@ -90,10 +90,16 @@ def build_network(network: NetworkConfig, image_shape: tuple[int, int, int], num
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in network.options.items()}
     common = {"img_resolution": height, "in_channels": channels, "num_classes": num_classes, **conditioning,
               **options}
-    if network.kind == "unet":
-        common.setdefault("out_channels", channels)
-        return UNet.from_preset(network.preset, **common)
-    return DiT.from_name(network.preset, **common)
+    try:
+        if network.kind == "unet":
+            common.setdefault("out_channels", channels)
+            return UNet.from_preset(network.preset, **common)
+        return DiT.from_name(network.preset, **common)
+    except TypeError as e:  # an option the network does not take
+        raise ConfigError(f"network.options: {e}") from None
+    except ValueError as e:
+        raise ConfigError(f"network ({network.kind} {network.preset!r} for {channels}x{height}x{width} images): "
+                          f"{e}") from None
 
 
 def build_denoiser(config: Config, network: nn.Module) -> Denoiser:

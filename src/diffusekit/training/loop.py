@@ -27,6 +27,7 @@ from torch import nn
 from .. import distributed
 from ..cascade import training_condition
 from ..config import Config, to_dict
+from ..config.validate import check_guidance
 from ..data import ImageArrays
 from ..data.augment import augment
 from ..guidance import drop_conditions
@@ -76,6 +77,7 @@ class Trainer:
         self.checkpoint_dir = Path(run_dir) / "checkpoints"
         self.info = data_info(data, config.data.conditional, config.data.captions)
         self.num_classes = self.info["num_classes"]
+        check_guidance(config, bool(self.num_classes) or config.data.captions)  # e.g. a folder without classes
         torch.manual_seed(config.run.seed)  # network initialisation and dropout
         image_shape = tuple(self.info["image_shape"])
         self.network = build_network(config.network, image_shape, self.num_classes,
