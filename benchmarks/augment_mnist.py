@@ -10,12 +10,14 @@ number of training images, so each digit is seen --images / --limit times):
 For each: --n class-balanced samples (seeds 0..n-1), FID / KID against the first --n MNIST test digits
 (standard Inception, pytorch-fid preprocessing), the fraction of samples flagged as copies of a training
 digit (ratio test d1/d2 < 1/3 against the --limit training digits, pixel space), and the final
-per-noise-level train / validation loss gap. Writes ``benchmarks/results/augment_mnist.json``.
+per-noise-level train / validation loss gap. Writes ``benchmarks/results/augment_mnist_<limit>.json`` and
+the sample grids to ``benchmarks/results/augment_<limit>/``.
 
 Usage::
 
-    .venv/bin/python benchmarks/augment_mnist.py                     # ~2 x 6 min training on 2 CPU cores
-    .venv/bin/python benchmarks/augment_mnist.py --reuse --n 1000
+    .venv/bin/python benchmarks/augment_mnist.py --root runs/augment1k --limit 1000 --p 0.5   # ~2 x 14 min
+    .venv/bin/python benchmarks/augment_mnist.py --root runs/augment200 --limit 200 --p 0.3   # ~5 + 15 min
+    .venv/bin/python benchmarks/augment_mnist.py --root runs/augment200 --limit 200 --reuse   # re-evaluate
 """
 
 from __future__ import annotations
@@ -56,8 +58,10 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", default=str(RESULTS / "augment_mnist.json"))
+    parser.add_argument("--output", help="default: benchmarks/results/augment_mnist_<limit>.json")
     args = parser.parse_args(argv)
+    output = Path(args.output or RESULTS / f"augment_mnist_{args.limit}.json")
+    grids = RESULTS / f"augment_{args.limit}"
     torch.set_num_threads(args.threads)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     root = Path(args.root)
@@ -81,7 +85,7 @@ def main(argv=None) -> int:
         images, labels, _ = sample_for_evaluation(model.denoiser, model.image_shape, model.num_classes, args.n,
                                                   settings)
         values, _ = feature_metrics(images, ("fid", "kid"), reference, extractor)
-        memorization = memorization_metrics(images, model.config.data, out_dir=RESULTS / "augment" / name, log=log)
+        memorization = memorization_metrics(images, model.config.data, out_dir=grids / name, log=log)
         gaps = [r for r in read_metrics(run / "metrics.jsonl") if any(k.startswith("noise/gap/") for k in r)]
         gap = {k: v for k, v in gaps[-1].items() if k.startswith("noise/gap/")} if gaps else {}
         row = {"run": name, "augment_p": args.p if name == "augment" else 0.0, "train_s": train_s,
@@ -89,11 +93,11 @@ def main(argv=None) -> int:
         rows.append(row)
         log(json.dumps(as_json({k: v for k, v in row.items() if k != "memorization"})))
         save_png(make_grid(images[::max(1, args.n // 100)][:100].float() / 127.5 - 1, 10),
-                 RESULTS / "augment" / f"{name}.png")
+                 grids / f"{name}.png")
     out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "limit": args.limit, "images_per_run": args.images, "n": args.n,
            "versions": {"python": platform.python_version(), "torch": torch.__version__}, "rows": rows}
-    Path(args.output).write_text(json.dumps(as_json(out), indent=1))
+    output.write_text(json.dumps(as_json(out), indent=1))
     table = ["| run | FID | KID | flagged copies (pixels) |", "|---|---:|---:|---:|"]
     for r in rows:
         flagged = r["memorization"].get("pixel", {}).get("fraction")
