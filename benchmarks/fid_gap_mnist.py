@@ -84,6 +84,8 @@ def main(argv=None) -> int:
     rows = []
     for run in args.runs:
         model = load_model(run)
+        if model.config.data.name != "mnist" or model.num_classes != 10:
+            raise SystemExit(f"{run} is not a class-conditional MNIST model")
         settings = SamplingSettings.from_config(model.config.sample, guidance=args.guidance)
         images, _, _ = sample_for_evaluation(model.denoiser, model.image_shape, model.num_classes, args.n, settings)
         values, _ = feature_metrics(images, ("fid", "kid"), reference, extractor)
