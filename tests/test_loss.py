@@ -80,3 +80,46 @@ def test_loss_by_logsnr_bins():
     torch.testing.assert_close(means, torch.tensor([1.5, 3.0, 10.0]))
     means, counts = loss_by_logsnr_bins(losses[:1], logsnr[:1], torch.tensor([-6.0, 0.0, 4.0]))
     assert counts.tolist() == [1, 0] and torch.isnan(means[1])
+
+
+def test_input_perturbation_trains_toward_the_denoiser_of_the_inflated_noise_level():
+    """DDPM-IP (Ning et al. 2023): the input is alpha x0 + sigma (noise + gamma xi), the target the clean one.
+    For x0 ~ N(0, s^2) the least-squares linear x0-predictor of that input is exactly the posterior mean at noise
+    sigma sqrt(1 + gamma^2): a = alpha s^2 / (alpha^2 s^2 + sigma^2 (1 + gamma^2))."""
+    schedule, param = SCHEDULES["rectified_flow"], parameterizations.get("x0")
+    gamma, s, n = 0.5, 0.5, 400_000
+    loss = DiffusionLoss(schedule, param, time_sampling.get(), weighting.get("unit"), input_perturbation=gamma)
+    g = torch.Generator().manual_seed(0)
+    x0 = s * torch.randn(n, 1, generator=g, dtype=torch.float64)
+    noise = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    xi = loss.draw_perturbation((n, 1), generator=g, dtype=torch.float64)
+    t = torch.full((n,), 0.4, dtype=torch.float64)
+    seen = {}
+
+    def network_fn(x_t, t):
+        seen["x"] = x_t
+        return torch.zeros_like(x_t)
+
+    loss(network_fn, x0, noise=noise, t=t, perturbation=xi)
+    y = seen["x"]
+    alpha, sigma = 0.6, 0.4  # rectified flow at t = 0.4
+    torch.testing.assert_close(y, alpha * x0 + sigma * (noise + gamma * xi))
+    fitted = float((x0 * y).sum() / (y * y).sum())
+    expected = alpha * s**2 / (alpha**2 * s**2 + sigma**2 * (1 + gamma**2))
+    plain = alpha * s**2 / (alpha**2 * s**2 + sigma**2)
+    assert abs(fitted - expected) < 0.005 and abs(expected - plain) > 0.05
+
+
+def test_input_perturbation_off_changes_nothing():
+    schedule, param = SCHEDULES["cosine"], parameterizations.get("eps")
+    plain = DiffusionLoss(schedule, param, time_sampling.get(), weighting.get("unit"))
+    g = torch.Generator().manual_seed(1)
+    assert plain.draw_perturbation((4, 2), generator=g) is None
+    assert torch.equal(torch.randn(3, generator=g), torch.randn(3, generator=torch.Generator().manual_seed(1)))
+    x0, noise, t = torch.randn(8, 2), torch.randn(8, 2), torch.rand(8) * 0.9 + 0.05
+    fn = lambda x_t, t: x_t * 0.5  # noqa: E731
+    a = plain(fn, x0, noise=noise, t=t).loss
+    b = plain(fn, x0, noise=noise, t=t, perturbation=torch.randn(8, 2)).loss  # gamma 0: xi is ignored
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="input_perturbation"):
+        DiffusionLoss(schedule, param, time_sampling.get(), weighting.get("unit"), input_perturbation=1.5)

@@ -63,7 +63,9 @@ def load_model(path: str | Path, ema: str | None = None, device: str | torch.dev
     cur_nimg, model_state, ema_states, state = load_checkpoint(checkpoint)
     config = from_dict(Config, state["config"])
     info = state["data_info"]
-    name = ema or config.sample.ema or next(iter(ema_states), "model")
+    # the default is the config's first EMA, as in training; the checkpoint stores them sorted by name
+    configured = [n for n in config.ema.half_lives if n in ema_states]
+    name = ema or config.sample.ema or next(iter(configured or ema_states), "model")
     if name == "model":
         weights = model_state
     elif name in ema_states:

@@ -4,6 +4,13 @@ For data x0, noise ~ N(0, I) and t from the time sampler:
     x_t = alpha x0 + sigma noise,   target = (x0 - c_skip x_t) / c_out,
     loss_i = importance_weight_i * weighting(t_i) * mean_over_dims((F(x_t, t) - target)^2).
 The network callable returns the raw output F; it is called as ``network_fn(x_t, t, **cond)``.
+
+Input perturbation (Ning et al. 2023, "Input Perturbation Reduces Exposure Bias in Diffusion Models",
+DDPM-IP): with ``input_perturbation`` = gamma > 0 the network sees x_t + gamma * sigma * xi, xi ~ N(0, I)
+drawn apart from the noise, while the target is still built from the clean (x0, noise). The network thereby
+learns to undo errors of the size a sampler accumulates, which the paper reports closes part of the gap
+between training inputs and sampling inputs (gamma = 0.1 there). Only training applies it: the trainer draws
+xi (:meth:`DiffusionLoss.draw_perturbation`) and passes it; evaluation losses are the plain objective.
 """
 
 from __future__ import annotations
@@ -32,9 +39,12 @@ class LossOutput:
 
 class DiffusionLoss:
     def __init__(self, schedule: Schedule, parameterization: Parameterization, time_sampler: TimeSampler,
-                 weighting: Weighting):
+                 weighting: Weighting, input_perturbation: float = 0.0):
+        if not 0.0 <= input_perturbation < 1.0:
+            raise ValueError(f"input_perturbation must be in [0, 1), got {input_perturbation}")
         self.schedule, self.parameterization = schedule, parameterization
         self.time_sampler, self.weighting = time_sampler, weighting
+        self.input_perturbation = input_perturbation
 
     def at(self, t: Tensor) -> ScheduleAt:
         """The schedule in float64 (coefficients are then cast to the data's dtype)."""
@@ -49,12 +59,24 @@ class DiffusionLoss:
         noise = torch.randn(x0_shape, generator=generator, device=noise_device, dtype=dtype).to(device)
         return draw, noise
 
+    def draw_perturbation(self, x0_shape: tuple[int, ...], *, generator: torch.Generator | None = None,
+                          dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor | None:
+        """xi for input perturbation, drawn after :meth:`draw` for the whole global batch; None (and nothing
+        drawn, so the random stream is unchanged) when ``input_perturbation`` is 0."""
+        if self.input_perturbation == 0:
+            return None
+        xi_device = generator.device if generator is not None else device
+        return torch.randn(x0_shape, generator=generator, device=xi_device, dtype=dtype).to(device)
+
     def __call__(self, network_fn, x0: Tensor, *, generator: torch.Generator | None = None,
                  noise: Tensor | None = None, t: Tensor | None = None, cond: dict | None = None,
-                 time_draw: TimeDraw | None = None, update_sampler: bool = True) -> LossOutput:
+                 time_draw: TimeDraw | None = None, update_sampler: bool = True,
+                 perturbation: Tensor | None = None) -> LossOutput:
         """Per-example losses for a batch. ``noise`` and ``t`` (or a whole ``time_draw``, importance weights
         included) may be given, then no draw is made. ``update_sampler=False`` leaves the importance
-        sampler's statistics to the caller (distributed training updates them with every process's losses)."""
+        sampler's statistics to the caller (distributed training updates them with every process's losses).
+        ``perturbation``: xi of input perturbation (scaled here by ``input_perturbation`` and sigma); only the
+        network's input changes, not the target."""
         n = x0.shape[0]
         if time_draw is None and t is None:
             time_draw = self.time_sampler(n, self.schedule, generator=generator)
@@ -68,6 +90,8 @@ class DiffusionLoss:
         at = self.at(t.to(x0.device))
         x_t = append_dims(at.alpha, x0) * x0 + append_dims(at.sigma, x0) * noise
         target = self.parameterization.training_target(x0, noise, at)
+        if perturbation is not None and self.input_perturbation > 0:
+            x_t = x_t + self.input_perturbation * append_dims(at.sigma, x0) * perturbation
         output = network_fn(x_t, at.t.to(x0.dtype), **(cond or {}))
         mse = (output - target).pow(2).reshape(n, -1).mean(1)
         unweighted = self.weighting(at, self.parameterization).to(mse.dtype) * mse

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from diffusekit.config import ConfigError, resolve
+from diffusekit.generate import load_model
 from diffusekit.data import ImageArrays
 from diffusekit.training.checkpoint import latest_valid
 from diffusekit.training.loop import Trainer, train
@@ -27,7 +28,8 @@ def _config(*overrides):
     ("unet", ()), ("dit", ()),
     # the augmentation and the cascade's noise augmentation draw from the trainer's generator
     ("unet", ("data.augment=0.5",)), ("dit", ("cascade.low_resolution=4",)),
-], ids=["unet", "dit", "unet-augment", "dit-cascade"])
+    ("unet", ("objective.input_perturbation=0.1",)),
+], ids=["unet", "dit", "unet-augment", "dit-cascade", "unet-input-perturbation"])
 def test_stopped_and_resumed_run_is_bit_identical(tmp_path, network, extra):
     torch.set_default_dtype(torch.float32)
     try:
@@ -67,6 +69,22 @@ def test_bad_config():
         _config("optim.batch_size=10", "optim.accumulation=4")
     with pytest.raises(ConfigError, match="p_uncond"):
         _config("objective.p_uncond=1.0")
+    with pytest.raises(ConfigError, match="objective.input_perturbation"):
+        _config("objective.input_perturbation=-0.1")
+
+
+def test_input_perturbation_changes_training_and_loads_the_first_configured_ema(tmp_path):
+    torch.set_default_dtype(torch.float32)
+    try:
+        short = ("run.total_images=32", "run.checkpoint_every=32", "ema.half_lives={slow: 1000, fast: 100}")
+        plain = train(_config(*short), _data(), tmp_path / "plain")
+        perturbed = train(_config(*short, "objective.input_perturbation=0.1"), _data(), tmp_path / "ip")
+        first = next(iter(plain.network.state_dict()))
+        assert not torch.equal(plain.network.state_dict()[first], perturbed.network.state_dict()[first])
+        # checkpoints store EMAs sorted by name; the default is still the config's first one
+        assert load_model(tmp_path / "plain").weights == "slow"
+    finally:
+        torch.set_default_dtype(torch.float64)
 
 
 def test_resuming_a_checkpoint_of_another_network_is_refused(tmp_path):

@@ -51,6 +51,7 @@ class ObjectiveConfig:
     sigma_data: float = 0.5
     noise_conditioning: Literal["logsnr", "t", "timestep"] = "logsnr"
     p_uncond: float = 0.1  # condition dropout for classifier-free guidance (Ho & Salimans 2022)
+    input_perturbation: float = 0.0  # DDPM-IP's gamma (Ning et al. 2023; 0.1 there): x_t + gamma sigma xi as input
 
 
 @dataclass

@@ -50,6 +50,8 @@ def validate(config: Config) -> Config:
     _check("objective.weighting", weighting.get, o.weighting, **o.weighting_options)
     if not 0.0 <= o.p_uncond < 1.0:
         raise ConfigError(f"objective.p_uncond must be in [0, 1), got {o.p_uncond}")
+    if not 0.0 <= o.input_perturbation < 1.0:
+        raise ConfigError(f"objective.input_perturbation must be in [0, 1), got {o.input_perturbation}")
     _positive("objective.sigma_data", o.sigma_data)
 
     presets = unet.PRESETS if config.network.kind == "unet" else dit.PRESETS

@@ -114,4 +114,4 @@ def build_loss(config: Config) -> DiffusionLoss:
     return DiffusionLoss(schedules.get(o.schedule, **o.schedule_options),
                          parameterizations.get(o.parameterization, **o.parameterization_options),
                          time_sampling.get(o.time_distribution, o.time_mode, **o.time_options),
-                         weighting.get(o.weighting, **o.weighting_options))
+                         weighting.get(o.weighting, **o.weighting_options), o.input_perturbation)

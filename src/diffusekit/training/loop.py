@@ -252,8 +252,11 @@ class Trainer:
             x0, cond = self._micro_batch(micro)
             draw, noise = self.loss.draw(tuple(x0.shape), generator=self.generator, dtype=x0.dtype,
                                          device=self.device)
+            xi = self.loss.draw_perturbation(tuple(x0.shape), generator=self.generator, dtype=x0.dtype,
+                                             device=self.device)
             if self.dist.distributed:
                 x0, noise, cond = x0[part], noise[part], _slice(cond, part)
+                xi = xi[part] if xi is not None else None
             mine = TimeDraw(draw.t[part], draw.weight[part], draw.u[part])
             last = i == opt.accumulation - 1
             if self.fsdp:
@@ -261,7 +264,7 @@ class Trainer:
             with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
                 with self._autocast():
                     loss = self.loss(self.denoiser.network_output, x0, noise=noise, time_draw=mine, cond=cond,
-                                     update_sampler=not self.dist.distributed)
+                                     update_sampler=not self.dist.distributed, perturbation=xi)
                 (loss.loss.mean() / opt.accumulation).backward()
             if self.dist.distributed and importance:  # the sampler's statistics see every process's losses
                 self.loss.time_sampler.update(draw.u, distributed.all_gather_cat(loss.unweighted.detach()))
