@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from diffusekit.config import ConfigError, resolve
-from diffusekit.generate import load_model
 from diffusekit.data import ImageArrays
+from diffusekit.generate import load_model
 from diffusekit.training.checkpoint import latest_valid
 from diffusekit.training.loop import Trainer, train
 
