@@ -34,7 +34,8 @@ import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
-BUDGET_S = 600
+# issue 4's budget, the diffusers reference recipe's: 10 CPU minutes of training plus 2-4 of sampling
+TRAIN_BUDGET_S, SAMPLE_BUDGET_S = 600, 240
 
 
 def _run(command: list[str]) -> dict:
@@ -65,6 +66,7 @@ def main(argv=None) -> int:
               "--out", str(run_dir / "samples.npz"), "--out", str(run_dir / "grid.png"), *args.sample_arg]
     phases = {"train": _run(train), "sample": _run(sample)}
     total = phases["train"]["wall_s"] + phases["sample"]["wall_s"]
+    within = phases["train"]["wall_s"] <= TRAIN_BUDGET_S and phases["sample"]["wall_s"] <= SAMPLE_BUDGET_S
     name = f"mnist_demo{'_' + args.tag if args.tag else ''}"
     quality_json = RESULTS / f"{name}_quality.json"
     score = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "demo_quality.py"), str(run_dir / "samples.npz"),
@@ -77,14 +79,14 @@ def main(argv=None) -> int:
     result = {
         "what": "make demo: train the mnist preset, sample 100 per class, score with a real-MNIST classifier",
         "train": phases["train"], "sample": phases["sample"], "total_wall_s": round(total, 1),
-        "budget_s": BUDGET_S, "within_budget": total <= BUDGET_S,
+        "budget_s": {"train": TRAIN_BUDGET_S, "sample": SAMPLE_BUDGET_S}, "within_budget": within,
         "peak_rss_mb": phases["sample"]["peak_rss_mb_so_far"],
         "images_trained": metrics[-1]["cur_nimg"], "train_img_per_s": round(
             metrics[-1]["cur_nimg"] / phases["train"]["wall_s"], 1),
         "final_loss": metrics[-1]["loss"], "sampling": meta, "overrides": args.set,
         "accuracy": quality.get("overall"), "min_class_accuracy": quality.get("min_class"),
         "classifier_test_accuracy": quality.get("classifier", {}).get("test_accuracy"),
-        "passed": score.returncode == 0 and total <= BUDGET_S,
+        "passed": score.returncode == 0 and within,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": args.threads,
                     "torch": torch.__version__},
     }
@@ -93,8 +95,9 @@ def main(argv=None) -> int:
     for src, dst in ((run_dir / "grid.png", f"{name}_grid.png"), (run_dir / "loss.png", f"{name}_loss.png")):
         if src.exists():
             shutil.copyfile(src, RESULTS / dst)
-    print(f"\ntrain {phases['train']['wall_s']} s + sample {phases['sample']['wall_s']} s = {total:.1f} s "
-          f"(budget {BUDGET_S} s); peak RSS {result['peak_rss_mb']} MiB; accuracy {result['accuracy']}, "
+    print(f"\ntrain {phases['train']['wall_s']} s (budget {TRAIN_BUDGET_S} s) + sample {phases['sample']['wall_s']} s "
+          f"(budget {SAMPLE_BUDGET_S} s) = {total:.1f} s; peak RSS {result['peak_rss_mb']} MiB; "
+          f"accuracy {result['accuracy']}, "
           f"min class {result['min_class_accuracy']} -> {'PASS' if result['passed'] else 'FAIL'}")
     print(f"wrote {RESULTS / (name + '.json')}")
     return 0 if result["passed"] else 1
