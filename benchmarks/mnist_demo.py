@@ -75,6 +75,7 @@ def main(argv=None) -> int:
     print(score.stdout, score.stderr, sep="", end="")
     quality = json.loads(quality_json.read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = [m for m in metrics if "loss" in m]  # the training log lines, not the per-noise-level loss records
     meta = json.loads(str(__import__("numpy").load(run_dir / "samples.npz")["meta"]))
     result = {
         "what": "make demo: train the mnist preset, sample 100 per class, score with a real-MNIST classifier",
