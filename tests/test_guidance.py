@@ -218,7 +218,8 @@ def test_settings_reject_bad_values(kwargs, message):
 def test_settings_from_a_sample_section_and_apply_errors():
     from diffusekit.config import ConfigError, resolve
 
-    sample = resolve("mnist", overrides=["sample.guidance_interval=[0.3, 5]", "sample.threshold=dynamic"]).sample
+    sample = resolve("mnist", overrides=["sample.guidance=4", "sample.guidance_interval=[0.3, 5]",
+                                      "sample.threshold=dynamic"]).sample
     settings = GuidanceSettings.from_sample(sample, rescale=0.7)
     assert (settings.scale, settings.interval) == (4.0, (0.3, 5.0))
     assert (settings.threshold, settings.rescale) == ("dynamic", 0.7)
