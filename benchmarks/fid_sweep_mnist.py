@@ -32,9 +32,9 @@ from diffusekit.guidance import GuidanceSettings
 from diffusekit.metrics.evaluate import SamplingSettings, as_json, feature_metrics, sample_for_evaluation
 from diffusekit.metrics.features import dataset_reference_stats
 from diffusekit.metrics.inception import get_extractor
+from fid_gap_mnist import HAZE_MAX  # the haze bound: grey levels 1..12 of 255 (docs/evaluation.md)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-HAZE_MAX = 12  # grey levels 1..12 of 255: the faint background haze (docs/evaluation.md)
 
 
 def pixel_statistics(images: torch.Tensor) -> dict[str, float]:

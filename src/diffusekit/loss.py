@@ -29,6 +29,14 @@ from .weighting import Weighting
 __all__ = ["DiffusionLoss", "LossOutput", "loss_by_logsnr_bins"]
 
 
+def _randn(shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype,
+           device: torch.device | str) -> Tensor:
+    """N(0, I) drawn on the generator's device (so a CPU generator gives the same numbers on any device), then
+    moved to ``device``."""
+    draw_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
+
+
 @dataclass(frozen=True)
 class LossOutput:
     loss: Tensor  # [batch]: weighted per-example losses, their mean estimates the objective
@@ -55,9 +63,7 @@ class DiffusionLoss:
         """The random part of a batch: times, then noise (in that order from ``generator``). Drawn once for a
         whole global batch and sliced per process, it makes training independent of the number of processes."""
         draw = self.time_sampler(x0_shape[0], self.schedule, generator=generator)
-        noise_device = generator.device if generator is not None else device
-        noise = torch.randn(x0_shape, generator=generator, device=noise_device, dtype=dtype).to(device)
-        return draw, noise
+        return draw, _randn(x0_shape, generator, dtype, device)
 
     def draw_perturbation(self, x0_shape: tuple[int, ...], *, generator: torch.Generator | None = None,
                           dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor | None:
@@ -65,8 +71,7 @@ class DiffusionLoss:
         drawn, so the random stream is unchanged) when ``input_perturbation`` is 0."""
         if self.input_perturbation == 0:
             return None
-        xi_device = generator.device if generator is not None else device
-        return torch.randn(x0_shape, generator=generator, device=xi_device, dtype=dtype).to(device)
+        return _randn(x0_shape, generator, dtype, device)
 
     def __call__(self, network_fn, x0: Tensor, *, generator: torch.Generator | None = None,
                  noise: Tensor | None = None, t: Tensor | None = None, cond: dict | None = None,
@@ -85,8 +90,7 @@ class DiffusionLoss:
         else:
             importance, u = torch.ones(n, dtype=torch.float64), None
         if noise is None:
-            device = generator.device if generator is not None else x0.device
-            noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device)
+            noise = _randn(tuple(x0.shape), generator, x0.dtype, x0.device)
         at = self.at(t.to(x0.device))
         x_t = append_dims(at.alpha, x0) * x0 + append_dims(at.sigma, x0) * noise
         target = self.parameterization.training_target(x0, noise, at)
