@@ -12,6 +12,7 @@ Usage::
     .venv/bin/python benchmarks/fid_sweep_mnist.py runs/demo --steps 16 --guidance 3 --interval 0.3 5
     .venv/bin/python benchmarks/fid_sweep_mnist.py runs/d102k --ema e2k --steps 16 --guidance 3 --interval 0.3 5
     .venv/bin/python benchmarks/fid_sweep_mnist.py runs/long116k --sampler edm --option S_churn=20 --steps 16
+    .venv/bin/python benchmarks/fid_sweep_mnist.py runs/demo --eps-scale 0.98 --spacing karras --seed 5000
     .venv/bin/python benchmarks/fid_sweep_mnist.py --table         # print the collected rows
 """
 
@@ -43,11 +44,19 @@ def pixel_statistics(images: torch.Tensor) -> dict[str, float]:
             "at_255": float((values == 255).float().mean())}
 
 
+def _rows(output: Path) -> list[dict]:
+    return json.loads(output.read_text())["rows"] if output.exists() else []
+
+
+def _spacing(row: dict) -> str:
+    return f", {row['spacing']}" if row.get("spacing", "uniform") != "uniform" else ""
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| run | images | weights | sampler, steps | guidance | seed | FID | KID | mean pixel | haze | at 255 |",
              "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['run']} | {r['cur_nimg']:,} | {r['weights']} | {r['sampler']}, {r['steps']} | "
+        lines.append(f"| {r['run']} | {r['cur_nimg']:,} | {r['weights']} | {r['sampler']}, {r['steps']}{_spacing(r)} | "
                      f"{r['guidance']} | {r['seed']} | {r['fid']:.2f} | {r['kid']:.4f} | {r['mean_pixel']:.1f} | "
                      f"{r['haze']:.3f} | {r['at_255']:.3f} |")
     return "\n".join(lines)
@@ -59,10 +68,13 @@ def main(argv=None) -> int:
     parser.add_argument("--ema", help="EMA name (default: the run's first)")
     parser.add_argument("--sampler")
     parser.add_argument("--steps", type=int)
+    parser.add_argument("--spacing", help="time grid (default: the run's)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--guidance", type=float)
     parser.add_argument("--interval", type=float, nargs=2, metavar=("LO", "HI"))
     parser.add_argument("--rescale", type=float, default=0.0)
+    parser.add_argument("--threshold", choices=("none", "static", "dynamic"), default="none")
+    parser.add_argument("--eps-scale", type=float, help="epsilon scaling's lambda (default: the run's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
@@ -70,9 +82,8 @@ def main(argv=None) -> int:
     parser.add_argument("--table", action="store_true", help="print the collected rows and exit")
     args = parser.parse_args(argv)
     output = Path(args.output)
-    rows = json.loads(output.read_text())["rows"] if output.exists() else []
     if args.table or args.run is None:
-        print(table(rows))
+        print(table(_rows(output)))
         return 0
     torch.set_num_threads(args.threads)
     model = load_model(args.run, ema=args.ema)
@@ -80,10 +91,13 @@ def main(argv=None) -> int:
         raise SystemExit(f"{args.run}: expected a class-conditional MNIST run")
     scale = args.guidance if args.guidance is not None else model.config.sample.guidance
     interval = args.interval or model.config.sample.guidance_interval
-    guidance = GuidanceSettings(scale=scale, interval=tuple(interval) if interval else None, rescale=args.rescale)
+    eps_scale = args.eps_scale if args.eps_scale is not None else model.config.sample.eps_scale
+    guidance = GuidanceSettings(scale=scale, interval=tuple(interval) if interval else None, rescale=args.rescale,
+                                threshold=args.threshold, eps_scale=eps_scale)
     options = {".".join(keys): value for keys, value in map(parse_override, args.option)} or None
     settings = SamplingSettings.from_config(model.config.sample, guidance=guidance, seed=args.seed,
-                                            sampler=args.sampler, steps=args.steps, options=options)
+                                            sampler=args.sampler, steps=args.steps, spacing=args.spacing,
+                                            options=options)
     extractor = get_extractor("inception", "pytorch")
     reference = dataset_reference_stats(extractor, "mnist", "test", args.n)
     started = time.perf_counter()
@@ -91,10 +105,11 @@ def main(argv=None) -> int:
     values, _ = feature_metrics(images, ("fid", "kid"), reference, extractor)
     row = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "run": args.run,
            "cur_nimg": model.cur_nimg, "weights": model.weights, "sampler": settings.sampler, "steps": settings.steps,
-           "options": settings.options, "guidance": guidance.describe(), "seed": args.seed, "n": args.n,
+           "spacing": settings.spacing, "options": settings.options, "guidance": guidance.describe(),
+           "seed": args.seed, "n": args.n,
            "fid": values["fid"], "kid": values["kid"], **pixel_statistics(images),
            "seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__}
-    rows.append(row)
+    rows = _rows(output) + [row]  # read now, not at the start: rows other calls added meanwhile are kept
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(as_json({"reference": f"mnist test[:{args.n}], standard Inception, pytorch-fid",
                                           "rows": rows}), indent=1))

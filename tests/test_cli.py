@@ -100,6 +100,9 @@ def test_sample_guidance_flags_and_autoguidance(run, tmp_path, capsys):
     assert meta["guidance_settings"] == {"scale": 3.0, "rescale": 0.7, "weight_schedule": "increasing",
                                          "interval": [0.2, 20.0], "threshold": "dynamic"}
     assert not np.array_equal(shaped, cfg) and not np.array_equal(cfg, plain)
+    scaled, meta = images("scaled", "--guidance", "3", "--eps-scale", "0.99")
+    assert meta["guidance_settings"] == {"scale": 3.0, "eps_scale": 0.99}
+    assert np.isfinite(scaled).all() and not np.array_equal(scaled, cfg)
     # autoguidance by the model itself is no guidance at all: D + (w - 1)(D - D) = D exactly
     same, meta = images("self", "--guidance", "3", "--autoguide", str(run))
     np.testing.assert_array_equal(same, plain)
@@ -138,6 +141,7 @@ def test_cascade_stage_trains_and_samples_from_low_resolution_inputs(run, tmp_pa
     (["--guidance-schedule", "wavy"], "invalid choice: 'wavy'"),
     (["--guidance-interval", "3", "1"], "0 <= lo < hi"),
     (["--guidance-rescale", "2"], "rescale phi must be in [0, 1]"),
+    (["--eps-scale", "0"], "eps_scale (epsilon scaling's lambda) must be > 0"),
     (["--class", "ten"], "not a class; classes: 0, 1"),
     (["--class", "10"], "out of range"),
     (["--ema", "slow"], "no EMA named 'slow'"),

@@ -13,6 +13,7 @@ from diffusekit.guidance import (
     classifier_free,
     drop_conditions,
     dynamic_threshold,
+    epsilon_scaling,
     increasing,
     limited_interval,
     null_condition,
@@ -149,6 +150,42 @@ def test_rescale_matches_the_conditional_std_at_phi_one_and_mixes_linearly():
     torch.testing.assert_close(classifier_free(plain, 6.0, null_condition(NULL), rescale=0.0)(x, t, c), cfg)
 
 
+@pytest.mark.parametrize("lam", [0.97, 1.02])
+def test_epsilon_scaling_moves_x0_to_the_scaled_noise_and_keeps_pure_noise(lam):
+    schedule, target = Cosine(), GaussianMixture([[0.3, -0.2]], [0.5])
+    exact = target.denoiser(schedule)
+    plain = lambda x, t, cond=None: exact(x, t)  # noqa: E731
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t = torch.tensor([0.1, 0.5, 0.9, 1.0], dtype=torch.float64)  # alpha(1) = 6e-17 on the cosine schedule
+    at = schedule(t)
+    scaled = epsilon_scaling(plain, lam, schedule)(x, t)
+    eps = derived.eps_from_x0(plain(x, t), x, at)
+    # the implied noise is the scaled one (x_t unchanged), by the exact conversion, except at pure noise
+    torch.testing.assert_close(derived.eps_from_x0(scaled, x, at)[:3], eps[:3] / lam)
+    torch.testing.assert_close(scaled[:3], ((x - at.sigma[:, None] * eps / lam) / at.alpha[:, None])[:3])
+    torch.testing.assert_close(scaled[3], plain(x, t)[3])
+    assert torch.isfinite(scaled).all()
+    assert epsilon_scaling(plain, 1.0, schedule) is plain
+
+
+def test_epsilon_scaled_pf_ode_on_a_gaussian_matches_its_closed_form():
+    # data N(0, s^2): in ve_sigma coordinates the scaled PF-ODE is dx/dsigma = eps_hat / lambda with
+    # eps_hat = x sigma / (s^2 + sigma^2), so x(0) = x(sigma_max) (s^2 / (s^2 + sigma_max^2))^(1 / (2 lambda)):
+    # the sampler (high-order, many steps) must reproduce that linear map for every lambda.
+    schedule, s, lam = RectifiedFlow(), 0.5, 0.97
+    denoise = GaussianMixture([[0.0]], [s]).denoiser(schedule)
+    ts = timesteps(schedule, 200, "uniform", t_max=0.9)
+    at0 = schedule(ts[:1])
+    start = torch.tensor([[-1.0], [0.3], [2.0]], dtype=torch.float64)
+    scaled = epsilon_scaling(lambda x, t, cond=None: denoise(x, t), lam, schedule)
+    out = sample(scaled, start / at0.sigma, ts, schedule, "heun")  # sample() starts at sigma(ts[0]) * noise
+    sigma_max = float(at0.sigma / at0.alpha)
+    ratio = (s**2 / (s**2 + sigma_max**2)) ** (1 / (2 * lam)) / float(at0.alpha)
+    torch.testing.assert_close(out, start * ratio, rtol=1e-4, atol=1e-6)
+    unscaled = sample(lambda x, t, cond=None: denoise(x, t), start / at0.sigma, ts, schedule, "heun")
+    assert not torch.allclose(out, unscaled, rtol=1e-2)  # lambda = 0.97 is far from the plain ODE
+
+
 def test_thresholds():
     x0 = torch.tensor([[-3.0, -0.5, 0.2, 1.5, 0.9], [0.1, -0.2, 0.3, 0.4, -0.5]])
     fixed = lambda x, t, cond=None: x0  # noqa: E731
@@ -209,6 +246,8 @@ def test_condition_dropout_rate_and_reproducibility():
     ({"rescale": 1.5}, "rescale phi must be in [0, 1]"),
     ({"percentile": 0.0}, "percentile must be in (0, 1]"),
     ({"warmup": -1}, "warmup >= 0"),
+    ({"eps_scale": 0.0}, "eps_scale (epsilon scaling's lambda) must be > 0"),
+    ({"eps_scale": float("nan")}, "must be > 0, got nan"),
 ])
 def test_settings_reject_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
@@ -219,7 +258,7 @@ def test_settings_from_a_sample_section_and_apply_errors():
     from diffusekit.config import ConfigError, resolve
 
     sample = resolve("mnist", overrides=["sample.guidance=4", "sample.guidance_interval=[0.3, 5]",
-                                      "sample.threshold=dynamic"]).sample
+                                      "sample.threshold=dynamic", "sample.eps_scale=1"]).sample
     settings = GuidanceSettings.from_sample(sample, rescale=0.7)
     assert (settings.scale, settings.interval) == (4.0, (0.3, 5.0))
     assert (settings.threshold, settings.rescale) == ("dynamic", 0.7)
@@ -227,6 +266,9 @@ def test_settings_from_a_sample_section_and_apply_errors():
     assert settings.unguided().scale == 1.0 and settings.unguided().threshold == "dynamic"
     with pytest.raises(ConfigError, match="sample: unknown guidance schedule"):
         resolve("mnist", overrides=["sample.guidance_schedule=wavy"])
+    with pytest.raises(ConfigError, match="sample: eps_scale"):
+        resolve("mnist", overrides=["sample.eps_scale=-1"])
+    assert GuidanceSettings.from_sample(resolve("mnist", overrides=["sample.eps_scale=0.98"]).sample).eps_scale == 0.98
     ts = timesteps(RectifiedFlow(), 4, "uniform")
     with pytest.raises(ValueError, match="needs a conditional model"):
         apply_guidance(lambda x, t, cond=None: x, GuidanceSettings(scale=2.0), ts=ts, schedule=RectifiedFlow())

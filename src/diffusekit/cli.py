@@ -283,6 +283,9 @@ def add_guidance_arguments(parser) -> None:
     g.add_argument("--threshold", choices=THRESHOLDS,
                    help="x0_hat thresholding: static (clip to [-1, 1]) or dynamic (Imagen; for large w)")
     g.add_argument("--threshold-percentile", type=float, metavar="P", help="dynamic thresholding's p (default 0.995)")
+    g.add_argument("--eps-scale", type=float, metavar="LAMBDA",
+                   help="epsilon scaling (Ning et al. 2024): the predicted noise divided by LAMBDA at every step "
+                        "(1 = off; the mnist preset uses 0.99)")
     g.add_argument("--autoguide", metavar="RUN_OR_CKPT",
                    help="autoguidance (EDM2): guide with this weaker model of the same task, e.g. an early checkpoint")
     g.add_argument("--autoguide-ema", metavar="NAME", help="the guide's EMA, or 'model' (default: its own default)")
@@ -297,7 +300,7 @@ def guidance_from_args(args, sample):
                                         weight_schedule=args.guidance_schedule, low=args.guidance_low,
                                         warmup=args.guidance_warmup, interval=interval, threshold=args.threshold,
                                         percentile=args.threshold_percentile, autoguide=args.autoguide,
-                                        autoguide_ema=args.autoguide_ema)
+                                        autoguide_ema=args.autoguide_ema, eps_scale=args.eps_scale)
 
 
 def _cascade_condition(args, model, labels):

@@ -20,6 +20,10 @@ or the score with the same weight, so one wrapper serves every model and every s
   outside it the model runs once, unguided, which also saves network calls.
 - :func:`static_threshold` (clip x0_hat to [-1, 1]) and :func:`dynamic_threshold` (Imagen, Saharia et al.
   2022, sec. 2.3: s = the p-th percentile of |x0_hat| per sample, at least 1; clip to [-s, s], divide by s).
+- :func:`epsilon_scaling`: the noise prediction divided by lambda at sampling, x0_hat moved to match
+  (Ning et al. 2024, "Elucidating the exposure bias in diffusion models", eq. 15: eps_theta / lambda_t, here
+  with a constant lambda). It corrects a drift that builds up along the sampling trajectory; lambda
+  is fitted per model (docs/guidance.md).
 - :func:`drop_conditions`: the training half of classifier-free guidance, per-example condition dropout
   to the learned null condition with probability p_uncond.
 
@@ -29,6 +33,7 @@ sampler's extra evaluation at ``ts[i + 1]`` therefore uses step i + 1's weight.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
@@ -37,6 +42,7 @@ from torch import Tensor
 
 __all__ = ["GuidanceSettings", "GUIDANCE_SCHEDULES", "THRESHOLDS", "classifier_free", "autoguidance", "constant",
            "increasing", "oscillating", "limited_interval", "static_threshold", "dynamic_threshold",
+           "epsilon_scaling",
            "apply_guidance", "drop_conditions", "null_condition"]
 
 DenoiseFn = Callable[..., Tensor]
@@ -197,12 +203,36 @@ def dynamic_threshold(denoise: DenoiseFn, percentile: float = 0.995) -> DenoiseF
     return denoise_thresholded
 
 
+_PURE_NOISE_ALPHA = 1e-4
+
+
+def epsilon_scaling(denoise: DenoiseFn, lam: float, schedule) -> DenoiseFn:
+    """x0_hat with the implied noise eps_hat = (x_t - alpha x0_hat) / sigma divided by ``lam`` (Ning et al.
+    2024), x_t held fixed: x0' = (x_t - sigma eps_hat / lam) / alpha = x0_hat / lam + (1 - 1 / lam) x_t / alpha.
+    Where alpha = 0 (pure noise) x0_hat does not depend on eps and is returned unchanged; so is it below
+    alpha = 1e-4 (ve_sigma > 1e4), zero up to rounding (the cosine schedule's alpha(1) is 6e-17), where
+    x_t / alpha would be noise amplified without bound."""
+    if not (math.isfinite(lam) and lam > 0):
+        raise ValueError(f"epsilon scaling needs lambda > 0, got {lam}")
+    if lam == 1.0:
+        return denoise
+
+    def denoise_scaled(x: Tensor, t: Tensor, cond=None) -> Tensor:
+        x0_hat = denoise(x, t, cond)
+        alpha = schedule(t.to(torch.float64)).alpha.to(x.device)
+        live = alpha > _PURE_NOISE_ALPHA
+        a = _per_sample(torch.where(live, alpha, torch.ones_like(alpha)), x0_hat)
+        scaled = x0_hat / lam + (1 - 1 / lam) * x.to(x0_hat.dtype) / a
+        return torch.where(live.reshape(-1, *([1] * (x0_hat.ndim - 1))), scaled, x0_hat)
+    return denoise_scaled
+
+
 # -- settings: everything `sample`, `eval` and the config's sample section can ask for ----------------------
 # GuidanceSettings field -> key of the config's sample section
 SAMPLE_KEYS = {"scale": "guidance", "rescale": "guidance_rescale", "weight_schedule": "guidance_schedule",
                "low": "guidance_low", "warmup": "guidance_warmup", "interval": "guidance_interval",
                "threshold": "threshold", "percentile": "threshold_percentile", "autoguide": "autoguide",
-               "autoguide_ema": "autoguide_ema"}
+               "autoguide_ema": "autoguide_ema", "eps_scale": "eps_scale"}
 
 
 @dataclass
@@ -220,6 +250,7 @@ class GuidanceSettings:
     percentile: float = 0.995  # dynamic thresholding
     autoguide: str | None = None
     autoguide_ema: str | None = None
+    eps_scale: float = 1.0  # lambda of epsilon scaling (Ning et al. 2024); 1 = off
 
     def __post_init__(self):
         if self.weight_schedule not in GUIDANCE_SCHEDULES:
@@ -239,6 +270,8 @@ class GuidanceSettings:
             raise ValueError(f"the dynamic-thresholding percentile must be in (0, 1], got {self.percentile}")
         if self.warmup < 0:
             raise ValueError(f"oscillating guidance needs warmup >= 0 steps, got {self.warmup}")
+        if not (math.isfinite(self.eps_scale) and self.eps_scale > 0):
+            raise ValueError(f"eps_scale (epsilon scaling's lambda) must be > 0, got {self.eps_scale}")
 
     @property
     def active(self) -> bool:
@@ -289,6 +322,7 @@ def apply_guidance(denoise: DenoiseFn, settings: GuidanceSettings, *, ts: Tensor
             if null is None:
                 raise ValueError("classifier-free guidance needs a conditional model and a condition")
             out = classifier_free(denoise, scale, null, rescale=settings.rescale)
+    out = epsilon_scaling(out, settings.eps_scale, schedule)  # on the guided prediction, before any clip
     if settings.threshold == "static":
         out = static_threshold(out)
     elif settings.threshold == "dynamic":

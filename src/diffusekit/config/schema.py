@@ -114,6 +114,7 @@ class SampleConfig:
     threshold_percentile: float = 0.995  # dynamic thresholding's percentile p
     autoguide: str | None = None  # checkpoint / run directory of the guiding model: w becomes autoguidance (EDM2)
     autoguide_ema: str | None = None  # the guide's EMA name, or "model" (None: its sample.ema / first EMA)
+    eps_scale: float = 1.0  # epsilon scaling's lambda (Ning et al. 2024): eps_hat / lambda at sampling; 1 = off
     options: dict = field(default_factory=lambda: {"order": 2, "corrector": True})
     ema: str | None = None  # which EMA samples (None: the first)
     grid_columns: int = 10  # samples per class row of the grids
