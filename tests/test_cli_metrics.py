@@ -121,3 +121,10 @@ def test_eval_of_a_run_writes_results_and_memorization_grids(tmp_path, capsys):
     guided = json.loads(capsys.readouterr().out)
     assert guided["guidance_settings"] == {"scale": 2.0, "interval": [0.5, 5.0], "threshold": "static"}
     assert guided["fid"] != result["fid"]
+    # --out naming a file (or a path under one) is refused before any sampling, and the file is left alone
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    for bad in (notes, notes / "sub"):
+        assert main(["eval", str(run), "--metrics", "fid", "--n", "4", "--quiet", "--out", str(bad)]) == 2
+        assert f"{notes} is a file, not a directory" in capsys.readouterr().err
+    assert notes.read_text() == "keep me"

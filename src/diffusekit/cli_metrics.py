@@ -103,7 +103,14 @@ def cmd_ref_stats(args) -> int:
 # -- eval ----------------------------------------------------------------------------------------------
 def _eval_out_dir(args, model) -> Path:
     if args.out:
-        return Path(args.out)
+        from .cli import CLIError
+
+        out = Path(args.out)
+        for path in (out, *out.parents):  # checked before sampling, not after minutes of it
+            if path.exists() and not path.is_dir():
+                raise CLIError(f"--out {out}: {path} is a file, not a directory; --out names the directory for "
+                               f"results.json and samples.png")
+        return out
     checkpoint = Path(model.checkpoint)
     run_dir = checkpoint.parent.parent if checkpoint.parent.name in ("checkpoints", "best") else checkpoint.parent
     return run_dir / "eval" / f"{checkpoint.name}-{model.weights}"
