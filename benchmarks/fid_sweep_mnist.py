@@ -29,7 +29,7 @@ import torch
 
 from diffusekit.config import parse_override
 from diffusekit.generate import load_model
-from diffusekit.guidance import GuidanceSettings
+from diffusekit.guidance import THRESHOLDS, GuidanceSettings
 from diffusekit.metrics.evaluate import SamplingSettings, as_json, feature_metrics, sample_for_evaluation
 from diffusekit.metrics.features import dataset_reference_stats
 from diffusekit.metrics.inception import get_extractor
@@ -70,11 +70,12 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--spacing", help="time grid (default: the run's)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    # guidance flags left unset keep the run's own sample.* settings
     parser.add_argument("--guidance", type=float)
     parser.add_argument("--interval", type=float, nargs=2, metavar=("LO", "HI"))
-    parser.add_argument("--rescale", type=float, default=0.0)
-    parser.add_argument("--threshold", choices=("none", "static", "dynamic"), default="none")
-    parser.add_argument("--eps-scale", type=float, help="epsilon scaling's lambda (default: the run's)")
+    parser.add_argument("--rescale", type=float)
+    parser.add_argument("--threshold", choices=THRESHOLDS)
+    parser.add_argument("--eps-scale", type=float, help="epsilon scaling's lambda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
@@ -89,11 +90,9 @@ def main(argv=None) -> int:
     model = load_model(args.run, ema=args.ema)
     if model.num_classes < 2 or tuple(model.image_shape) != (1, 28, 28):
         raise SystemExit(f"{args.run}: expected a class-conditional MNIST run")
-    scale = args.guidance if args.guidance is not None else model.config.sample.guidance
-    interval = args.interval or model.config.sample.guidance_interval
-    eps_scale = args.eps_scale if args.eps_scale is not None else model.config.sample.eps_scale
-    guidance = GuidanceSettings(scale=scale, interval=tuple(interval) if interval else None, rescale=args.rescale,
-                                threshold=args.threshold, eps_scale=eps_scale)
+    guidance = GuidanceSettings.from_sample(model.config.sample, scale=args.guidance, rescale=args.rescale,
+                                            interval=tuple(args.interval) if args.interval else None,
+                                            threshold=args.threshold, eps_scale=args.eps_scale)
     options = {".".join(keys): value for keys, value in map(parse_override, args.option)} or None
     settings = SamplingSettings.from_config(model.config.sample, guidance=guidance, seed=args.seed,
                                             sampler=args.sampler, steps=args.steps, spacing=args.spacing,

@@ -22,8 +22,8 @@ or the score with the same weight, so one wrapper serves every model and every s
   2022, sec. 2.3: s = the p-th percentile of |x0_hat| per sample, at least 1; clip to [-s, s], divide by s).
 - :func:`epsilon_scaling`: the noise prediction divided by lambda at sampling, x0_hat moved to match
   (Ning et al. 2024, "Elucidating the exposure bias in diffusion models", eq. 15: eps_theta / lambda_t, here
-  with a constant lambda). It corrects a drift that builds up along the sampling trajectory; lambda
-  is fitted per model (docs/guidance.md).
+  with a constant lambda), their remedy for exposure bias (sampling-time inputs that differ from the
+  training ones); lambda is fitted per model (docs/guidance.md).
 - :func:`drop_conditions`: the training half of classifier-free guidance, per-example condition dropout
   to the learned null condition with probability p_uncond.
 
