@@ -18,7 +18,7 @@ __all__ = ["Config", "DataConfig", "ObjectiveConfig", "NetworkConfig", "OptimCon
 @dataclass
 class DataConfig:
     name: str = "mnist"  # a built-in dataset (diffusekit.data.DATASETS) or an image folder
-    split: str = "train"
+    split: str = "train"  # the dataset split to train on (built-ins: train or test)
     limit: int | None = None  # use only the first N examples of the split (small-data runs, tests)
     resolution: int | None = None  # None: the dataset's own (required for image folders)
     channels: int | None = None  # None: the dataset's own; 1 or 3 converts
@@ -34,29 +34,30 @@ class DataConfig:
     # image folders: files that cannot be used (unreadable, smaller than min_size pixels on their short side, not
     # images, empty class folders) are skipped with a warning that counts them; strict makes them an error
     strict: bool = False
-    min_size: int = 8
+    min_size: int = 8  # image folders: the smallest usable short side, in pixels
 
 
 @dataclass
 class ObjectiveConfig:
+    # the Gaussian path alpha(t), sigma(t): rectified_flow | cosine | linear_vp | edm (docs/objectives.md)
     schedule: str = "rectified_flow"
     schedule_options: dict = field(default_factory=dict)  # e.g. {zero_terminal_snr: true, shift: 3}
-    parameterization: str = "velocity"
-    parameterization_options: dict = field(default_factory=dict)
-    time_distribution: str = "logit_normal"
+    parameterization: str = "velocity"  # what the network predicts: x0 | eps | v | velocity | score | edm
+    parameterization_options: dict = field(default_factory=dict)  # constructor options of the parameterization
+    time_distribution: str = "logit_normal"  # the density of training times: uniform | lognormal | logit_normal
     time_mode: str = "stratified"  # iid | stratified | low_discrepancy | importance
-    time_options: dict = field(default_factory=dict)
-    weighting: str = "unit"
-    weighting_options: dict = field(default_factory=dict)
-    sigma_data: float = 0.5
-    noise_conditioning: Literal["logsnr", "t", "timestep"] = "logsnr"
+    time_options: dict = field(default_factory=dict)  # the distribution's options, e.g. {mean: 0, std: 1}
+    weighting: str = "unit"  # the per-time loss weight: unit | snr | min_snr | edm | sigmoid
+    weighting_options: dict = field(default_factory=dict)  # the weighting's options, e.g. {gamma: 5} for min_snr
+    sigma_data: float = 0.5  # the data's standard deviation assumed by the edm parameterization and weighting
+    noise_conditioning: Literal["logsnr", "t", "timestep"] = "logsnr"  # what the network is told about the noise level
     p_uncond: float = 0.1  # condition dropout for classifier-free guidance (Ho & Salimans 2022)
     input_perturbation: float = 0.0  # DDPM-IP's gamma (Ning et al. 2023; 0.1 there): x_t + gamma sigma xi as input
 
 
 @dataclass
 class NetworkConfig:
-    kind: Literal["unet", "dit"] = "unet"
+    kind: Literal["unet", "dit"] = "unet"  # the network family
     preset: str = "tiny"  # diffusekit.networks.unet.PRESETS / dit.PRESETS
     options: dict = field(default_factory=dict)  # constructor overrides, e.g. {model_channels: 64}
 
@@ -64,13 +65,13 @@ class NetworkConfig:
 @dataclass
 class OptimConfig:
     batch_size: int = 32  # images per optimizer step (over all accumulation rounds)
-    accumulation: int = 1
-    optimizer: Literal["adamw", "adam"] = "adamw"
-    lr: float = 2e-4
-    warmup_images: int = 0
-    decay: Literal["constant", "cosine", "inverse_sqrt"] = "constant"
+    accumulation: int = 1  # gradient accumulation rounds per optimizer step
+    optimizer: Literal["adamw", "adam"] = "adamw"  # the optimizer (weight decay 0)
+    lr: float = 2e-4  # the peak learning rate
+    warmup_images: int = 0  # linear learning-rate warm-up length, in images
+    decay: Literal["constant", "cosine", "inverse_sqrt"] = "constant"  # the learning-rate decay after warm-up
     decay_images: int | None = None  # cosine: the decay length (default: run.total_images); inverse_sqrt: t_ref
-    grad_clip: float | None = 1.0
+    grad_clip: float | None = 1.0  # the gradient norm clip (None: no clipping)
     # a step whose loss or gradient is not finite is skipped (counted, logged); this many in a row stop the run
     nonfinite_limit: int = 10
 
@@ -83,13 +84,13 @@ class EMAConfig:
 
 @dataclass
 class RunConfig:
-    total_images: int = 1_000
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
+    total_images: int = 1_000  # the length of the run, in training images
+    checkpoint_every: int = 500  # images between checkpoints
+    keep_checkpoints: int = 3  # the newest checkpoints kept (milestones are kept as well)
     milestone_every: int | None = None  # checkpoints at multiples of this are never pruned
     log_every: int = 1_000  # images between metric records (JSONL, TensorBoard)
     sample_every: int | None = None  # images between sample grids from the EMA (None: at checkpoints)
-    seed: int = 0
+    seed: int = 0  # seeds the initial weights, the data order and the noise of every step
     device: str = "cpu"  # cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of the forward pass
     compile: bool = False  # torch.compile the network
@@ -101,9 +102,9 @@ class RunConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "multistep"
-    steps: int = 20
-    spacing: str = "uniform"
+    sampler: str = "multistep"  # the sampler for grids and `diffusekit sample` (docs/samplers.md)
+    steps: int = 20  # sampler steps
+    spacing: str = "uniform"  # the time grid: uniform | karras | logsnr | trailing
     guidance: float = 1.0  # guidance weight w: x0 = u + w (c - u); 1 = none (docs/guidance.md)
     guidance_rescale: float = 0.0  # phi of CFG rescale (Lin et al. 2023; 0 = off)
     guidance_schedule: str = "constant"  # constant | increasing (Muse) | oscillating (Imagen Video)
@@ -115,7 +116,7 @@ class SampleConfig:
     autoguide: str | None = None  # checkpoint / run directory of the guiding model: w becomes autoguidance (EDM2)
     autoguide_ema: str | None = None  # the guide's EMA name, or "model" (None: its sample.ema / first EMA)
     eps_scale: float = 1.0  # epsilon scaling's lambda (Ning et al. 2024): eps_hat / lambda at sampling; 1 = off
-    options: dict = field(default_factory=lambda: {"order": 2, "corrector": True})
+    options: dict = field(default_factory=lambda: {"order": 2, "corrector": True})  # the sampler's options
     ema: str | None = None  # which EMA samples (None: the first)
     grid_columns: int = 10  # samples per class row of the grids
 
@@ -128,10 +129,10 @@ class EvalConfig:
 
     every: int | None = None  # images between FID/KID evaluations (None: none)
     metrics: str = "fid,kid"  # comma-separated: fid, kid, precision_recall
-    num_samples: int = 1000
+    num_samples: int = 1000  # samples per evaluation
     extractor: Literal["inception", "inception-fast"] = "inception-fast"  # fast: NOT comparable to published FIDs
     extractor_resolution: int | None = None  # inception-fast input size (None: 128)
-    preprocess: Literal["pytorch", "tf"] = "pytorch"
+    preprocess: Literal["pytorch", "tf"] = "pytorch"  # the Inception's resize: pytorch-fid's (pytorch) or TensorFlow's
     reference: str | None = None  # statistics .npz (diffusekit ref-stats); None: computed from the dataset, cached
     reference_split: str = "test"  # the dataset split of the computed reference (image folders: train)
     reference_count: int | None = None  # reference images (None: num_samples)
