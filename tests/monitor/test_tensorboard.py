@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import struct
+import sys
 import time
 
 import numpy as np
@@ -109,6 +110,6 @@ def test_flush_puts_events_on_disk_and_a_closed_writer_refuses(tmp_path):
 
 
 def test_read_scalars_names_the_missing_package(tmp_path, monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "tensorboard.backend.event_processing.event_accumulator", None)
+    monkeypatch.setitem(sys.modules, "tensorboard.backend.event_processing.event_accumulator", None)
     with pytest.raises(ImportError, match="needs the tensorboard package"):
         read_scalars(tmp_path)

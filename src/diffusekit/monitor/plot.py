@@ -65,7 +65,7 @@ def _check_size(size: tuple[int, int]) -> None:
 def _plain_log_formatter() -> type:
     """A ``LogFormatter`` that labels the ticks it would label, as plain numbers (0.2, 0.01, 1e-08)
     rather than as powers of ten."""
-    from matplotlib.ticker import LogFormatter  # lazy: matplotlib, only when a chart is drawn
+    from matplotlib.ticker import LogFormatter  # lazy: matplotlib takes most of a second to import
 
     class PlainLogFormatter(LogFormatter):
         def __call__(self, x: float, pos: int | None = None) -> str:
@@ -81,8 +81,8 @@ def _figure(series: list[tuple[str | None, np.ndarray, np.ndarray, dict]], title
     if not any(m.any() for m in masks):
         what = "finite, positive" if log_y else "finite"
         raise ValueError(f"nothing to plot: no series has a {what} point (log_y={log_y})")
-    from matplotlib.figure import Figure  # lazy: importing matplotlib takes most of a second; only plots need it
-    from matplotlib.ticker import EngFormatter  # lazy: as above
+    from matplotlib.figure import Figure  # lazy: matplotlib takes most of a second to import
+    from matplotlib.ticker import EngFormatter  # lazy: matplotlib takes most of a second to import
 
     figure = Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, layout="constrained")
     axes = figure.add_subplot()
@@ -108,7 +108,7 @@ def _figure(series: list[tuple[str | None, np.ndarray, np.ndarray, dict]], title
 
 def _save(figure: Figure, path: str | Path) -> Path:
     """Temporary file then rename: a reader (or a kill) never sees half a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: matplotlib, as in _figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: matplotlib is slow to import
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ class TensorBoardWriter:
     """
 
     def __init__(self, log_dir: str | Path, purge_step: int | None = None, flush_secs: float = 10.0):
-        from tensorboardX import SummaryWriter  # lazy: tensorboardX (protobuf) is only needed once a run writes
+        from tensorboardX import SummaryWriter  # lazy: ~0.1 s of protobuf imports, needed only once a run writes
 
         # A diverged run logs NaN on purpose (metrics.jsonl keeps it too); tensorboardX would warn about it on every
         # logged step, breaking the progress bar's line.
@@ -81,8 +81,11 @@ class TensorBoardWriter:
 def read_scalars(path: str | Path) -> list[tuple[str, int, float]]:
     """``(tag, step, value)`` of every scalar in an event file or a directory of them, tag by tag in step order,
     as TensorBoard shows them: read by its ``EventAccumulator``, with what a resumed run purged left out."""
-    try:  # lazy: tensorboard is a development dependency, only needed to read event files back
-        from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import (  # lazy: tensorboard is a dev dependency
+            SCALARS,
+            EventAccumulator,
+        )
     except ImportError as e:
         raise ImportError(f"reading TensorBoard files needs the tensorboard package (pip install tensorboard): {e}") \
             from None
