@@ -1,146 +1,115 @@
+"""The TensorBoard writer (tensorboardX), read back with TensorBoard's own EventAccumulator."""
+
 from __future__ import annotations
 
+import io
 import os
-import random
 import re
 import socket
 import struct
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
 
 from diffusekit.monitor import TensorBoardWriter, read_scalars
-from diffusekit.monitor.tensorboard import crc32c, masked_crc32c
 
 
-def _bitwise_crc32c(data: bytes) -> int:
-    """CRC-32C bit by bit, independently of the module's table."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 * (crc & 1))
-    return crc ^ 0xFFFFFFFF
+def _float32(x: float) -> float:
+    return struct.unpack("<f", struct.pack("<f", x))[0]
 
 
-def _frames(path) -> list[bytes]:
-    """TFRecord payloads, parsed here from the format's definition, checking both masked CRCs."""
-    data, pos, out = path.read_bytes(), 0, []
-    while pos < len(data):
-        (length,) = struct.unpack_from("<Q", data, pos)
-        assert struct.unpack_from("<I", data, pos + 8)[0] == masked_crc32c(data[pos:pos + 8])
-        payload = data[pos + 12:pos + 12 + length]
-        assert struct.unpack_from("<I", data, pos + 12 + length)[0] == masked_crc32c(payload)
-        out.append(payload)
-        pos += 12 + length + 4
-    return out
+def _accumulator(path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(path), size_guidance={SCALARS: 0, IMAGES: 0})
+    accumulator.Reload()
+    return accumulator
 
 
-def test_crc32c_published_check_values():
-    assert crc32c(b"123456789") == 0xE3069283
-    assert crc32c(bytes(32)) == 0x8A9136AA
-    assert crc32c(b"\xff" * 32) == 0x62A8AB43
-    assert crc32c(bytes(range(32))) == 0x46DD794E  # RFC 3720 B.4, incrementing bytes
-    assert crc32c(b"") == 0
+def _files(directory) -> list:
+    return sorted(p for p in directory.iterdir() if "tfevents" in p.name)
 
 
-def test_crc32c_matches_bitwise_definition_and_continues():
-    rng = random.Random(0)
-    data = bytes(rng.randrange(256) for _ in range(300))
-    assert crc32c(data) == _bitwise_crc32c(data)
-    assert crc32c(data[100:], crc32c(data[:100])) == crc32c(data)
-
-
-def test_masked_crc_formula():
-    crc = crc32c(b"abc")
-    expected = ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) % 2**32
-    assert masked_crc32c(b"abc") == expected
-
-
-def test_file_name_and_first_event(tmp_path):
-    with TensorBoardWriter(tmp_path / "tb") as writer:
-        path = writer.path
-    pattern = rf"events\.out\.tfevents\.\d{{10}}\.{re.escape(socket.gethostname())}\.{os.getpid()}\.\d+"
-    assert re.fullmatch(pattern, path.name)
-    (first,) = _frames(path)
-    assert first[0] == 0x09 and len(first) == 9 + 15  # wall_time: field 1, fixed64
-    assert first[9:] == b"\x1a\x0dbrain.Event:2"  # file_version: field 3, length 13
-
-
-def test_scalar_event_bytes_follow_event_and_summary_proto(tmp_path):
-    with TensorBoardWriter(tmp_path) as writer:
-        writer.add_scalar("a", 2.0, step=3, wall_time=1.5)
-    event = _frames(writer.path)[1]
-    value = b"\x0a\x01a" + b"\x15" + struct.pack("<f", 2.0)  # Value.tag (1), Value.simple_value (2, fixed32)
-    summary = b"\x0a" + bytes([len(value)]) + value  # Summary.value (1)
-    expected = b"\x09" + struct.pack("<d", 1.5) + b"\x10\x03" + b"\x2a" + bytes([len(summary)]) + summary
-    assert event == expected
-
-
-def test_round_trip_with_float32_rounding(tmp_path):
+def test_scalars_read_back_by_tensorboard(tmp_path):
     with TensorBoardWriter(tmp_path) as writer:
         writer.add_scalar("loss", 0.1, step=0)
         writer.add_scalars({"loss": torch.tensor(0.25), "lr/main": np.float64(1e-4)}, step=2**40)
-        writer.add_scalar("big", 1e40, step=-1)
+        writer.add_scalar("big", 1e40, step=7)
+        writer.add_scalar("nan", float("nan"), step=1)
         writer.add_scalars({}, step=5)  # nothing to write
-    scalars = read_scalars(writer.path)
-    assert [(t, s) for t, s, _ in scalars] == [("loss", 0), ("loss", 2**40), ("lr/main", 2**40), ("big", -1)]
-    values = [v for _, _, v in scalars]
-    assert values[0] == struct.unpack("<f", struct.pack("<f", 0.1))[0] != 0.1
-    assert values[1] == 0.25 and values[2] == pytest.approx(1e-4, rel=1e-7)
-    assert values[3] == float("inf")  # beyond float32: inf rather than an error
+    accumulator = _accumulator(tmp_path)
+    assert sorted(accumulator.Tags()["scalars"]) == ["big", "loss", "lr/main", "nan"]
+    loss = accumulator.Scalars("loss")
+    assert [(e.step, e.value) for e in loss] == [(0, _float32(0.1)), (2**40, 0.25)]  # stored as float32
+    assert _float32(0.1) != 0.1
+    (lr,) = accumulator.Scalars("lr/main")
+    assert (lr.step, lr.value) == (2**40, _float32(1e-4))
+    assert accumulator.Scalars("big")[0].value == float("inf")  # beyond float32: inf rather than an error
+    assert np.isnan(accumulator.Scalars("nan")[0].value)
+    assert read_scalars(tmp_path)[:3] == [("loss", 0, _float32(0.1)), ("loss", 2**40, 0.25),
+                                          ("lr/main", 2**40, _float32(1e-4))]
 
 
-def test_nan_is_kept(tmp_path):
+def test_images_read_back_by_tensorboard(tmp_path):
+    rng = np.random.default_rng(0)
+    grid = rng.integers(0, 256, size=(12, 20, 3), dtype=np.uint8)  # HWC, as a sample grid PNG
     with TensorBoardWriter(tmp_path) as writer:
-        writer.add_scalar("loss", float("nan"), step=1)
-    ((tag, step, value),) = read_scalars(writer.path)
-    assert (tag, step) == ("loss", 1) and value != value
+        writer.add_image("samples", grid, step=640, dataformats="HWC")
+        writer.add_image("samples", torch.tensor([[[0.0, 1.0]], [[1.0, 0.0]], [[0.0, 0.0]]]), step=1280)  # CHW float
+    (first, second) = _accumulator(tmp_path).Images("samples")
+    assert (first.step, first.width, first.height) == (640, 20, 12)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(first.encoded_image_string))), grid)
+    assert (second.step, second.width, second.height) == (1280, 2, 1)
+    pixels = np.asarray(Image.open(io.BytesIO(second.encoded_image_string)).convert("RGB"))
+    np.testing.assert_array_equal(pixels, [[[0, 255, 0], [255, 0, 0]]])  # float 0..1 -> 0..255
 
 
-def test_purge_step_writes_session_start(tmp_path):
-    with TensorBoardWriter(tmp_path, purge_step=300) as writer:
-        writer.add_scalar("loss", 1.0, step=301)
-    frames = _frames(writer.path)
-    assert len(frames) == 3
-    # Event.step (2) = 300, then Event.session_log (7) holding SessionLog.status (1) = START (1)
-    assert frames[1][9:] == b"\x10\xac\x02" + b"\x3a\x02\x08\x01"
-    assert read_scalars(writer.path) == [("loss", 301, 1.0)]
+def test_file_name_is_unique_per_writer(tmp_path):
+    with TensorBoardWriter(tmp_path) as a, TensorBoardWriter(tmp_path) as b:
+        a.add_scalar("x", 1.0, step=1)
+        b.add_scalar("x", 2.0, step=2)
+    files = _files(tmp_path)
+    assert len(files) == 2  # same second, same process: still two files
+    host = re.escape(socket.gethostname())
+    assert all(re.fullmatch(rf"events\.out\.tfevents\.\d{{10}}\.{host}\.{os.getpid()}\.\d+", f.name) for f in files)
+    assert sorted((tag, step, value) for f in files for tag, step, value in read_scalars(f)) == [("x", 1, 1.0),
+                                                                                                ("x", 2, 2.0)]
 
 
-def test_corruption_is_detected(tmp_path):
-    with TensorBoardWriter(tmp_path) as writer:
-        writer.add_scalar("loss", 1.0, step=1)
-    data = bytearray(writer.path.read_bytes())
-    first_len = 12 + struct.unpack_from("<Q", data)[0] + 4
-    for offset, message in ((first_len + 20, "corrupt record data"), (first_len + 2, "corrupt record length")):
-        damaged = bytearray(data)
-        damaged[offset] ^= 0x01
-        writer.path.write_bytes(bytes(damaged))
-        with pytest.raises(ValueError, match=message):
-            read_scalars(writer.path)
+def test_resume_purges_what_the_killed_run_logged_after_the_checkpoint(tmp_path):
+    with TensorBoardWriter(tmp_path) as first:
+        for step in (100, 200, 300, 400):
+            first.add_scalar("loss", step / 1000, step)
+    (old,) = _files(tmp_path)
+    old.rename(tmp_path / re.sub(r"tfevents\.\d{10}", "tfevents.0000000001", old.name))  # an earlier session
+    with TensorBoardWriter(tmp_path, purge_step=300) as resumed:  # the checkpoint was at step 300
+        resumed.add_scalar("loss", 0.5, 300)
+        resumed.add_scalar("loss", 0.6, 400)
+    expected = [("loss", 100, 0.1), ("loss", 200, 0.2), ("loss", 300, 0.5), ("loss", 400, 0.6)]  # old 300, 400 gone
+    assert read_scalars(tmp_path) == [(tag, step, _float32(value)) for tag, step, value in expected]
 
 
-def test_truncated_tail_is_ignored(tmp_path):
-    with TensorBoardWriter(tmp_path) as writer:
-        writer.add_scalar("loss", 1.0, step=1)
-        writer.add_scalar("loss", 0.5, step=2)
-    data = writer.path.read_bytes()
-    writer.path.write_bytes(data[:-5])  # a writer killed mid-record
-    assert read_scalars(writer.path) == [("loss", 1, 1.0)]
-
-
-def test_directory_of_files_and_flush(tmp_path):
-    a = TensorBoardWriter(tmp_path)
-    b = TensorBoardWriter(tmp_path)
-    assert a.path != b.path  # same second, same process: the counter keeps them apart
-    a.add_scalar("x", 1.0, step=1)
-    a.flush()
-    assert read_scalars(a.path) == [("x", 1, 1.0)]  # on disk before close
-    b.add_scalar("x", 2.0, step=2)
-    a.close()
-    b.close()
-    assert sorted(read_scalars(tmp_path)) == [("x", 1, 1.0), ("x", 2, 2.0)]
+def test_flush_puts_events_on_disk_and_a_closed_writer_refuses(tmp_path):
+    writer = TensorBoardWriter(tmp_path, flush_secs=3600)  # no periodic flush during the test
+    writer.add_scalar("x", 1.0, step=1)
+    deadline = time.monotonic() + 30
+    while True:  # the event reaches tensorboardX's writer thread within moments; flush() then writes it
+        writer.flush()
+        if read_scalars(tmp_path) == [("x", 1, 1.0)] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert read_scalars(tmp_path) == [("x", 1, 1.0)]  # on disk before close
+    writer.close()
+    writer.close()  # twice is fine
     with pytest.raises(ValueError, match="closed"):
-        a.add_scalar("x", 3.0, step=3)
+        writer.add_scalar("x", 3.0, step=3)
+    assert len(_files(tmp_path)) == 1  # no new file started behind the caller's back
+
+
+def test_read_scalars_names_the_missing_package(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard.backend.event_processing.event_accumulator", None)
+    with pytest.raises(ImportError, match="needs the tensorboard package"):
+        read_scalars(tmp_path)

@@ -8,7 +8,7 @@ from diffusekit.text import (
     BertEncoder,
     TextEncoder,
     TextEncoderNotInstalled,
-    WordPieceTokenizer,
+    TextTokenizer,
     text_encoder_dir,
 )
 
@@ -96,16 +96,55 @@ def test_truncation_and_input_checks(encoder):
         encoder.encode("a single string")
 
 
-def test_wordpiece_rules(tmp_path):
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "un", "##aff", "##able", "##a",
-                                "aff", ",", "cafe"]) + "\n", encoding="utf-8")
-    tok = WordPieceTokenizer(vocab, max_length=5, max_chars_per_word=9)
-    assert tok.basic_tokenize("  UnAffable,Café\t\x00x") == ["unaffable", ",", "cafe", "x"]
-    assert tok.wordpiece("unaffable") == [5, 6, 7] and tok.wordpiece("unaffa") == [5, 6, 8]  # longest match first
-    assert tok.wordpiece("unaffz") == [1] and tok.wordpiece("affaffaffa") == [1]  # unmatched rest; over 9 chars
-    assert tok.wordpiece("affaffaff") == [9, 6, 6]
-    assert tok.encode("unaffable, cafe") == [2, 5, 6, 7, 3]  # truncated to max_length with [SEP] kept
+# Accented and CJK texts, tokenized here by hand with BERT's uncased rules (Devlin et al. 2019, the reference
+# BasicTokenizer + WordpieceTokenizer): accents stripped (NFD, then every Mn mark dropped, the katakana voicing mark
+# U+3099 included), lower-cased; CJK ideographs (U+4E00-9FFF ...) one word each, kana and Hangul not; every
+# punctuation character (ASCII or Unicode P*, full-width too) a word; then greedy longest-match-first WordPiece,
+# each piece looked up in the model's vocab.txt by hand (a word or piece absent from it, e.g. 界, is [UNK] = 100).
+HAND_TOKENIZED = {
+    "Café in Zürich, naïve façade!": [
+        ("cafe", 7668), ("in", 1999), ("zurich", 10204), (",", 1010), ("naive", 15743), ("facade", 8508), ("!", 999)],
+    "ÉCOLE à Paris: Niño & Über-fiancée.": [
+        ("ecole", 12431), ("a", 1037), ("paris", 3000), (":", 1024), ("nino", 20801), ("&", 1004), ("uber", 19169),
+        ("-", 1011), ("fiancee", 19455), (".", 1012)],
+    # dotted capital I: NFD gives I + U+0307, the dot is dropped; Й: И + U+0306; a combining acute typed separately
+    "İstanbul Й cafe\u0301": [("istanbul", 9960), ("и", 1188), ("cafe", 7668)],
+    # 東 京 ideographs; タワー katakana, one word: no タワー or タワ in the vocabulary, so タ ##ワ ##ー
+    "東京タワー": [("東", 1879), ("京", 1755), ("タ", 1709), ("##ワ", 30262), ("##ー", 30265)],
+    # full-width comma and exclamation mark are punctuation (Po); 界 is not in the vocabulary
+    "北京大学，世界！": [("北", 1781), ("京", 1755), ("大", 1810), ("学", 1817), ("，", 1989), ("世", 1745),
+                   ("[UNK]", 100), ("！", 1986)],
+    # 。 is punctuation; ダ is タ + U+3099 after NFD, the voicing mark is Mn and dropped
+    "日本語。ダ": [("日", 1864), ("本", 1876), ("語", 1950), ("。", 1636), ("タ", 1709)],
+    # Hangul syllables decompose (NFD) into conjoining jamo, all Lo: one word; only single jamo are in the vocabulary
+    "서울": [("\u1109", 1461), ("##\u1165", 30008), ("##\u110b", 29999), ("##\u116e", 30014), ("##\u11af", 30022)],
+    # the tonos on ή is dropped: αθηνα, of which only single letters are pieces
+    "Αθήνα": [("α", 1155), ("##θ", 29725), ("##η", 24824), ("##ν", 16177), ("##α", 14608)],
+}
+
+
+def test_hand_tokenized_pieces_are_those_vocabulary_lines():
+    vocab = (text_encoder_dir() / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    for text, pieces in HAND_TOKENIZED.items():
+        for piece, index in pieces:
+            assert vocab[index] == piece, (text, piece)
+
+
+def test_accented_and_cjk_ids_follow_bert_uncased_rules(encoder):
+    for text, pieces in HAND_TOKENIZED.items():
+        assert encoder.tokenizer.encode(text) == [101, *(index for _, index in pieces), 102], text
+
+
+def test_max_length_keeps_cls_and_sep():
+    tokenizer = TextTokenizer.from_dir(text_encoder_dir(), max_length=5)
+    assert tokenizer.max_length == 5
+    assert tokenizer.encode("Hello, World! It's a Café-style déjà vu.") == [101, 7592, 1010, 2088, 102]
+    ids, mask = tokenizer(["Hello, World! It's", "", "[MASK] token"])
+    assert ids.tolist() == [[101, 7592, 1010, 2088, 102], [101, 102, 0, 0, 0], [101, 103, 19204, 102, 0]]
+    assert mask.tolist() == [[True] * 5, [True, True, False, False, False], [True] * 4 + [False]]
+    assert TextTokenizer.from_dir(text_encoder_dir()).max_length == 256  # sentence-transformers' max_seq_length
+    with pytest.raises(ValueError, match="max_length must be >= 2"):
+        TextTokenizer(text_encoder_dir() / "tokenizer.json", max_length=1)
 
 
 def test_checkpoint_loading_is_strict():

