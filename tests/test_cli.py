@@ -272,7 +272,7 @@ def test_guidance_on_an_unconditional_checkpoint_is_refused(tmp_path, capsys):
 
 
 def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_refused(run, tmp_path, capsys):
-    from diffusekit.training.checkpoint import load_checkpoint, save_checkpoint
+    from diffusekit.models.checkpoint import load_checkpoint, save_checkpoint
 
     cur_nimg, model, emas, state = load_checkpoint(run / "checkpoints" / "ckpt-000000000192")
     first = next(iter(model))

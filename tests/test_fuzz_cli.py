@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 import diffusekit.cli as cli
 import diffusekit.metrics.inception as inception
-import diffusekit.training.build as build
+import diffusekit.data as data_module
+import diffusekit.metrics.evaluate as evaluate_module
 from diffusekit.data import ImageArrays
 from diffusekit.training.loop import Trainer
 
@@ -82,7 +83,8 @@ def world(tmp_path_factory):
 
 @pytest.fixture
 def light(monkeypatch, tmp_path):
-    monkeypatch.setattr(build, "load_training_data", tiny_data)
+    for module in (data_module, evaluate_module):  # where load_training_data is looked up
+        monkeypatch.setattr(module, "load_training_data", tiny_data)
     monkeypatch.setattr(Trainer, "run", lambda self, *a, **k: None)
     monkeypatch.setattr(inception, "get_extractor", lambda *a, **k: FakeExtractor())
     monkeypatch.setattr(cli, "_torchrun", lambda args: 0)

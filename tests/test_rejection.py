@@ -101,7 +101,7 @@ class StubClassifier(nn.Module):
 @pytest.fixture(scope="module")
 def tiny():
     from diffusekit.config import resolve
-    from diffusekit.training.build import build_denoiser, build_network
+    from diffusekit.models.build import build_denoiser, build_network
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

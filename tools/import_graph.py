@@ -266,15 +266,17 @@ def report(graph: Graph) -> str:
     arrows = {(i.source, i.target) for i in up}
     lines = [f"modules: {len(graph.modules)}  edges: {sum(map(len, edges.values()))}  upward arrows: {len(arrows)}  "
              f"cycles: {len(groups)} between modules, {len(package_groups)} between packages  "
-             f"unlayered modules: {len(unlayered(graph))}  function-level imports: {len(lazy)} ({len(internal_lazy)} of diffusekit "
-             f"modules; {len(unexplained)} without a '# lazy:' reason)", "", "== layers (lowest first)"]
+             f"unlayered modules: {len(unlayered(graph))}  function-level imports: {len(lazy)} "
+             f"({len(internal_lazy)} of diffusekit modules; {len(unexplained)} without a '# lazy:' reason)",
+             "", "== layers (lowest first)"]
     lines += [f"{k:2d} {name}: {', '.join(members)}" for k, (name, members) in enumerate(LAYERS)]
     lines += ["", "== modules"]
     lines += [f"{tag(m)} -> {', '.join(sorted(edges[m])) or '-'}" for m in sorted(graph.modules)]
     lines += ["", f"== upward arrows ({len(arrows)})"]
     for source, target in sorted(arrows):
         where = sorted({(i.line, i.function_level) for i in up if (i.source, i.target) == (source, target)})
-        lines.append(f"{tag(source)} -> {tag(target)}  (line {', '.join(str(n) + ('f' if f else '') for n, f in where)})")
+        at = ", ".join(f"{n}{'f' if f else ''}" for n, f in where)  # f: function-level
+        lines.append(f"{tag(source)} -> {tag(target)}  (line {at})")
     lines += ["", f"== cycles ({len(groups)} strongly connected groups)"]
     for group in groups:
         lines.append(f"{len(group)} modules: {', '.join(group)}")

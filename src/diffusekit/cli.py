@@ -140,8 +140,8 @@ def _train(args, config, context) -> int:
 
     from . import distributed
     from .monitor import ProgressBar
-    from .training.build import load_training_data
-    from .training.checkpoint import latest_valid
+    from .data import load_training_data
+    from .models import latest_valid
     from .training.loop import Trainer
     from .training.rundir import RunDirectory
 
@@ -310,7 +310,7 @@ def _cascade_condition(args, model, labels):
     import torch
 
     from .cascade import sampling_condition
-    from .training.build import cascade_settings
+    from .models import cascade_settings
 
     settings = cascade_settings(model.config)
     if settings is None:
@@ -501,7 +501,7 @@ def cmd_presets(args) -> int:
 
 def cmd_info(args) -> int:
     from .monitor import read_metrics
-    from .training.checkpoint import CheckpointError, _verify
+    from .models import CheckpointError, verify_checkpoint
     from .training.rundir import stored_config
 
     run_dir = Path(args.run_dir)
@@ -512,7 +512,7 @@ def cmd_info(args) -> int:
     ckpt_dir = run_dir / "checkpoints"
     for path in sorted(ckpt_dir.glob("ckpt-*")) if ckpt_dir.is_dir() else []:
         try:
-            _verify(path)
+            verify_checkpoint(path)
             status = "ok"
         except CheckpointError as e:
             status = f"DAMAGED: {e}"
@@ -645,7 +645,7 @@ def main(argv=None) -> int:
     from .data import DatasetNotInstalled
     from .distributed import DistributedError
     from .metrics.inception import FeatureExtractorNotInstalled
-    from .training.checkpoint import CheckpointError
+    from .models import CheckpointError
     from .training.loop import NonFiniteError
 
     try:

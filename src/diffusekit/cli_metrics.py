@@ -79,7 +79,7 @@ def cmd_fid(args) -> int:
 def cmd_ref_stats(args) -> int:
     from .config import DataConfig
     from .metrics.features import array_batches, compute_stats
-    from .training.build import load_training_data
+    from .data import load_training_data
 
     _threads(args)
     out = Path(args.out)

@@ -8,6 +8,7 @@ neither alias nor ring; LANCZOS keeps small reductions sharp; BICUBIC enlarges w
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 from .builtin import ImageArrays
 
@@ -18,8 +19,6 @@ MODES = ("resize", "pad")
 
 def resample_filter(source: int, target: int):
     """The Pillow filter for scaling a side of ``source`` pixels to ``target`` (see the module docstring)."""
-    from PIL import Image
-
     if source >= 2 * target:
         return Image.BOX
     return Image.LANCZOS if source > target else Image.BICUBIC
@@ -55,8 +54,6 @@ def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
 
 
 def _resize(images: np.ndarray, resolution: int) -> np.ndarray:
-    from PIL import Image
-
     if images.shape[1] == images.shape[2] == resolution:
         return images
     grey = images.shape[-1] == 1

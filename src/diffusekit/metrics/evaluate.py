@@ -16,12 +16,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..generate import class_major_labels, generate, load_guide
+from .. import distributed
+from ..data import DATASETS, load_training_data
+from ..generate import class_major_labels, generate
 from ..guidance import GuidanceSettings
-from .features import array_batches, cached_image_stats, dataset_label
+from ..images import make_grid
+from ..models import load_guide
+from .features import array_batches, cached_image_stats, dataset_label, dataset_reference_stats
 from .fid import fid_from_stats
 from .inception import InceptionV3, quantize
 from .kid import kid
+from .memorization import memorization_check, write_memorization_grid
+from .precision_recall import precision_recall
 from .stats import FeatureStats, check_compatible
 
 __all__ = ["SamplingSettings", "shard_batches", "sample_for_evaluation", "feature_metrics", "METRICS"]
@@ -112,8 +118,6 @@ def distributed_evaluation_features(images: Tensor, index: Tensor, extractor: In
     """Every rank's samples and their features (computed where the samples were drawn), gathered on every rank
     in sample order: (uint8 images [n, ...], float32 features [n, dim] or None without an extractor). One
     process: the same, without communication."""
-    from .. import distributed
-
     features = None
     if extractor is not None:
         features = distributed.gather_in_order(sample_features(images, extractor, batch_size, progress), index)
@@ -146,8 +150,6 @@ def feature_metrics(images: Tensor, metrics: tuple[str, ...], reference: Feature
     if "kid" in metrics:
         results.update(kid(stats.features, reference.features, kid_subsets, kid_subset_size))
     if "precision_recall" in metrics:
-        from .precision_recall import precision_recall
-
         results.update(precision_recall(reference.features, stats.features, k=pr_k))
     return results, stats
 
@@ -167,9 +169,6 @@ def reference_for_data(data_config, extractor: InceptionV3, count: int, split: s
                        progress=None, log=None) -> FeatureStats:
     """Cached statistics of the first ``count`` images of the run's dataset (``split``; image folders have only
     ``train``) at the size the model was trained at, features kept for KID and precision/recall."""
-    from ..data import DATASETS
-    from .features import dataset_reference_stats
-
     if data_config.name not in DATASETS and split != "train":
         split = "train"  # folders have one split
     return dataset_reference_stats(extractor, data_config.name, split, count, resolution=data_config.resolution,
@@ -182,9 +181,6 @@ def memorization_metrics(samples: Tensor, data_config, *, feature_extractor: Inc
     """Nearest training neighbours of ``samples`` (uint8 NCHW) over the run's whole training set, in pixel space
     and, with ``feature_extractor``, in its feature space (training features cached). Writes a PNG grid per
     space of the flagged samples beside their neighbours into ``out_dir``."""
-    from ..training.build import load_training_data
-    from .memorization import memorization_check, write_memorization_grid
-
     training = load_training_data(data_config)
     train_pixels = torch.from_numpy(np.array(training.images, copy=True)).permute(0, 3, 1, 2)  # writable, contiguous
     results = {}
@@ -206,8 +202,6 @@ def memorization_metrics(samples: Tensor, data_config, *, feature_extractor: Inc
 
 def preview_grid(images: Tensor, labels: Tensor | None, per_class: int = 10, max_classes: int = 10):
     """A uint8 grid of evaluation samples: a row per class (first ``per_class`` of each), else the first 100."""
-    from ..images import make_grid
-
     if labels is None:
         return make_grid(images[:100].float() / 127.5 - 1, 10)
     rows = [images[labels == c][:per_class] for c in labels.unique()[:max_classes]]

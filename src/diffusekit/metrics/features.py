@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from .._files import cache_dir
+from ..data import open_dataset
 from .inception import InceptionV3, quantize
-from .stats import FeatureStats, RunningStats
+from .stats import FeatureStats, RunningStats, is_stats_file, load_stats
 
 __all__ = ["IMAGE_EXTENSIONS", "folder_images", "npz_images", "array_batches", "compute_stats", "stats_cache_dir",
            "dataset_reference_stats", "cached_image_stats", "dataset_label", "open_source"]
@@ -35,8 +37,6 @@ def _folder_files(path: Path) -> list[Path]:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
-
     try:
         with Image.open(path) as image:
             image = image.convert("L" if image.mode in ("L", "I;16", "I", "1") else "RGB")
@@ -107,8 +107,6 @@ def compute_stats(extractor: InceptionV3, batches: Iterable[Tensor], *, keep_fea
 def open_source(source: str | Path, batch_size: int = 50) -> tuple:
     """What ``diffusekit fid`` accepts: a folder of images, a sample ``.npz`` or a statistics ``.npz``.
     Returns ("stats", FeatureStats) or ("images", count, batches)."""
-    from .stats import is_stats_file, load_stats
-
     path = Path(source)
     if path.is_dir():
         return ("images", *folder_images(path, batch_size))
@@ -137,8 +135,6 @@ def dataset_reference_stats(extractor: InceptionV3, dataset: str, split: str = "
                             batch_size: int = 50, cache: bool = True, progress=None, log=None) -> FeatureStats:
     """Statistics of the first ``count`` images (all when None) of a dataset split, at the given size (see
     :func:`cached_image_stats`)."""
-    from ..data import open_dataset
-
     data = open_dataset(dataset, split=split, resolution=resolution, channels=channels, mode=resize)
     n = len(data) if count is None else int(count)
     if not 2 <= n <= len(data):
@@ -156,8 +152,6 @@ def cached_image_stats(extractor: InceptionV3, images: np.ndarray, name: str, sp
     digest = hashlib.sha256(images.tobytes()).hexdigest()[:16]
     path = stats_cache_dir() / f"{name}-{split}-{images.shape[1]}px-{n}-{digest}-{extractor.config_hash}.npz"
     if cache and path.is_file():
-        from .stats import load_stats
-
         try:
             return load_stats(path)
         except ValueError:
