@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 import diffusekit.cli as cli
 import diffusekit.metrics.inception as inception
-import diffusekit.data as data_module
+import diffusekit.cli.evaluation as cli_evaluation
+import diffusekit.cli.train as cli_train
 import diffusekit.metrics.evaluate as evaluate_module
 from diffusekit.data import ImageArrays
 from diffusekit.training.loop import Trainer
@@ -83,11 +84,11 @@ def world(tmp_path_factory):
 
 @pytest.fixture
 def light(monkeypatch, tmp_path):
-    for module in (data_module, evaluate_module):  # where load_training_data is looked up
+    for module in (cli_train, cli_evaluation, evaluate_module):  # where load_training_data is looked up
         monkeypatch.setattr(module, "load_training_data", tiny_data)
     monkeypatch.setattr(Trainer, "run", lambda self, *a, **k: None)
     monkeypatch.setattr(inception, "get_extractor", lambda *a, **k: FakeExtractor())
-    monkeypatch.setattr(cli, "_torchrun", lambda args: 0)
+    monkeypatch.setattr(cli_train, "_torchrun", lambda args: 0)
     monkeypatch.setenv("DIFFUSEKIT_CACHE", str(tmp_path / "cache"))
 
 

@@ -20,13 +20,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .errors import DistributedError
+
 __all__ = ["Context", "init", "context", "device_for", "shutdown", "is_main", "barrier", "all_mean",
            "all_gather_cat", "gather_in_order", "broadcast_object", "wrap_ddp", "DistributedError", "shard_fsdp",
            "full_tensor", "set_gradient_sync", "full_model_state", "full_optimizer_state", "load_full_state"]
-
-
-class DistributedError(RuntimeError):
-    """A collective failed: another process of the job ended (crashed, was killed) or the network broke."""
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,9 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from ..errors import ConfigError
+
 __all__ = ["ConfigError", "from_dict", "to_dict", "merge", "parse_override", "apply_override"]
-
-
-class ConfigError(ValueError):
-    """A configuration key or value that is not allowed; the message names it and the choices."""
 
 
 def _hints(cls) -> dict[str, Any]:

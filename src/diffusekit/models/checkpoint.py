@@ -26,16 +26,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .._files import file_digest
+from ..errors import CheckpointError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "verify_checkpoint", "latest_valid", "prune", "remove_partial_writes",
            "CheckpointError"]
 
 _PREFIX = "ckpt-"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, truncated or altered."""
 
 
 def _fsync(path: Path) -> None:

@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from ..errors import TextEncoderNotInstalled
+
 __all__ = ["INSTALL_HINT", "BertEncoder", "TextEncoder", "TextEncoderNotInstalled", "TextEncoding",
            "WordPieceTokenizer", "text_encoder_dir"]
 
@@ -40,10 +42,6 @@ REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_co
 _SPECIAL = {"unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "mask": "[MASK]"}
 _CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
                (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))  # 0x2B920 (not 0x2B820) as the reference
-
-
-class TextEncoderNotInstalled(RuntimeError):
-    """The MiniLM files are missing; the message says how to install them."""
 
 
 def text_encoder_dir(model_dir: str | Path | None = None) -> Path:

@@ -31,6 +31,7 @@ from ..config import Config, to_dict
 from ..config.validate import check_guidance
 from ..data import ImageArrays
 from ..data.augment import augment
+from ..errors import NonFiniteError
 from ..guidance import drop_conditions
 from ..models import (
     augment_settings,
@@ -52,10 +53,6 @@ from .evaluation import TrainingEvaluator
 from .optim import LRSchedule, make_optimizer
 
 __all__ = ["Trainer", "train", "data_info", "NonFiniteError"]
-
-
-class NonFiniteError(RuntimeError):
-    """Too many consecutive optimizer steps with a non-finite loss or gradient (``optim.nonfinite_limit``)."""
 
 
 def data_info(data: ImageArrays, conditional: bool, captions: bool = False) -> dict:
