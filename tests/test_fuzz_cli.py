@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import diffusekit.cli as cli
-import diffusekit.metrics.inception as inception
 import diffusekit.cli.evaluation as cli_evaluation
 import diffusekit.cli.train as cli_train
 import diffusekit.metrics.evaluate as evaluate_module
+import diffusekit.metrics.inception as inception
 from diffusekit.data import ImageArrays
 from diffusekit.training.loop import Trainer
 

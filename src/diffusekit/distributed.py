@@ -52,7 +52,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
+        raise DistributedError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
 
 
 def init(device: str = "cpu", timeout_s: float = 600.0) -> Context:

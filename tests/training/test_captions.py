@@ -11,8 +11,8 @@ import torch
 from diffusekit.cli import main
 from diffusekit.config import ConfigError, resolve
 from diffusekit.data.captions import captions_for
-from diffusekit.text import TextEncoder, TextEncoderNotInstalled, text_encoder_dir
 from diffusekit.models.build import network_conditioning
+from diffusekit.text import TextEncoder, TextEncoderNotInstalled, text_encoder_dir
 from diffusekit.training.captions import CaptionTable, caption_table
 from diffusekit.training.loop import train
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from diffusekit.config import resolve
-from diffusekit.monitor import read_metrics
-from diffusekit.monitor.tensorboard import read_scalars
 from diffusekit.data import load_training_data
 from diffusekit.models.checkpoint import latest_valid, load_checkpoint
+from diffusekit.monitor import read_metrics
+from diffusekit.monitor.tensorboard import read_scalars
 from diffusekit.training.evaluation import TrainingEvaluator
 from diffusekit.training.rundir import RunDirectory
 

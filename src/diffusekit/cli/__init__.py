@@ -39,12 +39,9 @@ def main(argv=None) -> int:
     args.argv = argv
     try:
         return args.func(args)
-    except UserError as e:
+    except UserError as e:  # anything else is a bug in diffusekit: its traceback is what to report
         print(f"diffusekit {args.command}: error: {e}", file=sys.stderr)
         return e.exit_status
-    except (FileNotFoundError, ValueError) as e:
-        print(f"diffusekit {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

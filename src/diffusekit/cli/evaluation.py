@@ -29,7 +29,15 @@ from ..metrics.features import array_batches, compute_stats, open_source
 from ..metrics.fid import fid_from_stats
 from ..metrics.stats import load_stats
 from ..models import load_model
-from .flags import add_guidance_arguments, guidance_from_args, parse_options, progress_bar, set_threads
+from .flags import (
+    add_guidance_arguments,
+    check_sampling,
+    guidance_from_args,
+    parse_options,
+    positive_int,
+    progress_bar,
+    set_threads,
+)
 
 __all__ = ["add_parsers", "cmd_fid", "cmd_ref_stats", "cmd_eval"]
 
@@ -67,7 +75,7 @@ def cmd_fid(args) -> int:
     b = _stats_of(args.b, extractor, args, "B")
     for stats, source in ((a, args.a), (b, args.b)):
         if stats.meta.get("config_hash") not in (None, extractor.config_hash):
-            raise ValueError(f"{source} was computed with other settings ({stats.describe()}) than "
+            raise UsageError(f"{source} was computed with other settings ({stats.describe()}) than "
                              f"--extractor {args.extractor} --preprocess {args.preprocess}: pass those, or recompute")
     value = fid_from_stats(a, b)
     result = {"fid": value, "a": args.a, "b": args.b, "n_a": a.count, "n_b": b.count, **extractor.describe(),
@@ -81,7 +89,7 @@ def cmd_ref_stats(args) -> int:
     set_threads(args)
     out = Path(args.out)
     if out.suffix.lower() != ".npz":
-        raise ValueError(f"--out {out}: statistics are written as .npz")
+        raise UsageError(f"--out {out}: statistics are written as .npz")
     data = load_training_data(DataConfig(name=args.dataset, split=args.split, limit=args.n,
                                          resolution=args.data_resolution, channels=args.channels, resize=args.resize))
     extractor = _extractor(args)
@@ -114,7 +122,7 @@ def cmd_eval(args) -> int:
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown or not metrics:
-        raise ValueError(f"--metrics: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}")
+        raise UsageError(f"--metrics: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}")
     set_threads(args)
     context = distributed.init(args.device or "cpu")  # under torchrun: each process draws a share of the samples
     try:
@@ -132,9 +140,10 @@ def _evaluate(args, metrics: tuple[str, ...], context) -> int:
                                             spacing=args.spacing,
                                             guidance=guidance_from_args(args, model.config.sample),
                                             options=options or None, seed=args.seed, batch_size=args.batch_size)
+    check_sampling(model.denoiser.schedule, settings.sampler, settings.steps, settings.spacing, settings.options)
     g = settings.guidance
     if g.active and g.autoguide is None and not model.num_classes:
-        raise ValueError(f"--guidance {g.scale}: classifier-free guidance needs a conditional model and "
+        raise UsageError(f"--guidance {g.scale}: classifier-free guidance needs a conditional model and "
                          f"{model.checkpoint} has no classes; use --guidance 1, or --autoguide CHECKPOINT "
                          "(autoguidance works without labels)")
     out_dir = _eval_out_dir(args, model)
@@ -201,9 +210,9 @@ def _extractor_arguments(parser, default_extractor: str = "inception") -> None:
     parser.add_argument("--preprocess", default="pytorch", choices=("pytorch", "tf"),
                         help="pytorch: pytorch-fid's bilinear resize and [-1, 1] (default); tf: NVlabs/clean-fid "
                              "legacy TF resize and range")
-    parser.add_argument("--resolution", type=int, help="input size of inception-fast")
+    parser.add_argument("--resolution", type=positive_int, help="input size of inception-fast")
     parser.add_argument("--device", help="cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -215,7 +224,7 @@ def add_parsers(sub) -> None:
                                    "(pytorch-fid's .npz files work too). About 4 img/s on 2 CPU cores at 299.")
     f.add_argument("a", metavar="A")
     f.add_argument("b", metavar="B")
-    f.add_argument("--batch-size", type=int, default=50)
+    f.add_argument("--batch-size", type=positive_int, default=50)
     _extractor_arguments(f)
     f.set_defaults(func=cmd_fid)
 
@@ -225,12 +234,13 @@ def add_parsers(sub) -> None:
     r.add_argument("dataset", metavar="DATASET", help="built-in dataset name or an image folder")
     r.add_argument("--out", required=True, metavar="STATS.npz")
     r.add_argument("--split", default="train", help="train or test (folders: train)")
-    r.add_argument("--n", type=int, help="use the first N images (default: all)")
-    r.add_argument("--data-resolution", type=int, help="resize the images to this size first (folders need it)")
+    r.add_argument("--n", type=positive_int, help="use the first N images (default: all)")
+    r.add_argument("--data-resolution", type=positive_int,
+                   help="resize the images to this size first (folders need it)")
     r.add_argument("--channels", type=int, choices=(1, 3))
     r.add_argument("--resize", default="resize", choices=("resize", "pad"))
     r.add_argument("--no-features", action="store_true", help="store only mean and covariance (no KID / P-R)")
-    r.add_argument("--batch-size", type=int, default=50)
+    r.add_argument("--batch-size", type=positive_int, default=50)
     _extractor_arguments(r)
     r.set_defaults(func=cmd_ref_stats)
 
@@ -242,19 +252,19 @@ def add_parsers(sub) -> None:
                                    "RUN/eval/<checkpoint>-<weights>/).")
     e.add_argument("source", metavar="RUN_OR_CKPT")
     e.add_argument("--metrics", default="fid,kid", help="comma-separated: fid, kid, precision_recall, memorization")
-    e.add_argument("--n", type=int, default=1000, help="number of samples (default 1000)")
+    e.add_argument("--n", type=positive_int, default=1000, help="number of samples (default 1000)")
     e.add_argument("--sampler")
-    e.add_argument("--steps", type=int)
+    e.add_argument("--steps", type=positive_int)
     e.add_argument("--spacing")
     add_guidance_arguments(e)
     e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="sampler option")
     e.add_argument("--ema", help="EMA name, or 'model' for the raw weights")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--batch-size", type=int, default=250, help="sampling batch size")
-    e.add_argument("--feature-batch-size", type=int, default=50)
+    e.add_argument("--batch-size", type=positive_int, default=250, help="sampling batch size")
+    e.add_argument("--feature-batch-size", type=positive_int, default=50)
     e.add_argument("--ref", metavar="STATS.npz", help="reference statistics (from `diffusekit ref-stats`)")
     e.add_argument("--ref-split", default="test", help="split of the run's dataset used as reference (default test)")
-    e.add_argument("--ref-n", type=int, help="reference images (default: --n)")
+    e.add_argument("--ref-n", type=positive_int, help="reference images (default: --n)")
     e.add_argument("--memorization-space", default="both", choices=("pixel", "both"),
                    help="both: pixels and inception-fast-96 features (training features computed once, cached)")
     e.add_argument("--out", help="directory for results.json, samples.png and memorization grids")

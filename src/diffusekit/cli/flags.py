@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 from ..config import parse_override
+from ..errors import UsageError
 from ..guidance import GUIDANCE_SCHEDULES, THRESHOLDS, GuidanceSettings
 from ..monitor import ProgressBar
+from ..sampling import sample, timesteps
 
-__all__ = ["add_guidance_arguments", "guidance_from_args", "parse_options", "set_threads", "progress_bar"]
+__all__ = ["add_guidance_arguments", "guidance_from_args", "parse_options", "check_sampling", "positive_int",
+           "set_threads", "progress_bar"]
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (counts, sizes, steps, threads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def set_threads(args) -> None:
@@ -28,6 +44,17 @@ def parse_options(texts: list[str]) -> dict:
         keys, value = parse_override(text)
         options[".".join(keys)] = value
     return options
+
+
+def check_sampling(schedule, sampler: str, steps: int, spacing: str, options: dict) -> None:
+    """Refuse a bad --sampler, --steps, --spacing or --option before any sampling: the sampling code's own checks
+    of names and values, run on one pixel with a zero denoiser (no network call)."""
+    try:
+        ts = timesteps(schedule, steps, spacing)
+        sample(lambda x, *args, **kwargs: torch.zeros_like(x), torch.zeros(1, 1, 1, 1), ts, schedule, sampler,
+               generator=torch.Generator().manual_seed(0), **options)
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
 
 
 def add_guidance_arguments(parser) -> None:
@@ -55,11 +82,14 @@ def add_guidance_arguments(parser) -> None:
     g.add_argument("--autoguide-ema", metavar="NAME", help="the guide's EMA, or 'model' (default: its own default)")
 
 
-def guidance_from_args(args, sample):
+def guidance_from_args(args, sample_config):
     """:class:`GuidanceSettings` from the run's sample section and the flags of :func:`add_guidance_arguments`."""
     interval = tuple(args.guidance_interval) if args.guidance_interval else None
-    return GuidanceSettings.from_sample(sample, scale=args.guidance, rescale=args.guidance_rescale,
-                                        weight_schedule=args.guidance_schedule, low=args.guidance_low,
-                                        warmup=args.guidance_warmup, interval=interval, threshold=args.threshold,
-                                        percentile=args.threshold_percentile, autoguide=args.autoguide,
-                                        autoguide_ema=args.autoguide_ema, eps_scale=args.eps_scale)
+    try:
+        return GuidanceSettings.from_sample(sample_config, scale=args.guidance, rescale=args.guidance_rescale,
+                                            weight_schedule=args.guidance_schedule, low=args.guidance_low,
+                                            warmup=args.guidance_warmup, interval=interval, threshold=args.threshold,
+                                            percentile=args.threshold_percentile, autoguide=args.autoguide,
+                                            autoguide_ema=args.autoguide_ema, eps_scale=args.eps_scale)
+    except ValueError as e:  # the guidance flags' own checks (GuidanceSettings)
+        raise UsageError(str(e)) from None

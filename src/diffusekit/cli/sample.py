@@ -13,13 +13,22 @@ import torch
 
 from ..cascade import sampling_condition
 from ..data import DATASETS
-from ..errors import TextEncoderNotInstalled, UsageError
+from ..errors import BadFileError, TextEncoderNotInstalled, UsageError, UserError
 from ..generate import class_major_labels, generate
 from ..images import make_grid, save_png, to_uint8
 from ..metrics.classifier import load_or_train_classifier
+from ..metrics.stats import open_npz
 from ..models import cascade_settings, load_model
 from ..rejection import generate_with_rejection
-from .flags import add_guidance_arguments, guidance_from_args, parse_options, progress_bar, set_threads
+from .flags import (
+    add_guidance_arguments,
+    check_sampling,
+    guidance_from_args,
+    parse_options,
+    positive_int,
+    progress_bar,
+    set_threads,
+)
 
 __all__ = ["add_parser", "cmd_sample"]
 
@@ -67,6 +76,20 @@ def _text_condition(args, model, condition):
     return {**(condition or {}), **text}, which
 
 
+def _read_low_res(path: str):
+    """(float images, labels or None) of a --low-res .npz file."""
+    with open_npz(path) as data:
+        if "images" not in data.files:
+            raise UsageError(f"--low-res {path} has no 'images' array (it holds {', '.join(data.files)}); give "
+                             "a `diffusekit sample --out X.npz` file")
+        try:
+            images = torch.from_numpy(np.asarray(data["images"], dtype=np.float32))
+            labels = torch.from_numpy(np.asarray(data["labels"], dtype=np.int64)) if "labels" in data else None
+        except (TypeError, ValueError) as e:  # arrays of strings, or of shapes numpy cannot convert
+            raise BadFileError(f"--low-res {path}: 'images' and 'labels' must be numeric arrays ({e})") from None
+    return images, labels
+
+
 def _cascade_condition(args, model, labels):
     """(condition, labels) for a super-resolution stage from --low-res (the first stage's samples .npz, whose
     labels are kept unless --class is given); (None, labels) otherwise."""
@@ -80,12 +103,7 @@ def _cascade_condition(args, model, labels):
     if not args.low_res:
         raise UsageError(f"this run is a super-resolution stage conditioned on {r}x{r} images: give them with "
                          "--low-res SAMPLES.npz (e.g. the first stage's `diffusekit sample --out SAMPLES.npz`)")
-    with np.load(args.low_res, allow_pickle=False) as data:  # never unpickle: a hostile file could run code
-        if "images" not in data.files:
-            raise UsageError(f"--low-res {args.low_res} has no 'images' array (it holds {', '.join(data.files)}); give "
-                             "a `diffusekit sample --out X.npz` file")
-        images = torch.from_numpy(np.asarray(data["images"], dtype=np.float32))
-        file_labels = torch.from_numpy(np.asarray(data["labels"], dtype=np.int64)) if "labels" in data else None
+    images, file_labels = _read_low_res(args.low_res)
     expected = (model.image_shape[0], r, r)
     if images.ndim != 4 or tuple(images.shape[1:]) != expected or len(images) < args.n:
         raise UsageError(f"--low-res {args.low_res}: need at least {args.n} float images of shape [N, "
@@ -97,7 +115,6 @@ def _cascade_condition(args, model, labels):
 
 
 def cmd_sample(args) -> int:
-
     set_threads(args)
     outs = [Path(o) for o in args.out]
     for out in outs:
@@ -119,13 +136,15 @@ def cmd_sample(args) -> int:
                              "unconditional one can be guided with --autoguide")
         guidance = guidance.unguided()
     steps = args.steps or s.steps
+    spacing = args.spacing or s.spacing
+    check_sampling(model.denoiser.schedule, sampler, steps, spacing, options)
     if args.reject_rounds is not None and not args.reject:
         raise UsageError("--reject-rounds needs --reject")
     if args.reject and condition is not None:
         raise UsageError("--reject does not support cascade stages yet (their low-resolution inputs are per image)")
     classifier = _rejection_classifier(args, model) if args.reject else None
     started = time.perf_counter()
-    common = dict(sampler=sampler, steps=steps, spacing=args.spacing or s.spacing, guidance=guidance, options=options,
+    common = dict(sampler=sampler, steps=steps, spacing=spacing, guidance=guidance, options=options,
                   seed=args.seed, batch_size=args.batch_size, device=device)
     extra, rejection = {}, None
     with progress_bar(args.n, args.quiet) as bar:
@@ -183,7 +202,7 @@ def _rejection_classifier(args, model):
     log = None if args.quiet else (lambda message: print(message, file=sys.stderr))
     try:
         classifier, info = load_or_train_classifier(name, log=log)
-    except ValueError as e:
+    except UserError as e:
         raise UsageError(f"--reject: no classifier for {name!r}: {e}") from None
     if info["key"]["num_classes"] != model.num_classes:
         raise UsageError(f"--reject: the {name} classifier knows {info['key']['num_classes']} classes, the model "
@@ -223,11 +242,11 @@ def _write_samples(out: Path, images, labels, meta: dict, args, class_major: boo
 def add_parser(sub) -> None:
     s = sub.add_parser("sample", help="generate images from a run or checkpoint")
     s.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT")
-    s.add_argument("--n", type=int, required=True, help="number of images")
+    s.add_argument("--n", type=positive_int, required=True, help="number of images")
     s.add_argument("--out", required=True, action="append", help="FILE.png (grid; a row per class), FILE.npz (float "
                    "images + labels + metadata) or DIR (one PNG per image); repeatable: one sampling, several outputs")
     s.add_argument("--sampler", help="sampler name (default: the run's sample.sampler)")
-    s.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps)")
+    s.add_argument("--steps", type=positive_int, help="sampling steps (default: the run's sample.steps)")
     s.add_argument("--spacing", help="time grid spacing: uniform, karras, logsnr, trailing")
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="sampler option, e.g. order=3")
     add_guidance_arguments(s)
@@ -247,10 +266,10 @@ def add_parser(sub) -> None:
                    help="with --reject: at most N draws per image (first round included; default 10); an image "
                    "still rejected keeps its last draw; a .npz also holds accepted and rounds_used per image")
     s.add_argument("--ema", help="EMA name, or 'model' for the raw weights (default: the run's sample.ema / first EMA)")
-    s.add_argument("--batch-size", type=int, default=250)
-    s.add_argument("--columns", type=int, help="grid columns for .png output (per class row: at most this many, "
-                   "default 10)")
+    s.add_argument("--batch-size", type=positive_int, default=250)
+    s.add_argument("--columns", type=positive_int,
+                   help="grid columns for .png output (per class row: at most this many, default 10)")
     s.add_argument("--device", help="cpu, cuda or cuda:N")
-    s.add_argument("--threads", type=int)
+    s.add_argument("--threads", type=positive_int)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_sample)

@@ -20,7 +20,7 @@ from ..models import latest_valid
 from ..monitor import ProgressBar
 from ..training.loop import Trainer
 from ..training.rundir import RunDirectory, peak_memory_mb, stored_config
-from .flags import set_threads
+from .flags import positive_int, set_threads
 
 __all__ = ["add_parser", "cmd_train"]
 
@@ -216,7 +216,7 @@ def add_parser(sub) -> None:
     t.add_argument("--device", help="cpu, cuda or cuda:N (sets run.device)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set optim.lr=1e-3 (repeatable; value read as YAML)")
-    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--nproc", type=int, metavar="N", help="train with N processes on this machine: runs this command "
                    "under torchrun (one process per GPU with run.device=cuda, else gloo on the CPU); several "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import UsageError
 from .builtin import DATASETS, ImageArrays, load
 from .folder import image_folder
 from .transform import resize_arrays
@@ -27,13 +28,13 @@ def open_dataset(spec: str | Path, split: str = "train", resolution: int | None 
             return data
         return resize_arrays(data, resolution, channels, mode)
     if not Path(spec).expanduser().is_dir():
-        raise ValueError(f"unknown dataset {str(spec)!r}: neither a built-in dataset ({', '.join(DATASETS)}) "
+        raise UsageError(f"unknown dataset {str(spec)!r}: neither a built-in dataset ({', '.join(DATASETS)}) "
                          "nor an existing folder of images (a folder path is also accepted)")
     if resolution is None:
-        raise ValueError(f"resolution is needed to load the image folder {spec}: its images are resized to it")
+        raise UsageError(f"resolution is needed to load the image folder {spec}: its images are resized to it")
     if split != "train":
-        raise ValueError(f"an image folder has only the 'train' split (all its images), got {split!r}: "
+        raise UsageError(f"an image folder has only the 'train' split (all its images), got {split!r}: "
                          "give the test images as a folder of their own")
     if mode != "resize":
-        raise ValueError(f"mode {mode!r} is for built-in datasets; folder images are always resized and cropped")
+        raise UsageError(f"mode {mode!r} is for built-in datasets; folder images are always resized and cropped")
     return image_folder(spec, resolution, channels or 3, **options)

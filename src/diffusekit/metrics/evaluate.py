@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .. import distributed
 from ..data import DATASETS, load_training_data
+from ..errors import UsageError
 from ..generate import class_major_labels, generate
 from ..guidance import GuidanceSettings
 from ..images import make_grid
@@ -82,7 +83,7 @@ def sample_for_evaluation(denoiser, image_shape: tuple[int, int, int], num_class
                           world_size: int = 1, progress=None) -> tuple[Tensor, Tensor | None, Tensor]:
     """This rank's share of the ``n`` evaluation samples: (uint8 NCHW images, labels or None, sample indices)."""
     if n < 1:
-        raise ValueError(f"the number of samples must be >= 1, got {n}")
+        raise UsageError(f"the number of samples must be >= 1, got {n}")
     labels = class_major_labels(n, num_classes) if num_classes else None
     guidance = settings.guidance
     if labels is None and guidance.autoguide is None:
@@ -132,14 +133,14 @@ def feature_metrics(images: Tensor, metrics: tuple[str, ...], reference: Feature
     evaluation), then ``images`` is not read. Returns (results, the samples' statistics)."""
     unknown = sorted(set(metrics) - {"fid", "kid", "precision_recall"})
     if unknown:
-        raise ValueError(f"unknown feature metric(s) {', '.join(unknown)}; choose from fid, kid, precision_recall")
+        raise UsageError(f"unknown feature metric(s) {', '.join(unknown)}; choose from fid, kid, precision_recall")
     if reference.features is None and {"kid", "precision_recall"} & set(metrics):
-        raise ValueError(f"the reference statistics ({reference.describe()}) hold no features, which KID and "
+        raise UsageError(f"the reference statistics ({reference.describe()}) hold no features, which KID and "
                          "precision/recall need: recompute them with `diffusekit ref-stats` (features are kept)")
     if features is None:
         features = sample_features(images, extractor, batch_size, progress)
     if features.shape[0] < 2:
-        raise ValueError(f"need at least 2 images for feature statistics, got {features.shape[0]}")
+        raise UsageError(f"need at least 2 images for feature statistics, got {features.shape[0]}")
     stats = FeatureStats.from_features(features.numpy(), **extractor.describe(), source="samples")
     check_compatible(stats, reference, ("the samples' features", "the reference statistics"))
     results: dict = {"n": stats.count, "reference": reference.describe(), "reference_count": reference.count,

@@ -50,8 +50,8 @@ def network_conditioning(config: Config, image_shape: tuple[int, int, int]) -> d
     cascade = cascade_settings(config)
     if cascade is not None:
         if image_shape[-1] % cascade.low_resolution or image_shape[-1] == cascade.low_resolution:
-            raise ValueError(f"cascade.low_resolution {cascade.low_resolution} must divide the stage's "
-                             f"resolution {image_shape[-1]} (and be smaller)")
+            raise ConfigError(f"cascade.low_resolution {cascade.low_resolution} must divide the stage's "
+                              f"resolution {image_shape[-1]} (and be smaller)")
         options["cond_channels"] = image_shape[0]
         options["noise_aug"] = cascade.noise_aug
     return options

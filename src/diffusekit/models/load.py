@@ -14,6 +14,7 @@ import torch
 
 from ..config import Config, from_dict
 from ..denoiser import Denoiser
+from ..errors import UsageError
 from ..guidance import GuidanceSettings
 from .build import build_denoiser, build_network, network_conditioning
 from .checkpoint import CheckpointError, latest_valid, load_checkpoint
@@ -61,7 +62,7 @@ def load_model(path: str | Path, ema: str | None = None, device: str | torch.dev
     elif name in ema_states:
         weights = ema_states[name]
     else:
-        raise ValueError(f"{checkpoint} has no EMA named {name!r}; it has {', '.join(ema_states) or 'none'} "
+        raise UsageError(f"{checkpoint} has no EMA named {name!r}; it has {', '.join(ema_states) or 'none'} "
                          "(or 'model' for the raw weights)")
     image_shape = tuple(info["image_shape"])
     network = build_network(config.network, image_shape, info["num_classes"],
@@ -70,9 +71,9 @@ def load_model(path: str | Path, ema: str | None = None, device: str | torch.dev
         network.load_state_dict(weights)
     except RuntimeError as e:  # missing, unexpected or misshapen tensors: the stored config does not build this net
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise ValueError(f"{checkpoint}: its {name} weights do not fit the network its config describes ({first}); "
-                         "the checkpoint was written by another version or edited: sample it with the code and "
-                         "config of the run that wrote it") from None
+        raise CheckpointError(f"{checkpoint}: its {name} weights do not fit the network its config describes "
+                              f"({first}); the checkpoint was written by another version or edited: sample it with "
+                              "the code and config of the run that wrote it") from None
     network.to(device, torch.float32).eval().requires_grad_(False)
     return LoadedModel(build_denoiser(config, network), config, tuple(info["image_shape"]), info["num_classes"],
                        list(info["class_names"]), cur_nimg, checkpoint, name)
@@ -86,6 +87,6 @@ def load_guide(settings: GuidanceSettings, image_shape: tuple[int, int, int], nu
         return None
     guide = load_model(settings.autoguide, ema=settings.autoguide_ema, device=device)
     if guide.image_shape != tuple(image_shape) or guide.num_classes != num_classes:
-        raise ValueError(f"the autoguidance model {guide.checkpoint} draws {guide.image_shape} images with "
+        raise UsageError(f"the autoguidance model {guide.checkpoint} draws {guide.image_shape} images with "
                          f"{guide.num_classes} classes; the main model draws {tuple(image_shape)} with {num_classes}")
     return guide.denoiser
