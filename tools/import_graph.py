@@ -23,15 +23,16 @@ PACKAGE = "diffusekit"
 
 # (layer, members): a member names a module and, for a package, everything inside it
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("diffusekit", "errors", "_files", "_tensors", "_registry")),
+    ("base", ("diffusekit", "errors", "_files", "_tensors", "_registry")),  # no diffusekit imports
+    # the Gaussian-path maths and the denoise -> denoise wrappers: tensors in, tensors out
     ("maths", ("schedules", "parameterizations", "time_sampling", "weighting", "targets", "derived", "denoiser",
                "loss", "cascade", "guidance", "images")),
-    ("parts", ("sampling", "networks", "text", "distributed", "monitor")),
-    ("data", ("data",)),
-    ("config", ("config",)),
-    ("models", ("models",)),
+    ("parts", ("sampling", "networks", "text", "distributed", "monitor")),  # each usable on its own
+    ("data", ("data",)),  # reads a DataConfig without importing config (config validates against data)
+    ("config", ("config",)),  # validates names against the registries of everything below it
+    ("models", ("models",)),  # config or checkpoint -> network, denoiser, loss, weights
     ("generate", ("generate",)),
-    ("metrics", ("metrics",)),
+    ("metrics", ("metrics",)),  # evaluation samples through generate
     ("applications", ("rejection", "training")),
     ("cli", ("cli", "__main__")),
 ]
