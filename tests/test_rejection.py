@@ -101,7 +101,7 @@ class StubClassifier(nn.Module):
 @pytest.fixture(scope="module")
 def tiny():
     from diffusekit.config import resolve
-    from diffusekit.training.build import build_denoiser, build_network
+    from diffusekit.models.build import build_denoiser, build_network
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -159,15 +159,14 @@ def test_generate_with_rejection_errors(tiny):
 # -- the CLI: `sample --reject` with the model and the classifier stubbed ---------------------------------------
 @pytest.fixture
 def stubbed_cli(tiny, monkeypatch, tmp_path):
-    import diffusekit.generate as generate_module
-    import diffusekit.metrics.classifier as classifier_module
+    import diffusekit.cli.sample as cli_sample
     from diffusekit.generate import LoadedModel
 
     config, denoiser = tiny
     loaded = LoadedModel(denoiser, config, (1, 28, 28), 3, ["a", "b", "c"], 0, tmp_path / "ckpt", "ema")
-    monkeypatch.setattr(generate_module, "load_model", lambda *a, **k: loaded)
+    monkeypatch.setattr(cli_sample, "load_model", lambda *a, **k: loaded)
     info = {"test_accuracy": 0.5, "weights": "stub.safetensors", "key": {"num_classes": 3}}
-    monkeypatch.setattr(classifier_module, "load_or_train_classifier", lambda *a, **k: (StubClassifier(), info))
+    monkeypatch.setattr(cli_sample, "load_or_train_classifier", lambda *a, **k: (StubClassifier(), info))
     return loaded
 
 

@@ -12,6 +12,7 @@ vector over ranks, the concatenation of per-rank tensors, a barrier, and rank 0'
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -19,13 +20,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .errors import DistributedError
+
 __all__ = ["Context", "init", "context", "device_for", "shutdown", "is_main", "barrier", "all_mean",
            "all_gather_cat", "gather_in_order", "broadcast_object", "wrap_ddp", "DistributedError", "shard_fsdp",
            "full_tensor", "set_gradient_sync", "full_model_state", "full_optimizer_state", "load_full_state"]
-
-
-class DistributedError(RuntimeError):
-    """A collective failed: another process of the job ended (crashed, was killed) or the network broke."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
+        raise DistributedError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
 
 
 def init(device: str = "cpu", timeout_s: float = 600.0) -> Context:
@@ -167,8 +166,6 @@ def wrap_ddp(network: nn.Module, device: torch.device) -> nn.Module:
     """DistributedDataParallel around ``network`` (rank 0's weights are broadcast at construction). Buffers are
     not broadcast on each forward: the networks hold none that change, and evaluation then runs a forward on
     one rank alone safely."""
-    import inspect
-
     ids = [device.index] if device.type == "cuda" else None
     ddp = nn.parallel.DistributedDataParallel
     # torch >= 2.13 renamed the option; older releases only know broadcast_buffers
@@ -181,7 +178,7 @@ def wrap_ddp(network: nn.Module, device: torch.device) -> nn.Module:
 def shard_fsdp(network: nn.Module) -> None:
     """``fully_shard`` each block of every ``nn.ModuleList`` of ``network`` (the DiT's blocks, the U-Net's
     encoder and decoder), then the network itself: a block's weights are gathered only while it runs."""
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard  # lazy: FSDP runs only; torch builds without distributed lack it
 
     for child in network.children():
         if isinstance(child, nn.ModuleList):
@@ -203,6 +200,7 @@ def set_gradient_sync(network: nn.Module, enabled: bool) -> None:
 def full_model_state(network: nn.Module) -> dict:
     """The sharded network's whole state dict on process 0, on the CPU (collective; empty elsewhere): the same
     keys and shapes as the unsharded network's, so checkpoints do not depend on the world size."""
+    # lazy: FSDP runs only; torch builds without distributed support lack it
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return _collective(get_model_state_dict, network,
@@ -212,6 +210,7 @@ def full_model_state(network: nn.Module) -> dict:
 def full_optimizer_state(network: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """The optimizer state of a sharded network in ``optimizer.state_dict()``'s own layout (parameters
     numbered in ``named_parameters()`` order) on process 0 (collective; empty elsewhere)."""
+    # lazy: FSDP runs only; torch builds without distributed support lack it
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     state = _collective(get_optimizer_state_dict, network, optimizer,
@@ -227,6 +226,7 @@ def load_full_state(network: nn.Module, optimizer: torch.optim.Optimizer, model_
                     optimizer_state: dict) -> None:
     """Load whole (unsharded) states, as every checkpoint holds them, into a sharded network and its optimizer;
     every process reads the same checkpoint."""
+    # lazy: FSDP runs only; torch builds without distributed support lack it
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True)

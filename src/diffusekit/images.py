@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 __all__ = ["to_uint8", "make_grid", "save_png"]
@@ -35,8 +36,6 @@ def make_grid(images: Tensor, columns: int, padding: int = 2, background: int = 
 
 def save_png(array: np.ndarray, path: str | Path) -> Path:
     """Write a uint8 [H, W, C] (C = 1 or 3) array as PNG, atomically (temporary file, then rename)."""
-    from PIL import Image
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)

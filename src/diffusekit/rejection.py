@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .generate import generate, load_guide
+from .generate import generate
 from .guidance import GuidanceSettings
+from .metrics.classifier import classify
+from .models import load_guide
 
 __all__ = ["ROUND_SEED_STRIDE", "RejectionResult", "rejection_sample", "generation_draw", "generate_with_rejection"]
 
@@ -137,8 +139,6 @@ def generate_with_rejection(denoiser, n: int, image_shape: tuple[int, int, int],
     """:func:`generate` (same keyword arguments: ``sampler``, ``steps``, ``seed``, ``first``, ...) with every image
     checked by ``classifier`` (:func:`diffusekit.metrics.classify`: one-channel 28x28 or 32x32 images) and
     redrawn while it reads as another class than ``labels``, for at most ``max_rounds`` rounds in all."""
-    from .metrics.classifier import classify
-
     if not num_classes:
         raise ValueError("rejection sampling needs a class-conditional model (num_classes > 0)")
     if labels is None:

@@ -108,8 +108,7 @@ def test_config_key():
 
 def test_applied_once_at_load_time():
     from diffusekit.config import DataConfig
-    from diffusekit.data import load, resize_arrays
-    from diffusekit.training.build import load_training_data
+    from diffusekit.data import load, load_training_data, resize_arrays
 
     plain = load_training_data(DataConfig(name="mnist", limit=64, resolution=16))
     bright = load_training_data(DataConfig(name="mnist", limit=64, resolution=16, intensity=[-1.0, 0.8]))

@@ -5,7 +5,7 @@ import torch
 
 from diffusekit.config import resolve
 from diffusekit.metrics.evaluate import SamplingSettings, sample_for_evaluation, shard_batches
-from diffusekit.training.build import build_denoiser, build_network
+from diffusekit.models.build import build_denoiser, build_network
 
 
 def test_shards_partition_the_batches():

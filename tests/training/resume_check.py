@@ -3,7 +3,7 @@ never stopped (DESIGN.md section 4)."""
 
 import torch
 
-from diffusekit.training.checkpoint import latest_valid
+from diffusekit.models.checkpoint import latest_valid
 from diffusekit.training.loop import Trainer, train
 
 

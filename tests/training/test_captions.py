@@ -11,8 +11,8 @@ import torch
 from diffusekit.cli import main
 from diffusekit.config import ConfigError, resolve
 from diffusekit.data.captions import captions_for
+from diffusekit.models.build import network_conditioning
 from diffusekit.text import TextEncoder, TextEncoderNotInstalled, text_encoder_dir
-from diffusekit.training.build import network_conditioning
 from diffusekit.training.captions import CaptionTable, caption_table
 from diffusekit.training.loop import train
 
@@ -66,7 +66,7 @@ def test_config_checks():
 
 @needs_mnist
 def test_text_run_resumes_bit_identically_and_samples_with_prompts(tmp_path, capsys):
-    from diffusekit.training.build import load_training_data
+    from diffusekit.data import load_training_data
 
     torch.set_default_dtype(torch.float32)
     try:
@@ -108,7 +108,7 @@ def test_text_run_resumes_bit_identically_and_samples_with_prompts(tmp_path, cap
 def test_prompt_to_a_run_without_text_is_refused(tmp_path, capsys):
     torch.set_default_dtype(torch.float32)
     try:
-        from diffusekit.training.build import load_training_data
+        from diffusekit.data import load_training_data
 
         config = resolve("tiny", overrides=[*CONFIG[1:], "data.captions=false", "run.total_images=16",
                                             "run.checkpoint_every=16"])

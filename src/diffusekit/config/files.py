@@ -7,7 +7,14 @@ import json
 import os
 from pathlib import Path
 
+import yaml
+
 from .typed import ConfigError, to_dict
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 __all__ = ["read_file", "write_yaml", "dump_yaml"]
 
@@ -20,14 +27,8 @@ def read_file(path: str | Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
         if suffix in (".yaml", ".yml"):
-            import yaml
-
             data = yaml.safe_load(text)
         elif suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
             data = tomllib.loads(text)
         elif suffix == ".json":
             data = json.loads(text)
@@ -46,8 +47,6 @@ def read_file(path: str | Path) -> dict:
 
 
 def dump_yaml(config) -> str:
-    import yaml
-
     return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
 
 

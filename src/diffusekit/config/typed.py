@@ -13,11 +13,11 @@ import types
 import typing
 from typing import Any, Literal, Union
 
+import yaml
+
+from ..errors import ConfigError
+
 __all__ = ["ConfigError", "from_dict", "to_dict", "merge", "parse_override", "apply_override"]
-
-
-class ConfigError(ValueError):
-    """A configuration key or value that is not allowed; the message names it and the choices."""
 
 
 def _hints(cls) -> dict[str, Any]:
@@ -187,8 +187,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: bad key {key!r}: write section.field=value, e.g. optim.lr=1e-3")
-    import yaml
-
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:

@@ -5,6 +5,14 @@ from __future__ import annotations
 
 import re
 
+from .. import parameterizations, schedules, time_sampling, weighting
+from ..cascade import CascadeSettings
+from ..data.augment import AugmentSettings
+from ..data.captions import CAPTIONED_DATASETS
+from ..data.intensity import check_intensity
+from ..guidance import GuidanceSettings
+from ..networks import dit, unet
+from ..sampling import SAMPLERS, SPACINGS
 from .schema import Config
 from .typed import ConfigError
 
@@ -38,11 +46,6 @@ def _positive(key: str, value, allow_zero: bool = False) -> None:
 
 def validate(config: Config) -> Config:
     """Raise :class:`ConfigError` naming the first bad field; returns ``config`` unchanged."""
-    from .. import parameterizations, schedules, time_sampling, weighting
-    from ..guidance import GuidanceSettings
-    from ..networks import dit, unet
-    from ..sampling import SAMPLERS, SPACINGS
-
     o = config.objective
     _check("objective.schedule", schedules.get, o.schedule, **o.schedule_options)
     _check("objective.parameterization", parameterizations.get, o.parameterization, **o.parameterization_options)
@@ -117,8 +120,6 @@ def validate(config: Config) -> Config:
 
     c = config.cascade
     if c.low_resolution is not None:
-        from ..cascade import CascadeSettings
-
         _check("cascade", CascadeSettings, c.low_resolution, c.noise_aug, c.aug_max, c.sample_snr)
         if config.eval.every is not None or config.eval.loss_every is not None:
             raise ConfigError("eval.every / eval.loss_every: in-training evaluation of a cascade stage is not "
@@ -126,13 +127,9 @@ def validate(config: Config) -> Config:
                               "cascade with benchmarks/cascade_mnist.py")
     d = config.data
     if d.augment:
-        from ..data.augment import AugmentSettings
-
         options = {k: tuple(v) if isinstance(v, list) else v for k, v in d.augment_options.items()}
         _check("data.augment", AugmentSettings, p=d.augment, **options)
     if d.captions:
-        from ..data.captions import CAPTIONED_DATASETS
-
         if d.name not in CAPTIONED_DATASETS:
             raise ConfigError(f"data.captions: dataset {d.name!r} has no captions; captions exist for "
                               f"{', '.join(CAPTIONED_DATASETS)}")
@@ -146,7 +143,5 @@ def validate(config: Config) -> Config:
     _positive("data.workers", d.workers, allow_zero=True)
     _positive("data.min_size", d.min_size)
     if d.intensity is not None:
-        from ..data.intensity import check_intensity
-
         _check("data.intensity", check_intensity, d.intensity)
     return config

@@ -2,40 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .builtin import DATASETS, DatasetNotInstalled, ImageArrays, load
+from .datasets import open_dataset
 from .folder import image_folder
 from .sampler import InfiniteSampler
+from .training_set import load_training_data
 from .transform import resize_arrays
 
 __all__ = ["DATASETS", "DatasetNotInstalled", "ImageArrays", "load", "image_folder", "resize_arrays",
-           "open_dataset", "InfiniteSampler"]
-
-
-def open_dataset(spec: str | Path, split: str = "train", resolution: int | None = None, channels: int | None = None,
-                 mode: str = "resize", **options) -> ImageArrays:
-    """A built-in dataset by name, or a folder of images by path, at ``resolution`` with ``channels``.
-
-    Built-ins (:data:`DATASETS`) keep their own size and channels where these are None, else go through
-    :func:`resize_arrays` (``mode`` "resize" or "pad"); ``options`` go to :func:`load` (``root``). A name that is
-    a built-in wins over a folder of that name: write ``./mnist`` for the folder. A folder needs ``resolution``
-    (``channels`` defaults to 3), has only the ``train`` split (all its images) and takes the options of
-    :func:`image_folder` (``workers``, ``strict``, ``min_size``).
-    """
-    if isinstance(spec, str) and spec in DATASETS:
-        data = load(spec, split, **options)
-        if resolution is None and channels is None:
-            return data
-        return resize_arrays(data, resolution, channels, mode)
-    if not Path(spec).expanduser().is_dir():
-        raise ValueError(f"unknown dataset {str(spec)!r}: neither a built-in dataset ({', '.join(DATASETS)}) "
-                         "nor an existing folder of images (a folder path is also accepted)")
-    if resolution is None:
-        raise ValueError(f"resolution is needed to load the image folder {spec}: its images are resized to it")
-    if split != "train":
-        raise ValueError(f"an image folder has only the 'train' split (all its images), got {split!r}: "
-                         "give the test images as a folder of their own")
-    if mode != "resize":
-        raise ValueError(f"mode {mode!r} is for built-in datasets; folder images are always resized and cropped")
-    return image_folder(spec, resolution, channels or 3, **options)
+           "open_dataset", "load_training_data", "InfiniteSampler"]

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import BadFileError, DatasetNotInstalled, UsageError
 from .idx import read_idx
 from .sprites import composite, read_rgba, sheet_cells
 
@@ -38,10 +39,6 @@ __all__ = ["ImageArrays", "load", "DATASETS", "DatasetNotInstalled", "split_indi
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 _IDX_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
               "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
-
-
-class DatasetNotInstalled(RuntimeError):
-    """A built-in dataset whose package is missing; the message says how to install it."""
 
 
 @dataclass(frozen=True)
@@ -67,11 +64,11 @@ class ImageArrays:
 
 def _read_pair(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     if split not in _IDX_FILES:
-        raise ValueError(f"unknown split {split!r}; choose 'train' or 'test'")
+        raise UsageError(f"unknown split {split!r}; choose 'train' or 'test'")
     image_file, label_file = (directory / name for name in _IDX_FILES[split])
     images, labels = read_idx(image_file), read_idx(label_file)
     if images.ndim != 3 or labels.shape != (len(images),):
-        raise ValueError(f"{image_file} and {label_file} do not match: {images.shape} images, {labels.shape} labels")
+        raise BadFileError(f"{image_file} and {label_file} do not match: {images.shape} images, {labels.shape} labels")
     return images[..., None], labels.astype(np.int64)
 
 
@@ -111,7 +108,7 @@ def split_indices(n: int, split: str, labels: np.ndarray | None = None) -> np.nd
     """The fixed split of datasets that have none: ``test`` = every 10th item (the 10th, 20th, ...), ``train`` =
     the rest. With ``labels``, every 10th item *of each class*, so that both splits keep the class balance."""
     if split not in ("train", "test"):
-        raise ValueError(f"unknown split {split!r}; choose 'train' or 'test'")
+        raise UsageError(f"unknown split {split!r}; choose 'train' or 'test'")
     rank = np.arange(n)
     if labels is not None:  # rank of each item among those of its class
         for label in np.unique(labels):
@@ -134,7 +131,7 @@ def digits(split: str = "train", root: str | Path | None = None) -> ImageArrays:
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.float64, ndmin=2)
     if table.shape[1] != 65:
-        raise ValueError(f"{path}: expected 64 pixels and a label per row, got {table.shape[1]} columns")
+        raise BadFileError(f"{path}: expected 64 pixels and a label per row, got {table.shape[1]} columns")
     table = table[split_indices(len(table), split, table[:, 64])]
     images = np.rint(table[:, :64] * (255 / 16)).astype(np.uint8).reshape(-1, 8, 8, 1)
     return ImageArrays(images, table[:, 64].astype(np.int64), 10, tuple(str(d) for d in range(10)))
@@ -180,8 +177,8 @@ def emoji(split: str = "train", root: str | Path | None = None) -> ImageArrays:
     for i in split_indices(len(files), split):
         rgba = read_rgba(files[i])
         if images and rgba.shape[:2] != images[0].shape[:2]:
-            raise ValueError(f"{files[i]} is {rgba.shape[1]}x{rgba.shape[0]}, the first emoji "
-                             f"{images[0].shape[1]}x{images[0].shape[0]}: all must have one size")
+            raise BadFileError(f"{files[i]} is {rgba.shape[1]}x{rgba.shape[0]}, the first emoji "
+                               f"{images[0].shape[1]}x{images[0].shape[0]}: all must have one size")
         images.append(composite(rgba, 255))
     stacked = np.stack(images) if images else np.zeros((0, 72, 72, 3), np.uint8)
     return ImageArrays(stacked, np.zeros(len(stacked), dtype=np.int64), 0, ())
@@ -193,5 +190,5 @@ DATASETS = {"mnist": mnist, "fashion-mnist": fashion_mnist, "digits": digits, "t
 def load(name: str, split: str = "train", root: str | Path | None = None) -> ImageArrays:
     """A built-in dataset by name (see :data:`DATASETS`); ``root`` overrides where its files are looked for."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; built-in datasets: {', '.join(DATASETS)}")
+        raise UsageError(f"unknown dataset {name!r}; built-in datasets: {', '.join(DATASETS)}")
     return DATASETS[name](split, root=root)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..errors import BadFileError, MissingFileError, UsageError
 from .builtin import ImageArrays
 from .transform import fit_square
 
@@ -130,8 +131,8 @@ def _find_images(root: Path, report: FolderReport) -> tuple[list[Path], list[int
     loose = sorted(p.name for p in root.iterdir() if p.is_file() and _is_image(p.name))
     if loose:
         shown = ", ".join(loose[:5]) + (f" and {len(loose) - 5} more" if len(loose) > 5 else "")
-        raise ValueError(f"{root} has class subfolders ({', '.join(classes)}) and also images outside them: "
-                         f"{shown}. Move them into a class folder, or point at a folder without subfolders")
+        raise BadFileError(f"{root} has class subfolders ({', '.join(classes)}) and also images outside them: "
+                           f"{shown}. Move them into a class folder, or point at a folder without subfolders")
     report.skipped["not_image"] += sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
     files, labels = [], []
     for k, name in enumerate(classes):
@@ -148,15 +149,15 @@ def load_image_folder(path: str | Path, resolution: int, channels: int = 3, work
     out (module docstring). Raises ValueError when no image is usable."""
     root = Path(path).expanduser()
     if not root.exists():
-        raise FileNotFoundError(f"image folder {root} does not exist")
+        raise MissingFileError(f"image folder {root} does not exist")
     if not root.is_dir():
-        raise ValueError(f"{root} is not a directory: give a folder of images")
+        raise UsageError(f"{root} is not a directory: give a folder of images")
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+        raise UsageError(f"channels must be 1 or 3, got {channels}")
     if resolution < 1:
-        raise ValueError(f"resolution must be positive, got {resolution}")
+        raise UsageError(f"resolution must be positive, got {resolution}")
     if min_size < 1:
-        raise ValueError(f"min_size must be positive, got {min_size}")
+        raise UsageError(f"min_size must be positive, got {min_size}")
     report = FolderReport(root, min_size=min_size)
     files, labels, class_names = _find_images(root, report)
     report.files = len(files) + len(report.skipped["not_image"])
@@ -186,8 +187,8 @@ def load_image_folder(path: str | Path, resolution: int, channels: int = 3, work
         report.skipped["empty_class"] += [root / name for k, name in enumerate(class_names) if k not in used]
     if not keep:
         found = report.describe()
-        raise ValueError(f"no usable images in {root}" + (f": {found}" if found else
-                         f" (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"))
+        raise BadFileError(f"no usable images in {root}" + (f": {found}" if found else
+                           f" (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"))
     renumber = {old: new for new, old in enumerate(used)}
     names = tuple(class_names[k] for k in used) if class_names else ()
     images = np.stack([results[i] for i in keep])
@@ -205,7 +206,7 @@ def image_folder(path: str | Path, resolution: int, channels: int = 3, workers: 
         skipped = sum(n for k, n in report.counts.items() if k != "empty_class")
         message = f"{report.root}: skipped {skipped} of {report.files} files: {report.describe()}"
         if strict:
-            raise ValueError(f"{message}. Fix or remove these files, or drop --strict (data.strict) to skip them "
-                             "with a warning")
+            raise BadFileError(f"{message}. Fix or remove these files, or drop --strict (data.strict) to skip them "
+                               "with a warning")
         warnings.warn(message, stacklevel=2)
     return data

@@ -18,7 +18,7 @@ white strokes).
 ``u_i`` in [0, 1) is a hash (SplitMix64) of the image's index in its split, not a draw from any random
 generator: the level of an image never changes between runs, with ``data.limit`` (which keeps the first N
 images) or on resume, and applying the transform consumes none of the trainer's random numbers. It is
-applied once, to the uint8 arrays at load time (:func:`diffusekit.training.build.load_training_data`),
+applied once, to the uint8 arrays at load time (:func:`diffusekit.data.training_set.load_training_data`),
 after resizing; results are rounded back to uint8.
 """
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 __all__ = ["composite", "read_rgba", "sheet_cells"]
 
 
 def read_rgba(path: str | Path) -> np.ndarray:
     """An image file as uint8 RGBA ``[H, W, 4]`` (palette transparency included)."""
-    from PIL import Image
-
     with Image.open(path) as image:
         return np.asarray(image.convert("RGBA"))
 

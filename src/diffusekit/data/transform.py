@@ -8,7 +8,9 @@ neither alias nor ring; LANCZOS keeps small reductions sharp; BICUBIC enlarges w
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
+from ..errors import UsageError
 from .builtin import ImageArrays
 
 __all__ = ["fit_square", "resample_filter", "resize_arrays", "to_channels"]
@@ -18,8 +20,6 @@ MODES = ("resize", "pad")
 
 def resample_filter(source: int, target: int):
     """The Pillow filter for scaling a side of ``source`` pixels to ``target`` (see the module docstring)."""
-    from PIL import Image
-
     if source >= 2 * target:
         return Image.BOX
     return Image.LANCZOS if source > target else Image.BICUBIC
@@ -42,7 +42,7 @@ def fit_square(image, resolution: int):
 def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
     """uint8 ``[N, H, W, C]`` to 1 channel (ITU-R 601-2 luma, as Pillow's ``convert("L")``) or 3 (grey repeated)."""
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+        raise UsageError(f"channels must be 1 or 3, got {channels}")
     have = images.shape[-1]
     if have == channels:
         return images
@@ -55,8 +55,6 @@ def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
 
 
 def _resize(images: np.ndarray, resolution: int) -> np.ndarray:
-    from PIL import Image
-
     if images.shape[1] == images.shape[2] == resolution:
         return images
     grey = images.shape[-1] == 1
@@ -68,7 +66,7 @@ def _resize(images: np.ndarray, resolution: int) -> np.ndarray:
 def _pad(images: np.ndarray, resolution: int) -> np.ndarray:
     height, width = images.shape[1:3]
     if height > resolution or width > resolution:
-        raise ValueError(f"cannot pad {width}x{height} images to {resolution}x{resolution}: use mode='resize'")
+        raise UsageError(f"cannot pad {width}x{height} images to {resolution}x{resolution}: use mode='resize'")
     top, left = (resolution - height) // 2, (resolution - width) // 2
     padding = ((0, 0), (top, resolution - height - top), (left, resolution - width - left), (0, 0))
     return np.pad(images, padding)
@@ -83,9 +81,9 @@ def resize_arrays(arrays: ImageArrays, resolution: int | None = None, channels: 
     the images must not be larger than ``resolution``.
     """
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if resolution is not None and resolution < 1:
-        raise ValueError(f"resolution must be positive, got {resolution}")
+        raise UsageError(f"resolution must be positive, got {resolution}")
     images = arrays.images
     if channels == 1:  # shrink channels before resizing, grow them after: less work either way
         images = to_channels(images, 1)

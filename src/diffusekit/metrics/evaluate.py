@@ -16,12 +16,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..generate import class_major_labels, generate, load_guide
+from .. import distributed
+from ..data import DATASETS, load_training_data
+from ..errors import UsageError
+from ..generate import class_major_labels, generate
 from ..guidance import GuidanceSettings
-from .features import array_batches, cached_image_stats, dataset_label
+from ..images import make_grid
+from ..models import load_guide
+from .features import array_batches, cached_image_stats, dataset_label, dataset_reference_stats
 from .fid import fid_from_stats
 from .inception import InceptionV3, quantize
 from .kid import kid
+from .memorization import memorization_check, write_memorization_grid
+from .precision_recall import precision_recall
 from .stats import FeatureStats, check_compatible
 
 __all__ = ["SamplingSettings", "shard_batches", "sample_for_evaluation", "feature_metrics", "METRICS"]
@@ -76,7 +83,7 @@ def sample_for_evaluation(denoiser, image_shape: tuple[int, int, int], num_class
                           world_size: int = 1, progress=None) -> tuple[Tensor, Tensor | None, Tensor]:
     """This rank's share of the ``n`` evaluation samples: (uint8 NCHW images, labels or None, sample indices)."""
     if n < 1:
-        raise ValueError(f"the number of samples must be >= 1, got {n}")
+        raise UsageError(f"the number of samples must be >= 1, got {n}")
     labels = class_major_labels(n, num_classes) if num_classes else None
     guidance = settings.guidance
     if labels is None and guidance.autoguide is None:
@@ -112,8 +119,6 @@ def distributed_evaluation_features(images: Tensor, index: Tensor, extractor: In
     """Every rank's samples and their features (computed where the samples were drawn), gathered on every rank
     in sample order: (uint8 images [n, ...], float32 features [n, dim] or None without an extractor). One
     process: the same, without communication."""
-    from .. import distributed
-
     features = None
     if extractor is not None:
         features = distributed.gather_in_order(sample_features(images, extractor, batch_size, progress), index)
@@ -128,14 +133,14 @@ def feature_metrics(images: Tensor, metrics: tuple[str, ...], reference: Feature
     evaluation), then ``images`` is not read. Returns (results, the samples' statistics)."""
     unknown = sorted(set(metrics) - {"fid", "kid", "precision_recall"})
     if unknown:
-        raise ValueError(f"unknown feature metric(s) {', '.join(unknown)}; choose from fid, kid, precision_recall")
+        raise UsageError(f"unknown feature metric(s) {', '.join(unknown)}; choose from fid, kid, precision_recall")
     if reference.features is None and {"kid", "precision_recall"} & set(metrics):
-        raise ValueError(f"the reference statistics ({reference.describe()}) hold no features, which KID and "
+        raise UsageError(f"the reference statistics ({reference.describe()}) hold no features, which KID and "
                          "precision/recall need: recompute them with `diffusekit ref-stats` (features are kept)")
     if features is None:
         features = sample_features(images, extractor, batch_size, progress)
     if features.shape[0] < 2:
-        raise ValueError(f"need at least 2 images for feature statistics, got {features.shape[0]}")
+        raise UsageError(f"need at least 2 images for feature statistics, got {features.shape[0]}")
     stats = FeatureStats.from_features(features.numpy(), **extractor.describe(), source="samples")
     check_compatible(stats, reference, ("the samples' features", "the reference statistics"))
     results: dict = {"n": stats.count, "reference": reference.describe(), "reference_count": reference.count,
@@ -146,8 +151,6 @@ def feature_metrics(images: Tensor, metrics: tuple[str, ...], reference: Feature
     if "kid" in metrics:
         results.update(kid(stats.features, reference.features, kid_subsets, kid_subset_size))
     if "precision_recall" in metrics:
-        from .precision_recall import precision_recall
-
         results.update(precision_recall(reference.features, stats.features, k=pr_k))
     return results, stats
 
@@ -167,9 +170,6 @@ def reference_for_data(data_config, extractor: InceptionV3, count: int, split: s
                        progress=None, log=None) -> FeatureStats:
     """Cached statistics of the first ``count`` images of the run's dataset (``split``; image folders have only
     ``train``) at the size the model was trained at, features kept for KID and precision/recall."""
-    from ..data import DATASETS
-    from .features import dataset_reference_stats
-
     if data_config.name not in DATASETS and split != "train":
         split = "train"  # folders have one split
     return dataset_reference_stats(extractor, data_config.name, split, count, resolution=data_config.resolution,
@@ -182,9 +182,6 @@ def memorization_metrics(samples: Tensor, data_config, *, feature_extractor: Inc
     """Nearest training neighbours of ``samples`` (uint8 NCHW) over the run's whole training set, in pixel space
     and, with ``feature_extractor``, in its feature space (training features cached). Writes a PNG grid per
     space of the flagged samples beside their neighbours into ``out_dir``."""
-    from ..training.build import load_training_data
-    from .memorization import memorization_check, write_memorization_grid
-
     training = load_training_data(data_config)
     train_pixels = torch.from_numpy(np.array(training.images, copy=True)).permute(0, 3, 1, 2)  # writable, contiguous
     results = {}
@@ -206,8 +203,6 @@ def memorization_metrics(samples: Tensor, data_config, *, feature_extractor: Inc
 
 def preview_grid(images: Tensor, labels: Tensor | None, per_class: int = 10, max_classes: int = 10):
     """A uint8 grid of evaluation samples: a row per class (first ``per_class`` of each), else the first 100."""
-    from ..images import make_grid
-
     if labels is None:
         return make_grid(images[:100].float() / 127.5 - 1, 10)
     rows = [images[labels == c][:per_class] for c in labels.unique()[:max_classes]]

@@ -15,11 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from .._files import cache_dir
+from ..data import open_dataset
+from ..errors import BadFileError, MissingFileError, UsageError
 from .inception import InceptionV3, quantize
-from .stats import FeatureStats, RunningStats
+from .stats import FeatureStats, RunningStats, is_stats_file, load_stats, open_npz
 
 __all__ = ["IMAGE_EXTENSIONS", "folder_images", "npz_images", "array_batches", "compute_stats", "stats_cache_dir",
            "dataset_reference_stats", "cached_image_stats", "dataset_label", "open_source"]
@@ -30,19 +33,17 @@ IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".t
 def _folder_files(path: Path) -> list[Path]:
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
-        raise ValueError(f"{path} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise BadFileError(f"{path} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
     return files
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
-
     try:
         with Image.open(path) as image:
             image = image.convert("L" if image.mode in ("L", "I;16", "I", "1") else "RGB")
             array = np.asarray(image, dtype=np.uint8)
     except OSError as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+        raise BadFileError(f"cannot read image {path}: {e}") from None
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
@@ -68,13 +69,13 @@ def folder_images(path: str | Path, batch_size: int = 50) -> tuple[int, Iterator
 def npz_images(path: str | Path) -> Tensor:
     """The ``images`` of a sample file written by ``diffusekit sample --out X.npz`` (float NCHW in [-1, 1]) or
     any ``.npz`` with uint8 NCHW / NHWC ``images``: uint8 NCHW."""
-    with np.load(path, allow_pickle=False) as f:
+    with open_npz(path) as f:
         if "images" not in f.files:
-            raise ValueError(f"{path} has neither feature statistics (mu, sigma) nor 'images'; it holds "
-                             f"{', '.join(f.files) or 'nothing'}")
+            raise BadFileError(f"{path} has neither feature statistics (mu, sigma) nor 'images'; it holds "
+                               f"{', '.join(f.files) or 'nothing'}")
         images = torch.from_numpy(f["images"])
     if images.ndim != 4:
-        raise ValueError(f"{path}: images must be 4-d, got shape {tuple(images.shape)}")
+        raise BadFileError(f"{path}: images must be 4-d, got shape {tuple(images.shape)}")
     if images.dtype == torch.uint8 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
         images = images.permute(0, 3, 1, 2)  # NHWC
     return quantize(images)
@@ -100,22 +101,21 @@ def compute_stats(extractor: InceptionV3, batches: Iterable[Tensor], *, keep_fea
         if progress is not None:
             progress(batch.shape[0])
     if stats.count < 2:
-        raise ValueError(f"need at least 2 images for feature statistics, got {stats.count}")
+        raise UsageError(f"need at least 2 images for feature statistics, got {stats.count}")
     return stats.finish(**extractor.describe(), **meta)
 
 
 def open_source(source: str | Path, batch_size: int = 50) -> tuple:
     """What ``diffusekit fid`` accepts: a folder of images, a sample ``.npz`` or a statistics ``.npz``.
     Returns ("stats", FeatureStats) or ("images", count, batches)."""
-    from .stats import is_stats_file, load_stats
-
     path = Path(source)
     if path.is_dir():
         return ("images", *folder_images(path, batch_size))
     if not path.is_file():
-        raise ValueError(f"{source}: no such file or folder (give an image folder, a sample .npz or a stats .npz)")
+        raise MissingFileError(f"{source}: no such file or folder (give an image folder, a sample .npz or a stats "
+                               ".npz)")
     if path.suffix.lower() != ".npz":
-        raise ValueError(f"{source}: expected an image folder or an .npz file, got a {path.suffix or 'plain'} file")
+        raise UsageError(f"{source}: expected an image folder or an .npz file, got a {path.suffix or 'plain'} file")
     if is_stats_file(path):
         return "stats", load_stats(path)
     images = npz_images(path)
@@ -137,12 +137,10 @@ def dataset_reference_stats(extractor: InceptionV3, dataset: str, split: str = "
                             batch_size: int = 50, cache: bool = True, progress=None, log=None) -> FeatureStats:
     """Statistics of the first ``count`` images (all when None) of a dataset split, at the given size (see
     :func:`cached_image_stats`)."""
-    from ..data import open_dataset
-
     data = open_dataset(dataset, split=split, resolution=resolution, channels=channels, mode=resize)
     n = len(data) if count is None else int(count)
     if not 2 <= n <= len(data):
-        raise ValueError(f"count must be in 2..{len(data)} (the size of {dataset}:{split}), got {n}")
+        raise UsageError(f"count must be in 2..{len(data)} (the size of {dataset}:{split}), got {n}")
     return cached_image_stats(extractor, data.images[:n], dataset_label(dataset), split, batch_size=batch_size,
                               cache=cache, progress=progress, log=log)
 
@@ -156,8 +154,6 @@ def cached_image_stats(extractor: InceptionV3, images: np.ndarray, name: str, sp
     digest = hashlib.sha256(images.tobytes()).hexdigest()[:16]
     path = stats_cache_dir() / f"{name}-{split}-{images.shape[1]}px-{n}-{digest}-{extractor.config_hash}.npz"
     if cache and path.is_file():
-        from .stats import load_stats
-
         try:
             return load_stats(path)
         except ValueError:

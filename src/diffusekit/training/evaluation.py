@@ -20,8 +20,18 @@ import dataclasses
 import math
 
 from ..config import Config
-from ..data import DATASETS, ImageArrays
-from .build import build_denoiser, build_loss, load_training_data
+from ..data import DATASETS, ImageArrays, load_training_data
+from ..metrics.evaluate import (
+    SamplingSettings,
+    distributed_evaluation_features,
+    feature_metrics,
+    reference_for_data,
+    sample_for_evaluation,
+)
+from ..metrics.inception import get_extractor
+from ..metrics.noise_levels import NoiseLevelProbe
+from ..metrics.stats import load_stats
+from ..models import build_denoiser, build_loss
 
 __all__ = ["TrainingEvaluator"]
 
@@ -78,8 +88,6 @@ class TrainingEvaluator:
         return data
 
     def noise_levels(self, trainer) -> dict:
-        from ..metrics.noise_levels import NoiseLevelProbe
-
         e = self.config.eval
         if self._probe is None:
             self._probe = NoiseLevelProbe.from_arrays(build_loss(self.config), self.data, self._validation_data(),
@@ -90,10 +98,6 @@ class TrainingEvaluator:
 
     # -- FID / KID of samples -------------------------------------------------------------------------
     def _prepare(self, device) -> None:
-        from ..metrics.evaluate import reference_for_data
-        from ..metrics.inception import get_extractor
-        from ..metrics.stats import load_stats
-
         e = self.config.eval
         if self._extractor is None:
             self._extractor = get_extractor(e.extractor, e.preprocess, e.extractor_resolution, device=device)
@@ -107,13 +111,6 @@ class TrainingEvaluator:
 
     def sample_metrics(self, trainer) -> dict:
         """Score ``eval.num_samples`` EMA samples; updates the best FID. The record says ``improved``."""
-        from ..metrics.evaluate import (
-            SamplingSettings,
-            distributed_evaluation_features,
-            feature_metrics,
-            sample_for_evaluation,
-        )
-
         config, e = self.config, self.config.eval
         self._prepare(trainer.device)
         ema_name = config.sample.ema or next(iter(trainer.emas.emas))

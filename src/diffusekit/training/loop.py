@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from .. import distributed
@@ -30,28 +31,28 @@ from ..config import Config, to_dict
 from ..config.validate import check_guidance
 from ..data import ImageArrays
 from ..data.augment import augment
+from ..errors import NonFiniteError
 from ..guidance import drop_conditions
-from ..time_sampling import TimeDraw
-from .batches import BatchStream
-from .build import (
+from ..models import (
     augment_settings,
     build_denoiser,
     build_loss,
     build_network,
     cascade_settings,
+    latest_valid,
+    load_checkpoint,
     network_conditioning,
+    prune,
+    save_checkpoint,
 )
+from ..time_sampling import TimeDraw
+from .batches import BatchStream
 from .captions import caption_table
-from .checkpoint import latest_valid, load_checkpoint, prune, save_checkpoint
 from .ema import EMASet
 from .evaluation import TrainingEvaluator
 from .optim import LRSchedule, make_optimizer
 
 __all__ = ["Trainer", "train", "data_info", "NonFiniteError"]
-
-
-class NonFiniteError(RuntimeError):
-    """Too many consecutive optimizer steps with a non-finite loss or gradient (``optim.nonfinite_limit``)."""
 
 
 def data_info(data: ImageArrays, conditional: bool, captions: bool = False) -> dict:
@@ -304,8 +305,6 @@ class Trainer:
         step = self.cur_nimg // self.config.optim.batch_size
         dumped = ""
         if self._last_batch is not None:
-            from safetensors.torch import save_file
-
             x0, parts = self._last_batch
             tensors = {"x0": x0, **{f"cond.{k}": v for k, v in parts.items() if isinstance(v, torch.Tensor)}}
             path = self.run_dir / f"nonfinite-{self.cur_nimg:012d}.safetensors"

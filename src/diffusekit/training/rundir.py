@@ -28,16 +28,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy
 import torch
 
+from .. import __version__
 from ..cascade import downsample, sampling_condition
 from ..config import Config, ConfigError, from_dict, read_file, to_dict, write_yaml
 from ..generate import class_major_labels, generate
 from ..guidance import GuidanceSettings
 from ..images import make_grid, save_png
+from ..models import build_denoiser, remove_partial_writes
 from ..monitor import MetricsLog, TensorBoardWriter, plot_loss_curve, read_metrics
-from .build import build_denoiser
-from .checkpoint import remove_partial_writes
 
 __all__ = ["RunDirectory", "RESUMABLE_KEYS", "config_differences", "environment", "stored_config"]
 
@@ -87,10 +88,6 @@ def _git_hash() -> str | None:
 
 
 def environment(device: torch.device) -> dict:
-    import numpy
-
-    from .. import __version__
-
     env = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv, "host": platform.node(),
            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
            "numpy": numpy.__version__, "diffusekit": __version__, "git": _git_hash(), "device": str(device),

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffusekit.training.checkpoint import (
+from diffusekit.models.checkpoint import (
     CheckpointError,
     latest_valid,
     load_checkpoint,

@@ -26,15 +26,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .._files import file_digest
+from ..errors import CheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_valid", "prune", "remove_partial_writes", "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "verify_checkpoint", "latest_valid", "prune", "remove_partial_writes",
+           "CheckpointError"]
 
 _PREFIX = "ckpt-"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, truncated or altered."""
 
 
 def _fsync(path: Path) -> None:
@@ -102,7 +100,8 @@ def remove_partial_writes(directory: str | Path) -> list[Path]:
     return stale
 
 
-def _verify(path: Path) -> dict:
+def verify_checkpoint(path: Path) -> dict:
+    """The meta.json of a checkpoint whose files match their checksums; :class:`CheckpointError` otherwise."""
     try:
         meta = json.loads((path / "meta.json").read_text())
         for name, expected in meta["sha256"].items():
@@ -116,7 +115,7 @@ def _verify(path: Path) -> dict:
 def load_checkpoint(path: str | Path) -> tuple[int, dict, dict[str, dict], dict]:
     """(cur_nimg, model_state, ema_states, training_state) of a verified checkpoint."""
     path = Path(path)
-    meta = _verify(path)
+    meta = verify_checkpoint(path)
     try:
         tensors = load_file(path / "weights.safetensors")
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a malformed file
@@ -148,7 +147,7 @@ def latest_valid(directory: str | Path) -> Path | None:
     """The newest checkpoint that verifies; newer damaged ones are skipped with a warning naming them."""
     for path in reversed(_checkpoints(Path(directory))):
         try:
-            _verify(path)
+            verify_checkpoint(path)
             return path
         except CheckpointError as e:
             warnings.warn(f"skipping damaged checkpoint: {e}", stacklevel=2)

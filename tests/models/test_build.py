@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from diffusekit.config import PRESETS, preset
-from diffusekit.training.build import build_denoiser, build_loss, build_network, network_conditioning
+from diffusekit.models.build import build_denoiser, build_loss, build_network, network_conditioning
 
 # (channels, resolution, classes) each preset's data has after its resize settings
 # (a caption run's network has no classes: mnist-text is text-only)

@@ -10,38 +10,17 @@ from torch import nn
 
 from .. import parameterizations, schedules, time_sampling, weighting
 from ..cascade import CascadeSettings
-from ..config import Config, ConfigError, DataConfig, NetworkConfig
-from ..data import DATASETS, ImageArrays, open_dataset, resize_arrays
+from ..config import Config, ConfigError, NetworkConfig
 from ..data.augment import AUGMENT_DIM, AugmentSettings
-from ..data.intensity import random_intensity
 from ..denoiser import Denoiser
 from ..loss import DiffusionLoss
 from ..networks.dit import DiT
 from ..networks.unet import UNet
 
-__all__ = ["load_training_data", "build_network", "network_conditioning", "cascade_settings", "augment_settings",
+__all__ = ["TEXT_DIM", "build_network", "network_conditioning", "cascade_settings", "augment_settings",
            "build_denoiser", "build_loss"]
 
-
-def _first(arrays: ImageArrays, limit: int | None) -> ImageArrays:
-    if limit is None:
-        return arrays
-    return ImageArrays(arrays.images[:limit], arrays.labels[:limit], arrays.num_classes, arrays.class_names)
-
-
-def load_training_data(data: DataConfig) -> ImageArrays:
-    """The configured dataset: the split, its first ``limit`` examples, at the configured size, with the random
-    global intensity of ``data.intensity`` (diffusekit.data.intensity; image i keyed by its index i)."""
-    if data.name not in DATASETS:  # folders are decoded straight to the size, bad files counted (data.strict)
-        arrays = _first(open_dataset(data.name, split=data.split, resolution=data.resolution, channels=data.channels,
-                                     mode=data.resize, strict=data.strict, min_size=data.min_size), data.limit)
-    elif data.limit is None:
-        arrays = open_dataset(data.name, split=data.split, resolution=data.resolution, channels=data.channels,
-                              mode=data.resize)
-    else:
-        arrays = _first(open_dataset(data.name, split=data.split), data.limit)  # subset first: less to resize
-        arrays = resize_arrays(arrays, data.resolution, data.channels, data.resize)
-    return random_intensity(arrays, data.intensity)
+TEXT_DIM = 384  # all-MiniLM-L6-v2's width (diffusekit.text.TextEncoder)
 
 
 def augment_settings(config: Config) -> AugmentSettings | None:
@@ -65,16 +44,14 @@ def network_conditioning(config: Config, image_shape: tuple[int, int, int]) -> d
     the text width of a caption-conditioned run (``data.captions``)."""
     options: dict = {}
     if config.data.captions:
-        from .captions import TEXT_DIM
-
         options["text_dim"] = TEXT_DIM
     if augment_settings(config) is not None:
         options["augment_dim"] = AUGMENT_DIM
     cascade = cascade_settings(config)
     if cascade is not None:
         if image_shape[-1] % cascade.low_resolution or image_shape[-1] == cascade.low_resolution:
-            raise ValueError(f"cascade.low_resolution {cascade.low_resolution} must divide the stage's "
-                             f"resolution {image_shape[-1]} (and be smaller)")
+            raise ConfigError(f"cascade.low_resolution {cascade.low_resolution} must divide the stage's "
+                              f"resolution {image_shape[-1]} (and be smaller)")
         options["cond_channels"] = image_shape[0]
         options["noise_aug"] = cascade.noise_aug
     return options

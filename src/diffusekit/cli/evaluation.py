@@ -1,4 +1,4 @@
-"""``diffusekit fid | ref-stats | eval``: the evaluation commands (registered by :mod:`diffusekit.cli`)."""
+"""``diffusekit fid | ref-stats | eval``: FID between image sets, reference statistics, a model's metrics."""
 
 from __future__ import annotations
 
@@ -7,65 +7,75 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["add_commands"]
+from .. import distributed
+from ..config import DataConfig
+from ..data import load_training_data
+from ..errors import UsageError
+from ..generate import class_major_labels
+from ..images import save_png
+from ..metrics import inception
+from ..metrics.evaluate import (
+    METRICS,
+    SamplingSettings,
+    as_json,
+    distributed_evaluation_features,
+    feature_metrics,
+    memorization_metrics,
+    preview_grid,
+    reference_for_data,
+    sample_for_evaluation,
+)
+from ..metrics.features import array_batches, compute_stats, open_source
+from ..metrics.fid import fid_from_stats
+from ..metrics.stats import load_stats
+from ..models import load_model
+from .flags import (
+    add_guidance_arguments,
+    check_sampling,
+    guidance_from_args,
+    parse_options,
+    positive_int,
+    progress_bar,
+    set_threads,
+)
+
+__all__ = ["add_parsers", "cmd_fid", "cmd_ref_stats", "cmd_eval"]
 
 MEMORIZATION_RESOLUTION = 96  # inception-fast input for feature-space copies: 60k MNIST in ~16 min on 2 CPU cores
 
 
-def _threads(args) -> None:
-    import torch
-
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
-
-
 def _extractor(args, name: str | None = None, device: str | None = None):
-    from .metrics.inception import get_extractor
-
-    return get_extractor(name or args.extractor, args.preprocess, args.resolution,
+    return inception.get_extractor(name or args.extractor, args.preprocess, args.resolution,
                          device=device or args.device or "cpu")
 
 
-def _bar(total: int, desc: str, quiet: bool):
-    from .monitor import ProgressBar
-
-    return ProgressBar(total, unit="img", desc=desc, disable=quiet)
-
-
-def _print(result: dict, as_json: bool, lines: list[str]) -> None:
-    from .metrics.evaluate import as_json as plain
-
-    if as_json:
-        print(json.dumps(plain(result), indent=1))
+def _print(result: dict, json_output: bool, lines: list[str]) -> None:
+    if json_output:
+        print(json.dumps(as_json(result), indent=1))
     else:
         print("\n".join(lines))
 
 
-# -- fid ----------------------------------------------------------------------------------------------
 def _stats_of(source: str, extractor, args, label: str):
-    from .metrics.features import compute_stats, open_source
-
     opened = open_source(source, args.batch_size)
     if opened[0] == "stats":
         return opened[1]
     _, count, batches = opened
-    with _bar(count, f"{label} features", args.quiet) as bar:
+    with progress_bar(count, args.quiet, f"{label} features") as bar:
         # small sets keep their features: the Frechet trace then comes from an n x n SVD (fid.py)
         return compute_stats(extractor, batches, keep_features=count <= extractor.dim, progress=bar.update,
                              source=str(source))
 
 
 def cmd_fid(args) -> int:
-    from .metrics.fid import fid_from_stats
-
-    _threads(args)
+    set_threads(args)
     started = time.perf_counter()
     extractor = _extractor(args)
     a = _stats_of(args.a, extractor, args, "A")
     b = _stats_of(args.b, extractor, args, "B")
     for stats, source in ((a, args.a), (b, args.b)):
         if stats.meta.get("config_hash") not in (None, extractor.config_hash):
-            raise ValueError(f"{source} was computed with other settings ({stats.describe()}) than "
+            raise UsageError(f"{source} was computed with other settings ({stats.describe()}) than "
                              f"--extractor {args.extractor} --preprocess {args.preprocess}: pass those, or recompute")
     value = fid_from_stats(a, b)
     result = {"fid": value, "a": args.a, "b": args.b, "n_a": a.count, "n_b": b.count, **extractor.describe(),
@@ -75,21 +85,16 @@ def cmd_fid(args) -> int:
     return 0
 
 
-# -- ref-stats -----------------------------------------------------------------------------------------
 def cmd_ref_stats(args) -> int:
-    from .config import DataConfig
-    from .metrics.features import array_batches, compute_stats
-    from .training.build import load_training_data
-
-    _threads(args)
+    set_threads(args)
     out = Path(args.out)
     if out.suffix.lower() != ".npz":
-        raise ValueError(f"--out {out}: statistics are written as .npz")
+        raise UsageError(f"--out {out}: statistics are written as .npz")
     data = load_training_data(DataConfig(name=args.dataset, split=args.split, limit=args.n,
                                          resolution=args.data_resolution, channels=args.channels, resize=args.resize))
     extractor = _extractor(args)
     started = time.perf_counter()
-    with _bar(len(data), f"{args.dataset}:{args.split} features", args.quiet) as bar:
+    with progress_bar(len(data), args.quiet, f"{args.dataset}:{args.split} features") as bar:
         stats = compute_stats(extractor, array_batches(data.images, args.batch_size, nhwc=True),
                               progress=bar.update, dataset=str(args.dataset), split=args.split,
                               resolution=int(data.images.shape[1]), channels=int(data.images.shape[3]))
@@ -100,16 +105,13 @@ def cmd_ref_stats(args) -> int:
     return 0
 
 
-# -- eval ----------------------------------------------------------------------------------------------
 def _eval_out_dir(args, model) -> Path:
     if args.out:
-        from .cli import CLIError
-
         out = Path(args.out)
         for path in (out, *out.parents):  # checked before sampling, not after minutes of it
             if path.exists() and not path.is_dir():
-                raise CLIError(f"--out {out}: {path} is a file, not a directory; --out names the directory for "
-                               f"results.json and samples.png")
+                raise UsageError(f"--out {out}: {path} is a file, not a directory; --out names the directory for "
+                                 f"results.json and samples.png")
         return out
     checkpoint = Path(model.checkpoint)
     run_dir = checkpoint.parent.parent if checkpoint.parent.name in ("checkpoints", "best") else checkpoint.parent
@@ -117,14 +119,11 @@ def _eval_out_dir(args, model) -> Path:
 
 
 def cmd_eval(args) -> int:
-    from . import distributed
-    from .metrics.evaluate import METRICS
-
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown or not metrics:
-        raise ValueError(f"--metrics: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}")
-    _threads(args)
+        raise UsageError(f"--metrics: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}")
+    set_threads(args)
     context = distributed.init(args.device or "cpu")  # under torchrun: each process draws a share of the samples
     try:
         return _evaluate(args, metrics, context)
@@ -133,49 +132,31 @@ def cmd_eval(args) -> int:
 
 
 def _evaluate(args, metrics: tuple[str, ...], context) -> int:
-    from . import distributed
-    from .cli import guidance_from_args
-    from .config import parse_override
-    from .generate import class_major_labels, load_model
-    from .images import save_png
-    from .metrics.evaluate import (
-        SamplingSettings,
-        as_json,
-        distributed_evaluation_features,
-        feature_metrics,
-        memorization_metrics,
-        preview_grid,
-        reference_for_data,
-        sample_for_evaluation,
-    )
-    from .metrics.stats import load_stats
 
     device = distributed.device_for(args.device or "cpu")
     model = load_model(args.source, ema=args.ema, device=device)
-    options = {}
-    for text in args.option:
-        keys, value = parse_override(text)
-        options[".".join(keys)] = value
+    options = parse_options(args.option)
     settings = SamplingSettings.from_config(model.config.sample, sampler=args.sampler, steps=args.steps,
                                             spacing=args.spacing,
                                             guidance=guidance_from_args(args, model.config.sample),
                                             options=options or None, seed=args.seed, batch_size=args.batch_size)
+    check_sampling(model.denoiser.schedule, settings.sampler, settings.steps, settings.spacing, settings.options)
     g = settings.guidance
     if g.active and g.autoguide is None and not model.num_classes:
-        raise ValueError(f"--guidance {g.scale}: classifier-free guidance needs a conditional model and "
+        raise UsageError(f"--guidance {g.scale}: classifier-free guidance needs a conditional model and "
                          f"{model.checkpoint} has no classes; use --guidance 1, or --autoguide CHECKPOINT "
                          "(autoguidance works without labels)")
     out_dir = _eval_out_dir(args, model)
     started = time.perf_counter()
     quiet = args.quiet or not context.main
-    with _bar(args.n, "sampling", quiet) as bar:
+    with progress_bar(args.n, quiet, "sampling") as bar:
         images, _, index = sample_for_evaluation(model.denoiser, model.image_shape, model.num_classes, args.n,
                                                  settings, device=device, rank=context.rank,
                                                  world_size=context.world_size, progress=bar.update)
     sampling_s = time.perf_counter() - started
     feature_names = tuple(m for m in metrics if m != "memorization")
     extractor = _extractor(args, device=device) if feature_names else None
-    with _bar(args.n, "sample features", quiet or extractor is None) as bar:
+    with progress_bar(args.n, quiet or extractor is None, "sample features") as bar:
         images, features = distributed_evaluation_features(images, index, extractor,
                                                            batch_size=args.feature_batch_size, progress=bar.update)
     if not context.main:  # process 0 scores the gathered samples and writes the results
@@ -192,7 +173,7 @@ def _evaluate(args, metrics: tuple[str, ...], context) -> int:
             reference = load_stats(args.ref)
         else:
             count = args.ref_n or args.n
-            with _bar(count, "reference features", args.quiet) as bar:
+            with progress_bar(count, args.quiet, "reference features") as bar:
                 reference = reference_for_data(model.config.data, extractor, count, args.ref_split,
                                                batch_size=args.feature_batch_size, progress=bar.update, log=log)
         values, _ = feature_metrics(images, feature_names, reference, extractor, features=features)
@@ -200,9 +181,7 @@ def _evaluate(args, metrics: tuple[str, ...], context) -> int:
     if "memorization" in metrics:
         extractor = None
         if args.memorization_space != "pixel":
-            from .metrics.inception import get_extractor
-
-            extractor = get_extractor("inception-fast", args.preprocess, MEMORIZATION_RESOLUTION, device)
+            extractor = inception.get_extractor("inception-fast", args.preprocess, MEMORIZATION_RESOLUTION, device)
         result["memorization"] = memorization_metrics(images, model.config.data, feature_extractor=extractor,
                                                       out_dir=out_dir, batch_size=args.feature_batch_size, log=log)
     result["seconds"] = round(time.perf_counter() - started, 2)
@@ -224,7 +203,6 @@ def _evaluate(args, metrics: tuple[str, ...], context) -> int:
     return 0
 
 
-# -- parsers -------------------------------------------------------------------------------------------
 def _extractor_arguments(parser, default_extractor: str = "inception") -> None:
     parser.add_argument("--extractor", default=default_extractor, choices=("inception", "inception-fast"),
                         help="inception: the standard FID network at 299 (default); inception-fast: the same at "
@@ -232,23 +210,21 @@ def _extractor_arguments(parser, default_extractor: str = "inception") -> None:
     parser.add_argument("--preprocess", default="pytorch", choices=("pytorch", "tf"),
                         help="pytorch: pytorch-fid's bilinear resize and [-1, 1] (default); tf: NVlabs/clean-fid "
                              "legacy TF resize and range")
-    parser.add_argument("--resolution", type=int, help="input size of inception-fast")
+    parser.add_argument("--resolution", type=positive_int, help="input size of inception-fast")
     parser.add_argument("--device", help="cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def add_commands(sub) -> None:
-    from .cli import add_guidance_arguments
-
+def add_parsers(sub) -> None:
     f = sub.add_parser("fid", help="FID between two image folders, sample .npz files or statistics .npz files",
                        description="Frechet Inception Distance between A and B, each an image folder, a sample file "
                                    "from `diffusekit sample --out X.npz`, or statistics from `diffusekit ref-stats` "
                                    "(pytorch-fid's .npz files work too). About 4 img/s on 2 CPU cores at 299.")
     f.add_argument("a", metavar="A")
     f.add_argument("b", metavar="B")
-    f.add_argument("--batch-size", type=int, default=50)
+    f.add_argument("--batch-size", type=positive_int, default=50)
     _extractor_arguments(f)
     f.set_defaults(func=cmd_fid)
 
@@ -258,12 +234,13 @@ def add_commands(sub) -> None:
     r.add_argument("dataset", metavar="DATASET", help="built-in dataset name or an image folder")
     r.add_argument("--out", required=True, metavar="STATS.npz")
     r.add_argument("--split", default="train", help="train or test (folders: train)")
-    r.add_argument("--n", type=int, help="use the first N images (default: all)")
-    r.add_argument("--data-resolution", type=int, help="resize the images to this size first (folders need it)")
+    r.add_argument("--n", type=positive_int, help="use the first N images (default: all)")
+    r.add_argument("--data-resolution", type=positive_int,
+                   help="resize the images to this size first (folders need it)")
     r.add_argument("--channels", type=int, choices=(1, 3))
     r.add_argument("--resize", default="resize", choices=("resize", "pad"))
     r.add_argument("--no-features", action="store_true", help="store only mean and covariance (no KID / P-R)")
-    r.add_argument("--batch-size", type=int, default=50)
+    r.add_argument("--batch-size", type=positive_int, default=50)
     _extractor_arguments(r)
     r.set_defaults(func=cmd_ref_stats)
 
@@ -275,19 +252,19 @@ def add_commands(sub) -> None:
                                    "RUN/eval/<checkpoint>-<weights>/).")
     e.add_argument("source", metavar="RUN_OR_CKPT")
     e.add_argument("--metrics", default="fid,kid", help="comma-separated: fid, kid, precision_recall, memorization")
-    e.add_argument("--n", type=int, default=1000, help="number of samples (default 1000)")
+    e.add_argument("--n", type=positive_int, default=1000, help="number of samples (default 1000)")
     e.add_argument("--sampler")
-    e.add_argument("--steps", type=int)
+    e.add_argument("--steps", type=positive_int)
     e.add_argument("--spacing")
     add_guidance_arguments(e)
     e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="sampler option")
     e.add_argument("--ema", help="EMA name, or 'model' for the raw weights")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--batch-size", type=int, default=250, help="sampling batch size")
-    e.add_argument("--feature-batch-size", type=int, default=50)
+    e.add_argument("--batch-size", type=positive_int, default=250, help="sampling batch size")
+    e.add_argument("--feature-batch-size", type=positive_int, default=50)
     e.add_argument("--ref", metavar="STATS.npz", help="reference statistics (from `diffusekit ref-stats`)")
     e.add_argument("--ref-split", default="test", help="split of the run's dataset used as reference (default test)")
-    e.add_argument("--ref-n", type=int, help="reference images (default: --n)")
+    e.add_argument("--ref-n", type=positive_int, help="reference images (default: --n)")
     e.add_argument("--memorization-space", default="both", choices=("pixel", "both"),
                    help="both: pixels and inception-fast-96 features (training features computed once, cached)")
     e.add_argument("--out", help="directory for results.json, samples.png and memorization grids")

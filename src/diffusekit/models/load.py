@@ -1,0 +1,92 @@
+"""A trained model from a checkpoint (or a run directory's newest valid one), rebuilt exactly as it was trained.
+
+:func:`load_model` reads the stored config and data description, builds the network with
+:mod:`diffusekit.models.build` and loads the chosen EMA (or the raw weights) into it; :func:`load_guide`
+loads an autoguidance model and checks that it draws the same images as the main one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import Config, from_dict
+from ..denoiser import Denoiser
+from ..errors import UsageError
+from ..guidance import GuidanceSettings
+from .build import build_denoiser, build_network, network_conditioning
+from .checkpoint import CheckpointError, latest_valid, load_checkpoint
+
+__all__ = ["LoadedModel", "load_model", "load_guide", "resolve_checkpoint"]
+
+
+@dataclass
+class LoadedModel:
+    denoiser: Denoiser
+    config: Config
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    class_names: list[str]
+    cur_nimg: int
+    checkpoint: Path
+    weights: str  # the EMA name or "model"
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or the newest valid checkpoint of a run directory."""
+    path = Path(path)
+    if (path / "meta.json").exists():
+        return path
+    for directory in (path / "checkpoints", path):
+        if directory.is_dir():
+            found = latest_valid(directory)
+            if found is not None:
+                return found
+    raise CheckpointError(f"{path} is neither a checkpoint nor a run directory with a valid checkpoint")
+
+
+def load_model(path: str | Path, ema: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """``ema``: an EMA name, ``"model"`` for the raw weights, or None for the config's ``sample.ema`` (else the
+    first EMA)."""
+    checkpoint = resolve_checkpoint(path)
+    cur_nimg, model_state, ema_states, state = load_checkpoint(checkpoint)
+    config = from_dict(Config, state["config"])
+    info = state["data_info"]
+    # the default is the config's first EMA, as in training; the checkpoint stores them sorted by name
+    configured = [n for n in config.ema.half_lives if n in ema_states]
+    name = ema or config.sample.ema or next(iter(configured or ema_states), "model")
+    if name == "model":
+        weights = model_state
+    elif name in ema_states:
+        weights = ema_states[name]
+    else:
+        raise UsageError(f"{checkpoint} has no EMA named {name!r}; it has {', '.join(ema_states) or 'none'} "
+                         "(or 'model' for the raw weights)")
+    image_shape = tuple(info["image_shape"])
+    network = build_network(config.network, image_shape, info["num_classes"],
+                            **network_conditioning(config, image_shape))
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as e:  # missing, unexpected or misshapen tensors: the stored config does not build this net
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise CheckpointError(f"{checkpoint}: its {name} weights do not fit the network its config describes "
+                              f"({first}); the checkpoint was written by another version or edited: sample it with "
+                              "the code and config of the run that wrote it") from None
+    network.to(device, torch.float32).eval().requires_grad_(False)
+    return LoadedModel(build_denoiser(config, network), config, tuple(info["image_shape"]), info["num_classes"],
+                       list(info["class_names"]), cur_nimg, checkpoint, name)
+
+
+def load_guide(settings: GuidanceSettings, image_shape: tuple[int, int, int], num_classes: int,
+               device: str | torch.device = "cpu") -> Denoiser | None:
+    """The autoguidance model named by ``settings.autoguide`` (None when there is none), checked to draw the
+    same images under the same conditions as the main model."""
+    if settings.autoguide is None:
+        return None
+    guide = load_model(settings.autoguide, ema=settings.autoguide_ema, device=device)
+    if guide.image_shape != tuple(image_shape) or guide.num_classes != num_classes:
+        raise UsageError(f"the autoguidance model {guide.checkpoint} draws {guide.image_shape} images with "
+                         f"{guide.num_classes} classes; the main model draws {tuple(image_shape)} with {num_classes}")
+    return guide.denoiser
