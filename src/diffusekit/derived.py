@@ -1,6 +1,6 @@
 """eps, v, velocity and score from a denoised estimate x0_hat: the only place these formulas live.
 
-With ``x_t = alpha * x0 + sigma * noise`` (DESIGN.md section 2):
+With ``x_t = alpha * x0 + sigma * noise`` (docs/design.md, "One identity under every parameterization"):
 
 - ``eps_hat = (x_t - alpha * x0_hat) / sigma``
 - ``v = alpha * eps_hat - sigma * x0_hat`` (Salimans & Ho 2022)

@@ -1,4 +1,4 @@
-"""The one seam to torch.distributed (DESIGN.md section 3). A single process needs no set-up: every helper is
+"""The one seam to torch.distributed (docs/distributed.md). A single process needs no set-up: every helper is
 then the identity or a no-op, and nothing here imports more than torch.
 
 Processes are started by torchrun (``torchrun --nproc-per-node N -m diffusekit train ...``, or the shortcut

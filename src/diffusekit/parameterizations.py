@@ -1,8 +1,7 @@
 """What the network predicts, as one exact identity: ``x0_hat = c_skip(t) * x_t + c_out(t) * F``.
 
 Under a Gaussian path every prediction target is affine in ``x_t``, so a parameterization is only the
-pair ``(c_skip, c_out)`` computed from the schedule's ``(alpha, sigma, d_alpha, d_sigma)`` (DESIGN.md
-section 2). From that pair alone:
+pair ``(c_skip, c_out)`` computed from the schedule's ``(alpha, sigma, d_alpha, d_sigma)`` (docs/design.md). From that pair alone:
 
 - ``to_x0(F, x_t, at) = c_skip * x_t + c_out * F``;
 - ``training_target(x0, noise, at) = (x0 - c_skip * x_t) / c_out``, so the loss needs no branch on the
@@ -19,15 +18,14 @@ section 2). From that pair alone:
 
 (a, s, da, ds = alpha, sigma, d_alpha, d_sigma; sd = sigma_data.)
 
-Sign and direction conventions, against the founding notes. Here t=0 is data and t=1 is noise, and
-``velocity`` is ``d x_t / dt`` along the path: on ``rectified_flow`` it is ``noise - x0``. Seed 000
-writes the flow-matching target as ``u = x0 - x1`` with x1 the noise, i.e. the direction from noise
-to data, which is ``-velocity`` here. Seed 003 runs time the other way (X0 noise, X1 data,
-alpha_t = t multiplying the data), so its ``u_t = d X_t / dt`` is also ``-velocity`` and its time is
-``1 - t``. Checkpoints from such code (flow_matching, torchcfm) convert with ``t -> 1 - t`` and
-``F -> -F`` in one adapter. ``v`` is Salimans & Ho's (2022) ``alpha * eps - sigma * x0`` (seed 000),
+Sign and direction conventions. Here t=0 is data and t=1 is noise, and ``velocity`` is ``d x_t / dt``
+along the path: on ``rectified_flow`` it is ``noise - x0``. Flow matching is often written with the target
+``u = x0 - x1``, x1 the noise, i.e. the direction from noise to data, which is ``-velocity`` here. Lipman et
+al.'s flow matching runs time the other way (X0 noise, X1 data, alpha_t = t multiplying the data), so its
+``u_t = d X_t / dt`` is also ``-velocity`` and its time is ``1 - t``. Checkpoints from such code (flow_matching, torchcfm) convert with ``t -> 1 - t`` and
+``F -> -F`` in one adapter. ``v`` is Salimans & Ho's (2022) ``alpha * eps - sigma * x0``,
 unrelated to ``velocity``. ``score`` is the conditional score ``grad log p(x_t | x0) = -noise / sigma``,
-whose regression target's minimiser is the marginal score (seed 003). ``edm`` is Karras et al. 2022's
+whose regression target's minimiser is the marginal score (Vincent 2011). ``edm`` is Karras et al. 2022's
 preconditioning (Table 1) applied to ``x_t / alpha`` with noise level ``ve_sigma = sigma / alpha``,
 written multiplied through by alpha so that it stays finite where alpha = 0.
 

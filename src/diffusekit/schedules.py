@@ -1,6 +1,6 @@
 """Noise schedules: the Gaussian path ``x_t = alpha(t) * x0 + sigma(t) * noise``.
 
-Conventions (DESIGN.md section 1): ``t`` in [0, 1], t=0 is data, t=1 is noise. A schedule maps ``t`` to a
+Conventions (docs/design.md): ``t`` in [0, 1], t=0 is data, t=1 is noise. A schedule maps ``t`` to a
 :class:`ScheduleAt` holding ``alpha``, ``sigma`` and their exact derivatives in ``t``; everything else
 (log-SNR, EDM's noise level ``ve_sigma = sigma / alpha``) is derived from those four numbers.
 

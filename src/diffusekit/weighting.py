@@ -1,7 +1,7 @@
 """Loss weightings, each defined on the x0-space error ``||x0_hat - x0||^2`` as a function of ScheduleAt.
 
 Because ``F - target = (x0_hat - x0) / c_out``, an x0-space weight w becomes ``w * c_out^2`` on the
-network-output (F-space) MSE that the loss computes (DESIGN.md section 2). So:
+network-output (F-space) MSE that the loss computes (docs/design.md). So:
 
 - ``unit``: the parameterization's own plain MSE on F (x0-space weight 1 / c_out^2): eps-MSE for eps,
   v-MSE for v, flow matching's MSE for velocity, EDM's loss for edm with its lambda.

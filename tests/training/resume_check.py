@@ -1,5 +1,5 @@
 """The shared check of the resume tests: a run stopped mid-way and resumed ends bit-identical to one that
-never stopped (DESIGN.md section 4)."""
+never stopped (docs/training.md)."""
 
 import torch
 

@@ -1,1 +1,1 @@
-"""Training infrastructure: EMA, optimizers and LR schedules, checkpoints (the loop arrives with issue 3)."""
+"""Training: the loop, its EMA, optimizers and LR schedules, evaluation during training and the run directory."""

@@ -7,8 +7,8 @@
   early-stopping count; with ``eval.patience`` the run stops after that many evaluations without a better
   FID. The trainer saves the best model to ``<run>/best/``.
 - Every ``eval.loss_every`` images: the training loss on fixed training images and on held-out images
-  (``eval.validation``: the dataset's test split) per log-SNR bin, and their gap (seed 001: a rising
-  validation loss is a necessary sign of memorization).
+  (``eval.validation``: the dataset's test split) per log-SNR bin, and their gap (a rising validation
+  loss is a necessary sign of memorization).
 
 The default extractor is ``inception-fast`` (not comparable to published FIDs, a few times cheaper); set
 ``eval.extractor: inception`` for the standard number.

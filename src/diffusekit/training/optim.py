@@ -1,7 +1,7 @@
 """Optimizers and learning-rate schedules as functions of the training-image count.
 
-The learning rate is a pure function of ``cur_nimg`` (DESIGN.md section 1: progress is counted in
-images), so it has no state to checkpoint and resumes exactly:
+The learning rate is a pure function of ``cur_nimg`` (progress is counted in images,
+docs/design.md), so it has no state to checkpoint and resumes exactly:
 
 - linear warm-up over ``warmup_images`` (Goyal et al. 2017);
 - then ``constant``; ``cosine`` to ``min_lr`` at ``total_images`` (Loshchilov & Hutter 2017); or
