@@ -1,7 +1,8 @@
 """What the network predicts, as one exact identity: ``x0_hat = c_skip(t) * x_t + c_out(t) * F``.
 
 Under a Gaussian path every prediction target is affine in ``x_t``, so a parameterization is only the
-pair ``(c_skip, c_out)`` computed from the schedule's ``(alpha, sigma, d_alpha, d_sigma)`` (docs/design.md). From that pair alone:
+pair ``(c_skip, c_out)`` computed from the schedule's ``(alpha, sigma, d_alpha, d_sigma)`` (docs/design.md).
+From that pair alone:
 
 - ``to_x0(F, x_t, at) = c_skip * x_t + c_out * F``;
 - ``training_target(x0, noise, at) = (x0 - c_skip * x_t) / c_out``, so the loss needs no branch on the
@@ -22,7 +23,8 @@ Sign and direction conventions. Here t=0 is data and t=1 is noise, and ``velocit
 along the path: on ``rectified_flow`` it is ``noise - x0``. Flow matching is often written with the target
 ``u = x0 - x1``, x1 the noise, i.e. the direction from noise to data, which is ``-velocity`` here. Lipman et
 al.'s flow matching runs time the other way (X0 noise, X1 data, alpha_t = t multiplying the data), so its
-``u_t = d X_t / dt`` is also ``-velocity`` and its time is ``1 - t``. Checkpoints from such code (flow_matching, torchcfm) convert with ``t -> 1 - t`` and
+``u_t = d X_t / dt`` is also ``-velocity`` and its time is ``1 - t``. Checkpoints from such code
+(flow_matching, torchcfm) convert with ``t -> 1 - t`` and
 ``F -> -F`` in one adapter. ``v`` is Salimans & Ho's (2022) ``alpha * eps - sigma * x0``,
 unrelated to ``velocity``. ``score`` is the conditional score ``grad log p(x_t | x0) = -noise / sigma``,
 whose regression target's minimiser is the marginal score (Vincent 2011). ``edm`` is Karras et al. 2022's

@@ -1,7 +1,8 @@
 """Training-time distributions over t, and how a batch draws from them.
 
 Every distribution is given by its quantile function ``t = icdf(u, schedule)`` for ``u`` in (0, 1), and
-noise-level distributions are defined in log-SNR through ``schedule.t_from_logsnr`` (docs/design.md), so the same distribution of noise levels is drawn whatever the schedule:
+noise-level distributions are defined in log-SNR through ``schedule.t_from_logsnr`` (docs/design.md), so the
+same distribution of noise levels is drawn whatever the schedule:
 
 - ``uniform``: t ~ U(t_min, t_max) (DDPM, flow matching).
 - ``lognormal``: EDM's ln(ve_sigma) ~ N(P_mean, P_std^2) (Karras et al. 2022, Table 1: -1.2, 1.2), i.e.
