@@ -3,8 +3,19 @@ import torch
 
 from . import assets
 
-torch.set_default_dtype(torch.float64)
 torch.set_num_threads(1)  # tiny tensors: one thread avoids the OpenMP stalls seen on 2-core machines
+
+
+@pytest.fixture
+def float64():
+    """float64 as torch's default dtype for one test, for comparisons tighter than float32 can meet (production
+    trains in float32, the default everywhere else); the previous default is restored afterwards."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 # -- assets (tests/assets.py): skipped locally when missing, a failure under CI=true ----------------------------------

@@ -15,13 +15,6 @@ from ..assets import require_mnist
 from .resume_check import weights
 
 
-@pytest.fixture(autouse=True)
-def float32():
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(torch.float64)
-
-
 def _data(n=32, size=8):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, size, size, 1), dtype=np.uint8)
