@@ -28,6 +28,7 @@ class ExactNetwork(nn.Module):
 @pytest.mark.filterwarnings("ignore:.*zero SNR")
 @pytest.mark.parametrize("param_name", parameterizations.NAMES)
 @pytest.mark.parametrize("schedule_name", ["cosine", "rectified_flow", "edm"])
+@pytest.mark.usefixtures("float64")  # exact to 1e-7
 def test_denoiser_is_exact_with_the_exact_network(param_name, schedule_name):
     gmm = GaussianMixture.ring2d()
     schedule, param = schedules.get(schedule_name), parameterizations.get(param_name)

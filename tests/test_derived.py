@@ -1,6 +1,10 @@
+import pytest
 import torch
 
 from diffusekit import derived, schedules
+
+# closed forms to torch's float64 tolerances; a central difference with h = 1e-6 needs float64
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def test_derived_quantities_from_true_x0():

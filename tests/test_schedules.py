@@ -49,6 +49,8 @@ def test_t_from_logsnr_inverts_logsnr(name):
 
 
 @pytest.mark.parametrize("name", list(ALL))
+# the inverse at logsnr = inf is exactly t = 0 in float64 (8e-7 for the cosine schedules in float32)
+@pytest.mark.usefixtures("float64")
 def test_logsnr_decreasing_and_endpoints(name):
     schedule = ALL[name]
     at = schedule(torch.linspace(0, 1, 1001, dtype=torch.float64))

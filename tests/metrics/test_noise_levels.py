@@ -67,7 +67,8 @@ def test_bins_cover_the_schedule(name):
     assert bool((edges[1:] > edges[:-1]).all()) and bool(torch.isfinite(edges).all())
     ends = schedule.logsnr(torch.tensor([1 - 1e-3, 1e-3], dtype=torch.float64))
     torch.testing.assert_close(edges[[0, -1]], ends)
-    torch.testing.assert_close(edges[1:] - edges[:-1], torch.full((8,), float(ends[1] - ends[0]) / 8))
+    step = float(ends[1] - ends[0]) / 8
+    torch.testing.assert_close(edges[1:] - edges[:-1], torch.full((8,), step, dtype=torch.float64))
     assert bool((bins.centers > edges[:-1]).all() & (bins.centers < edges[1:]).all())
     # the probe's times land on the centers, inside (t_min, t_max)
     t = bins.times(schedule)
@@ -141,7 +142,7 @@ def test_optimal_denoiser_of_a_gaussian_gives_the_posterior_variance(schedule_na
     expected = loss.weighting(at, loss.parameterization) * v / c_out**2
     rtol = 5 * math.sqrt(2 / (per_bin * DIM))  # 5 standard deviations of chi^2_n / n
     for kind in ("train", "val"):
-        got = torch.tensor([result[f"noise/{kind}/{label}"] for label in probe.bins.labels()])
+        got = torch.tensor([result[f"noise/{kind}/{label}"] for label in probe.bins.labels()], dtype=torch.float64)
         torch.testing.assert_close(got, expected, rtol=rtol, atol=0)
 
 

@@ -3,6 +3,7 @@ import torch
 
 from diffusekit.config import PRESETS, preset
 from diffusekit.models.build import build_denoiser, build_loss, build_network, network_conditioning
+from diffusekit.networks.unet import UNet
 
 # (channels, resolution, classes) each preset's data has after its resize settings
 # (a caption run's network has no classes: mnist-text is text-only)
@@ -27,11 +28,22 @@ def test_every_preset_builds_a_working_denoiser(name):
     with torch.no_grad():
         out = denoiser(x, torch.tensor([0.3, 0.9]), cond)
     assert out.shape == x.shape and torch.isfinite(out).all()
-    assert build_loss(config).schedule is not None
+    # the loss trains on the path the denoiser samples: the same alpha(t) and sigma(t)
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    trained, sampled = build_loss(config).schedule(t), denoiser.schedule(t)
+    assert torch.equal(trained.alpha, sampled.alpha) and torch.equal(trained.sigma, sampled.sigma)
 
 
-def test_network_options_from_yaml_lists_become_tuples():
+def test_network_options_from_yaml_lists_become_tuples(monkeypatch):
     config = preset("mnist")
-    assert isinstance(config.network.options["channel_mult"], list)
+    assert config.network.options["channel_mult"] == [1, 2, 4] and config.network.options["attn_resolutions"] == [7]
+    received, from_preset = {}, UNet.from_preset
+
+    def recording(name, **options):
+        received.update(options)
+        return from_preset(name, **options)
+
+    monkeypatch.setattr(UNet, "from_preset", recording)
     network = build_network(config.network, (1, 28, 28), 10)
+    assert received["channel_mult"] == (1, 2, 4) and received["attn_resolutions"] == (7,)  # tuples, not lists
     assert network(torch.randn(1, 1, 28, 28), torch.zeros(1), torch.tensor([3])).shape == (1, 1, 28, 28)

@@ -93,7 +93,7 @@ def test_positional_table_is_2d_sincos_and_not_saved():
         torch.testing.assert_close(table[r * cols + c], expected)
     assert torch.unique(table, dim=0).shape[0] == rows * cols
     model = tiny(img_resolution=(8, 12))
-    torch.testing.assert_close(model.pos_embed[0], sincos_pos_embed_2d(64, 4, 6))
+    torch.testing.assert_close(model.pos_embed[0], sincos_pos_embed_2d(64, 4, 6).to(model.pos_embed.dtype))
     assert "pos_embed" not in model.state_dict()
     assert all(p is not model.pos_embed for p in model.parameters())
 

@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from diffusekit.networks.layers import ConvResample, Resample, SelfAttention, UNetBlock
 from diffusekit.networks.unet import PRESETS, UNet
 
-# EDM's CIFAR-10 DDPM++ network (NVlabs/edm training/networks.py SongUNet with train.py --arch=ddpmpp).
-EDM_DDPMPP_CIFAR10_PARAMS = 55.73e6
+# EDM's CIFAR-10 DDPM++ network (NVlabs/edm training/networks.py SongUNet with train.py --arch=ddpmpp), as
+# Karras et al. 2022 (Table 7) print it: 55.73M parameters.
+EDM_DDPMPP_CIFAR10_PARAMS_M = 55.73
 
 
 def n_params(net: torch.nn.Module) -> int:
@@ -35,10 +36,73 @@ def tiny(**overrides) -> UNet:
     return UNet.from_preset("tiny", **overrides).eval()
 
 
-def test_ddpmpp_cifar10_matches_edm_parameter_count():
+# -- the parameter count of the DDPM++ layout, written out layer by layer ---------------------------------------------
+def conv_params(k: int, cin: int, cout: int) -> int:  # a k x k kernel and a bias
+    return k * k * cin * cout + cout
+
+
+def linear_params(fin: int, fout: int) -> int:
+    return fin * fout + fout
+
+
+def group_norm_params(c: int) -> int:  # a scale and a shift per channel
+    return 2 * c
+
+
+def attention_params(c: int) -> int:  # GroupNorm, a 1x1 conv to (q, k, v), a 1x1 output conv
+    return group_norm_params(c) + conv_params(1, c, 3 * c) + conv_params(1, c, c)
+
+
+def block_params(cin, cout, emb, *, adaptive_scale, attention=False, resample=False) -> int:
+    """norm0, 3x3 conv0, the embedding's affine (scale and shift, or a bias), norm1, 3x3 conv1, a 1x1 skip
+    projection when the width changes or the block resamples (EDM's resample_proj), then attention."""
+    n = group_norm_params(cin) + conv_params(3, cin, cout) + linear_params(emb, cout * (2 if adaptive_scale else 1))
+    n += group_norm_params(cout) + conv_params(3, cout, cout)
+    n += conv_params(1, cin, cout) if cin != cout or resample else 0
+    return n + (attention_params(cout) if attention else 0)
+
+
+def ddpmpp_params(img_resolution, in_channels, out_channels, model_channels, channel_mult, num_blocks,
+                  attn_resolutions, adaptive_scale=True, num_classes=0, channel_mult_emb=4, **_) -> int:
+    """Song et al. 2021's DDPM++ as EDM's SongUNet lays it out (positional noise embedding: no parameters)."""
+    noise, emb = model_channels, model_channels * channel_mult_emb
+
+    def block(cin, cout, **kw):
+        return block_params(cin, cout, emb, adaptive_scale=adaptive_scale, **kw)
+
+    n = linear_params(noise, emb) + linear_params(emb, emb) + (num_classes + 1) * noise * bool(num_classes)
+    n += conv_params(3, in_channels, model_channels)  # stem
+    widths = [model_channels * m for m in channel_mult]
+    skips, c = [model_channels], model_channels
+    for level, width in enumerate(widths):  # encoder: a down block below the top, then num_blocks blocks
+        res = img_resolution >> level
+        if level:
+            n += block(c, c, resample=True)
+            skips.append(c)
+        for _ in range(num_blocks):
+            n += block(c, width, attention=res in attn_resolutions)
+            c = width
+            skips.append(c)
+    for level in reversed(range(len(widths))):  # decoder: the middle (attention, plain) or an up block, then
+        res, width = img_resolution >> level, widths[level]  # num_blocks + 1 blocks that each take a skip
+        n += block(c, c, attention=True) + block(c, c) if level == len(widths) - 1 else block(c, c, resample=True)
+        for i in range(num_blocks + 1):
+            n += block(c + skips.pop(), width, attention=i == num_blocks and res in attn_resolutions)
+            c = width
+    return n + group_norm_params(widths[0]) + conv_params(3, widths[0], out_channels)  # head
+
+
+@pytest.mark.parametrize("name", ["ddpmpp_cifar10", "ddpm_cifar10", "tiny"])
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_parameter_count_is_the_ddpmpp_formula(name, num_classes):
     with torch.device("meta"):
-        net = UNet.from_preset("ddpmpp_cifar10")
-    assert abs(n_params(net) - EDM_DDPMPP_CIFAR10_PARAMS) < 0.01 * EDM_DDPMPP_CIFAR10_PARAMS
+        net = UNet.from_preset(name, num_classes=num_classes)
+    assert n_params(net) == ddpmpp_params(**PRESETS[name], num_classes=num_classes)
+
+
+def test_ddpmpp_cifar10_matches_edm_parameter_count():
+    count = ddpmpp_params(**PRESETS["ddpmpp_cifar10"])  # 55,732,739
+    assert round(count / 1e4) / 100 == EDM_DDPMPP_CIFAR10_PARAMS_M  # to the paper's two decimals
 
 
 def test_presets_build_and_tiny_is_small():

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from diffusekit import schedules
@@ -7,6 +8,7 @@ from diffusekit.targets import GaussianMixture
 from .helpers import noise
 
 
+@pytest.mark.usefixtures("float64")  # to 1e-8
 def test_reference_is_exact_for_a_gaussian():
     """For N(mu, diag(s^2)) the PF-ODE keeps (x_hat - mu) / sqrt(s^2 + ve_sigma^2) constant, so from pure
     noise it ends at mu + s * noise, and from ve_sigma_0 at mu + s (x_hat_0 - mu) / sqrt(s^2 + ve_sigma_0^2)."""

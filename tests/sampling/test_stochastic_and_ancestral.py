@@ -66,6 +66,7 @@ def test_ddim_eta0_is_euler_in_x_over_alpha():
     torch.testing.assert_close(ours, x_hat, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.usefixtures("float64")  # the same arithmetic as the paper's algorithm, to 1e-9
 def test_ddpm_is_ho_et_al_algorithm_2():
     schedule = DiscreteVP.linear(1e-3, 0.1, T=100)
     betas = torch.linspace(1e-3, 0.1, 100)

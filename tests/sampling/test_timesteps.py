@@ -32,7 +32,8 @@ def test_logsnr_spacing_is_uniform_in_logsnr():
     schedule = schedules.get("linear_vp")
     ts = timesteps(schedule, 12, "logsnr", sigma_min=0.01, sigma_max=50.0)
     lam = schedule(ts[:-1]).logsnr
-    torch.testing.assert_close(lam[1:] - lam[:-1], torch.full((11,), float(lam[1] - lam[0])), rtol=1e-8, atol=0)
+    torch.testing.assert_close(lam[1:] - lam[:-1], torch.full((11,), float(lam[1] - lam[0]), dtype=torch.float64),
+                               rtol=1e-8, atol=0)
 
 
 def test_trailing_starts_at_one_on_integer_timesteps():

@@ -12,10 +12,9 @@ from diffusekit.text import (
     text_encoder_dir,
 )
 
-try:
-    text_encoder_dir()
-except TextEncoderNotInstalled as exc:  # `make venv` installs it; without it there is nothing to test
-    pytest.skip(f"text encoder files not installed: {exc}", allow_module_level=True)
+from ..assets import require_text_encoder
+
+require_text_encoder()
 
 # Golden values produced by the reference pipeline, outside this project: sentence-transformers 6.2.0
 # (transformers 5.23.0, tokenizers 0.23.3, torch 2.13.0+cpu, one CPU thread) loading the same model directory

