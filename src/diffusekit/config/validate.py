@@ -41,7 +41,7 @@ def validate(config: Config) -> Config:
     from .. import parameterizations, schedules, time_sampling, weighting
     from ..guidance import GuidanceSettings
     from ..networks import dit, unet
-    from ..sampling import SAMPLERS, SPACINGS
+    from ..sampling import SPACINGS, sampler_name
 
     o = config.objective
     _check("objective.schedule", schedules.get, o.schedule, **o.schedule_options)
@@ -105,8 +105,7 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"eval.validation: choose test, train or none, got {e.validation!r}")
 
     s = config.sample
-    if s.sampler not in SAMPLERS:
-        raise ConfigError(f"sample.sampler: unknown sampler {s.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    _check("sample.sampler", sampler_name, s.sampler, stacklevel=4)  # a former name is accepted, with a warning
     if s.spacing not in SPACINGS:
         raise ConfigError(f"sample.spacing: unknown spacing {s.spacing!r}; choose one of {', '.join(SPACINGS)}")
     _positive("sample.steps", s.steps)
