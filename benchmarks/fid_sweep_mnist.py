@@ -11,7 +11,7 @@ Usage::
 
     .venv/bin/python benchmarks/fid_sweep_mnist.py runs/demo --steps 16 --guidance 3 --interval 0.3 5
     .venv/bin/python benchmarks/fid_sweep_mnist.py runs/d102k --ema e2k --steps 16 --guidance 3 --interval 0.3 5
-    .venv/bin/python benchmarks/fid_sweep_mnist.py runs/long116k --sampler edm --option S_churn=20 --steps 16
+    .venv/bin/python benchmarks/fid_sweep_mnist.py runs/long116k --sampler edm_churn --option S_churn=20 --steps 16
     .venv/bin/python benchmarks/fid_sweep_mnist.py runs/demo --eps-scale 0.98 --spacing karras --seed 5000
     .venv/bin/python benchmarks/fid_sweep_mnist.py --table         # print the collected rows
 """

@@ -43,7 +43,7 @@ def wrong_model(target: GaussianMixture, schedule, param):
     model = GaussianMixture(target.means + 0.1 * torch.randn(target.means.shape, generator=g, dtype=torch.float64),
                             target.stds * 1.3, target.weights)
 
-    def network_fn(x_t, t):
+    def network_fn(x_t, t, cond):
         at = schedule(t.to(torch.float64))
         c_skip, c_out = param.coefficients(at)
         x0_hat = model.x0_hat(x_t, at.alpha, at.sigma)

@@ -235,8 +235,8 @@ def ours(label: str, sampler: str, schedule_name: str, spacing: str, spacing_opt
                       sampler, generator=torch.Generator().manual_seed(SDE_SEED), **options)
 
     return Config(name or f"{label} {schedule_name}+{spacing}", "diffusekit", setup,
-                  heun_type=sampler in ("heun", "edm"),
-                  stochastic=sampler in ("edm", "ddpm", "euler_maruyama"),
+                  heun_type=sampler in ("heun", "edm_churn"),
+                  stochastic=sampler in ("edm_churn", "ddpm", "euler_maruyama"),
                   search=search, meta={"sampler": sampler, "schedule": schedule_name,
                                        "schedule_options": schedule_options, "spacing": spacing,
                                        "spacing_options": spacing_options, "options": options,
@@ -246,7 +246,7 @@ def ours(label: str, sampler: str, schedule_name: str, spacing: str, spacing_opt
 DETERMINISTIC = [("euler", "euler", {}), ("heun", "heun", {}), ("dpmpp_2m", "dpmpp_2m", {}),
                  ("multistep3", "multistep", {"order": 3}), ("multistep2", "multistep", {"order": 2}),
                  ("ddim", "ddim", {})]
-STOCHASTIC = [("edm_churn", "edm", CHURN), ("ddpm", "ddpm", {}), ("euler_maruyama", "euler_maruyama", {})]
+STOCHASTIC = [("edm_churn", "edm_churn", CHURN), ("ddpm", "ddpm", {}), ("euler_maruyama", "euler_maruyama", {})]
 COMBOS = [("edm", "karras"), ("rectified_flow", "uniform"), ("edm", "logsnr")]
 
 

@@ -174,7 +174,7 @@ def draw(model, ts: torch.Tensor, n: int, guidance: GuidanceSettings, batch: int
     for start in range(0, n, batch):
         count = min(batch, n - start)
         noise = initial_noise(model.image_shape, start, count)
-        x = sample(denoise, noise, ts, schedule, "ddim", cond={"cond": labels[start:start + count]})
+        x = sample(denoise, noise, ts, schedule, "ddim", cond={"labels": labels[start:start + count]})
         out.append(x.float().clamp(-1, 1))
         noise_means.append(noise.mean((1, 2, 3)))
     return torch.cat(out), torch.cat(noise_means).numpy()

@@ -39,7 +39,7 @@ def conditional_gaussians(mu_cond, mu_null, std, dim=2):
 
         def denoise(x, t, cond=None):
             calls.append(x.shape[0])
-            labels = torch.zeros(x.shape[0], dtype=torch.long) if cond is None else cond
+            labels = cond["labels"] if cond else torch.zeros(x.shape[0], dtype=torch.long)
             out = torch.empty_like(x)
             for k in (0, 1):
                 rows = labels == k
@@ -57,7 +57,7 @@ def test_guiding_x0_equals_guiding_eps_velocity_and_score(schedule):
     x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
     t = torch.full((6,), 0.6)
     at = schedule(t)
-    x0 = guided(x, t, torch.zeros(6, dtype=torch.long))
+    x0 = guided(x, t, {"labels": torch.zeros(6, dtype=torch.long)})
     assert calls == [12]  # one batched forward: the conditional and null halves together
     alpha, sigma = at.alpha, at.sigma
     score = 3.0 * cond_t.score(x, alpha, sigma) - 2.0 * null_t.score(x, alpha, sigma)
@@ -77,7 +77,7 @@ def test_cfg_on_equal_variance_gaussians_samples_the_extrapolated_gaussian():
     guided = classifier_free(denoiser_for(schedule), w, null_condition(NULL))
     noise = torch.randn(4000, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ts = timesteps(schedule, 40, "uniform")
-    x = sample(guided, noise, ts, schedule, "heun", cond={"cond": torch.zeros(4000, dtype=torch.long)})
+    x = sample(guided, noise, ts, schedule, "heun", cond={"labels": torch.zeros(4000, dtype=torch.long)})
     assert abs(x.mean().item() - (w * 0.5 + (1 - w) * -0.5)) < 4 * 0.3 / math.sqrt(4000)
     assert abs(x.std().item() - 0.3) < 0.02
 
@@ -85,7 +85,7 @@ def test_cfg_on_equal_variance_gaussians_samples_the_extrapolated_gaussian():
 def test_weight_one_is_one_plain_call_and_no_condition_runs_unguided():
     _, _, denoiser_for, calls = conditional_gaussians(0.8, -0.3, 0.4)
     plain = denoiser_for(RectifiedFlow())
-    x, t, c = torch.randn(3, 2), torch.full((3,), 0.5), torch.zeros(3, dtype=torch.long)
+    x, t, c = torch.randn(3, 2), torch.full((3,), 0.5), {"labels": torch.zeros(3, dtype=torch.long)}
     torch.testing.assert_close(classifier_free(plain, 1.0, null_condition(NULL))(x, t, c), plain(x, t, c))
     torch.testing.assert_close(classifier_free(plain, 4.0, null_condition(NULL))(x, t, None), plain(x, t, None))
     assert calls == [3, 3, 3, 3]
@@ -94,7 +94,7 @@ def test_weight_one_is_one_plain_call_and_no_condition_runs_unguided():
 def test_null_condition_drops_labels_and_text_and_cfg_pairs_them():
     labels, text = torch.tensor([0, 2]), torch.randn(2, 4, 8)
     null = null_condition(3)
-    torch.testing.assert_close(null(labels), torch.tensor([3, 3]))
+    torch.testing.assert_close(null({"labels": labels})["labels"], torch.tensor([3, 3]))
     cond = {"labels": labels, "text": text, "text_mask": torch.ones(2, 4, dtype=torch.bool),
             "image": torch.randn(2, 1, 4, 4)}
     dropped = null(cond)
@@ -128,12 +128,12 @@ def test_autoguidance_combines_two_models_under_the_same_condition():
             seen.append(cond)
             return exact(x, t)
         return denoise
-    x, t, c = torch.randn(5, 2), torch.full((5,), 0.3), torch.arange(5)
+    x, t, c = torch.randn(5, 2), torch.full((5,), 0.3), {"labels": torch.arange(5)}
     out = autoguidance(recording(main_t), recording(guide_t), 2.0)(x, t, c)
     at = schedule(t)
     a, s = at.alpha, at.sigma
     torch.testing.assert_close(out, 2.0 * main_t.x0_hat(x, a, s) - guide_t.x0_hat(x, a, s))
-    assert len(seen) == 2 and all(torch.equal(cond, c) for cond in seen)  # both see the real condition
+    assert len(seen) == 2 and all(torch.equal(cond["labels"], c["labels"]) for cond in seen)  # the real condition
     same = recording(main_t)
     torch.testing.assert_close(autoguidance(same, same, 5.0)(x, t, c), same(x, t, c))
 
@@ -141,7 +141,7 @@ def test_autoguidance_combines_two_models_under_the_same_condition():
 def test_rescale_matches_the_conditional_std_at_phi_one_and_mixes_linearly():
     _, _, denoiser_for, _ = conditional_gaussians(0.8, -0.3, 0.4, dim=16)
     plain = denoiser_for(Cosine())
-    x, t, c = torch.randn(4, 16), torch.full((4,), 0.4), torch.zeros(4, dtype=torch.long)
+    x, t, c = torch.randn(4, 16), torch.full((4,), 0.4), {"labels": torch.zeros(4, dtype=torch.long)}
     cfg = classifier_free(plain, 6.0, null_condition(NULL))(x, t, c)
     full = classifier_free(plain, 6.0, null_condition(NULL), rescale=1.0)(x, t, c)
     half = classifier_free(plain, 6.0, null_condition(NULL), rescale=0.5)(x, t, c)
@@ -216,7 +216,7 @@ def test_guidance_interval_guides_only_inside_and_saves_network_calls():
     t = torch.tensor([0.2, 1 / 3 + 1e-6, 0.5, 2 / 3, 0.9])  # ve_sigma 0.25, 0.5+, 1, 2, 9
     assert limited(t).tolist() == [1.0, 3.0, 3.0, 3.0, 1.0]
     guided = classifier_free(plain, limited, null_condition(NULL))
-    x, c = torch.randn(2, 2), torch.zeros(2, dtype=torch.long)
+    x, c = torch.randn(2, 2), {"labels": torch.zeros(2, dtype=torch.long)}
     calls.clear()
     torch.testing.assert_close(guided(x, torch.full((2,), 0.9), c), plain(x, torch.full((2,), 0.9), c))
     assert calls == [2, 2]  # outside: the conditional model alone (then the reference call)
@@ -224,7 +224,7 @@ def test_guidance_interval_guides_only_inside_and_saves_network_calls():
     ts = timesteps(schedule, 10, "uniform")
     calls.clear()
     sample(apply_guidance(plain, settings, ts=ts, schedule=schedule, null=null_condition(NULL)), torch.randn(2, 2), ts,
-           schedule, "euler", cond={"cond": torch.zeros(2, dtype=torch.long)})
+           schedule, "euler", cond={"labels": torch.zeros(2, dtype=torch.long)})
     inside = int(((ts[:-1] / (1 - ts[:-1]) > 0.5) & (ts[:-1] / (1 - ts[:-1]) <= 2.0)).sum())
     assert sum(calls) == 2 * (10 + inside)  # 2 images; 2 evaluations per image at guided steps
 

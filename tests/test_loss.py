@@ -13,7 +13,7 @@ def exact_network(gmm, schedule, param, perturb=None):
     """The F that reproduces the exact denoiser, F = (x0_hat - c_skip x_t) / c_out, optionally with
     x0_hat perturbed."""
 
-    def network_fn(x_t, t):
+    def network_fn(x_t, t, cond):
         at = schedule(t)
         c_skip, c_out = param.coefficients(at)
         x0_hat = gmm.x0_hat(x_t, at.alpha, at.sigma)
@@ -52,7 +52,7 @@ def test_loss_is_weighted_mse_to_the_target():
     loss = DiffusionLoss(schedule, param, time_sampling.get(), weighting.get("min_snr"))
     x0 = torch.randn(16, 3, 4, 4)
     noise, t = torch.randn_like(x0), torch.rand(16) * 0.9 + 0.05
-    out = loss(lambda x_t, t: torch.zeros_like(x_t), x0, noise=noise, t=t)
+    out = loss(lambda x_t, t, cond: torch.zeros_like(x_t), x0, noise=noise, t=t)
     snr = schedule(t).logsnr.exp()
     expected = (snr.clamp(max=5) / snr) * noise.pow(2).mean((1, 2, 3))
     torch.testing.assert_close(out.loss, expected)
@@ -64,11 +64,11 @@ def test_loss_passes_conditions_and_updates_importance_sampler():
                          weighting.get("unit"))
     seen = {}
 
-    def network_fn(x_t, t, label):
-        seen["label"] = label
+    def network_fn(x_t, t, cond):
+        seen["label"] = cond["label"]
         return torch.zeros_like(x_t)
 
-    loss(network_fn, torch.randn(64, 2), cond={"label": 3}, generator=torch.Generator().manual_seed(0))
+    loss(network_fn, torch.randn(64, 2), cond={"label": torch.tensor(3)}, generator=torch.Generator().manual_seed(0))
     assert seen["label"] == 3 and sampler.warmed_up
 
 
@@ -96,7 +96,7 @@ def test_input_perturbation_trains_toward_the_denoiser_of_the_inflated_noise_lev
     t = torch.full((n,), 0.4, dtype=torch.float64)
     seen = {}
 
-    def network_fn(x_t, t):
+    def network_fn(x_t, t, cond):
         seen["x"] = x_t
         return torch.zeros_like(x_t)
 
@@ -117,7 +117,7 @@ def test_input_perturbation_off_changes_nothing():
     assert plain.draw_perturbation((4, 2), generator=g) is None
     assert torch.equal(torch.randn(3, generator=g), torch.randn(3, generator=torch.Generator().manual_seed(1)))
     x0, noise, t = torch.randn(8, 2), torch.randn(8, 2), torch.rand(8) * 0.9 + 0.05
-    fn = lambda x_t, t: x_t * 0.5  # noqa: E731
+    fn = lambda x_t, t, cond: x_t * 0.5  # noqa: E731
     a = plain(fn, x0, noise=noise, t=t).loss
     b = plain(fn, x0, noise=noise, t=t, perturbation=torch.randn(8, 2)).loss  # gamma 0: xi is ignored
     torch.testing.assert_close(a, b)

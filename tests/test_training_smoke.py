@@ -30,7 +30,7 @@ def test_tiny_network_learns_and_samples(make_network):
     g = torch.Generator().manual_seed(1)
     losses = []
     for _ in range(60):
-        loss = loss_fn(denoiser.network_output, x0, generator=g, cond={"cond": labels}).loss.mean()
+        loss = loss_fn(denoiser.network_output, x0, generator=g, cond={"labels": labels}).loss.mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -39,5 +39,5 @@ def test_tiny_network_learns_and_samples(make_network):
     with torch.no_grad():
         noise = torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float32)
         x = sample(denoiser, noise, timesteps(schedule, 10, "uniform"), schedule, "dpmpp_2m",
-                   cond={"cond": torch.tensor([0, 1, 0, 1])})
+                   cond={"labels": torch.tensor([0, 1, 0, 1])})
     assert x.shape == (4, 1, 8, 8) and bool(torch.isfinite(x).all())

@@ -23,7 +23,7 @@ PACKAGE = "diffusekit"
 
 # (layer, members): a member names a module and, for a package, everything inside it
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("diffusekit", "errors", "_files", "_tensors", "_registry")),  # no diffusekit imports
+    ("base", ("diffusekit", "errors", "_files", "_tensors", "_registry", "conditions")),  # no diffusekit imports
     # the Gaussian-path maths and the denoise -> denoise wrappers: tensors in, tensors out
     ("maths", ("schedules", "parameterizations", "time_sampling", "weighting", "targets", "derived", "denoiser",
                "loss", "cascade", "guidance", "images")),

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .conditions import Conditions
 from .schedules import Cosine
 
 __all__ = ["CascadeSettings", "downsample", "upsample", "noise_augment", "training_condition",
@@ -73,7 +74,7 @@ def noise_augment(low: Tensor, level: Tensor, generator: torch.Generator | None)
     return alpha * low + sigma * noise
 
 
-def training_condition(x0: Tensor, settings: CascadeSettings, generator: torch.Generator | None) -> dict:
+def training_condition(x0: Tensor, settings: CascadeSettings, generator: torch.Generator | None) -> Conditions:
     """``{"image": ...}`` (and ``"aug_level"`` with noise augmentation) for a batch of training images."""
     low = downsample(x0, settings.low_resolution)
     if not settings.noise_aug:
@@ -84,7 +85,7 @@ def training_condition(x0: Tensor, settings: CascadeSettings, generator: torch.G
 
 
 def sampling_condition(low: Tensor, settings: CascadeSettings, resolution: int, seed: int = 0,
-                       first: int = 0) -> dict:
+                       first: int = 0) -> Conditions:
     """The condition for low-resolution images ``low`` (e.g. the first stage's samples) at sampling: the fixed
     level ``sample_snr``, noise seeded per image by ``(seed, first + i)`` so shards reproduce one big call."""
     if low.shape[-1] != settings.low_resolution:

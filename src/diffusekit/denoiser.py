@@ -1,5 +1,8 @@
 """Denoiser: network + schedule + parameterization -> ``denoise(x_t, t, cond=None) -> x0_hat``.
 
+``cond`` is the mapping of named conditions (:mod:`diffusekit.conditions`; None: none), handed to the
+network unchanged as ``network(x_in, c_noise, cond)``.
+
 The network only ever sees a well-scaled input and a noise code (EDM, Karras et al. 2022, section 5 and
 Table 1, generalised to any Gaussian path):
 
@@ -23,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ._tensors import append_dims
+from .conditions import Conditions
 from .parameterizations import Parameterization
 from .schedules import DiscreteVP, Schedule, ScheduleAt
 
@@ -69,17 +73,17 @@ class Denoiser(nn.Module):
             return 1000 * at.t
         return self.schedule.timestep_index(at.t)
 
-    def network_output(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
+    def network_output(self, x_t: Tensor, t: Tensor, cond: Conditions | None = None) -> Tensor:
         """The raw network output F at (x_t, t); ``t`` has shape [batch]."""
         return self._network_output(x_t, self.at(t), cond)
 
-    def _network_output(self, x_t: Tensor, at: ScheduleAt, cond) -> Tensor:
+    def _network_output(self, x_t: Tensor, at: ScheduleAt, cond: Conditions | None) -> Tensor:
         # at least float32: a bf16 noise code would blur nearby noise levels together
         code_dtype = torch.promote_types(x_t.dtype, torch.float32)
         noise_code = self.c_noise(at).to(device=x_t.device, dtype=code_dtype)
         return self.network(append_dims(self.c_in(at), x_t) * x_t, noise_code, cond)
 
-    def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
+    def forward(self, x_t: Tensor, t: Tensor, cond: Conditions | None = None) -> Tensor:
         """x0_hat at (x_t, t)."""
         at = self.at(t)  # evaluated once for both the network's input and the output conversion
         output = self._network_output(x_t, at, cond)

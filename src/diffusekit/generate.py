@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .conditions import select, to_device
 from .denoiser import Denoiser
 from .guidance import GuidanceSettings, apply_guidance, null_condition
 from .models import LoadedModel, load_guide, load_model, resolve_checkpoint
@@ -77,13 +78,12 @@ def generate(denoiser: Denoiser, n: int, image_shape: tuple[int, int, int], *, l
     ts = timesteps(schedule, steps, spacing)
     denoise = apply_guidance(denoiser, settings, ts=ts, schedule=schedule,
                              null=null_condition(num_classes) if num_classes or text else None, guide=guide)
+    per_image = {**({} if labels is None else {"labels": labels}), **(condition or {})}  # the sampler's cond
     out = []
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
         noise = _noise(image_shape, seed, first + start, count).to(device)
-        parts = {} if labels is None else {"labels": labels[start:start + count].to(device)}
-        parts.update({k: v[start:start + count].to(device) for k, v in (condition or {}).items()})
-        cond = {"cond": parts["labels"] if list(parts) == ["labels"] else parts} if parts else {}
+        cond = to_device(select(per_image, slice(start, start + count)), device)
         generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + first + start + 7_919)
         x = sample(denoise, noise, ts, schedule, sampler, generator=generator, cond=cond, **(options or {}))
         out.append(x.float().cpu())

@@ -1,5 +1,9 @@
 """Guidance: wrappers that turn one ``denoise(x_t, t, cond) -> x0_hat`` into another.
 
+``cond`` is the mapping of named conditions (:mod:`diffusekit.conditions`); every wrapper passes it on
+unchanged, and classifier-free guidance makes its null branch by replacing entries of it
+(:func:`null_condition`).
+
 Samplers never know about guidance and networks never see it (DESIGN.md): every method here acts on
 ``x0_hat``. Because every parameterization is affine in ``x_t`` with the same coefficients for both
 branches (``x0_hat = c_skip x_t + c_out F``), guiding ``x0_hat`` equals guiding eps, v, the flow velocity
@@ -40,12 +44,14 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import Tensor
 
+from .conditions import Conditions, as_conditions, concat
+
 __all__ = ["GuidanceSettings", "GUIDANCE_SCHEDULES", "THRESHOLDS", "classifier_free", "autoguidance", "constant",
            "increasing", "oscillating", "limited_interval", "static_threshold", "dynamic_threshold",
            "epsilon_scaling",
            "apply_guidance", "drop_conditions", "null_condition"]
 
-DenoiseFn = Callable[..., Tensor]
+DenoiseFn = Callable[..., Tensor]  # denoise(x_t, t, cond) -> x0_hat
 GuidanceScale = Callable[[Tensor], Tensor]  # t [batch] -> w [batch]
 GUIDANCE_SCHEDULES = ("constant", "increasing", "oscillating")
 THRESHOLDS = ("none", "static", "dynamic")
@@ -121,7 +127,7 @@ def _guided(single: DenoiseFn, pair, guidance, rescale: float) -> DenoiseFn:
         raise ValueError(f"the guidance rescale phi must be in [0, 1], got {rescale}")
     scale = _as_scale(guidance)
 
-    def denoise(x: Tensor, t: Tensor, cond=None) -> Tensor:
+    def denoise(x: Tensor, t: Tensor, cond: Conditions | None = None) -> Tensor:
         w = scale(t)
         if bool((w == 1).all()):
             return single(x, t, cond)
@@ -131,49 +137,51 @@ def _guided(single: DenoiseFn, pair, guidance, rescale: float) -> DenoiseFn:
     return denoise
 
 
-def _cat(a, b):
-    if isinstance(a, dict):
-        return {k: _cat(_entry(a, b, k), _entry(b, a, k)) for k in {**a, **b}}
-    return torch.cat([a, b])
+NullFn = Callable[[Conditions], Conditions]  # a condition -> its classifier-free null
 
 
-def _entry(cond: dict, other: dict, key: str):
-    # A null condition may mark rows with ``text_null`` that the condition itself leaves out (False).
-    if key not in cond and key == "text_null":
-        return torch.zeros_like(other[key], dtype=torch.bool)
-    return cond[key]
+def _null_text(text: Tensor, value: bool) -> Tensor:
+    return torch.full((text.shape[0],), value, dtype=torch.bool, device=text.device)
 
 
-def null_condition(num_classes: int) -> Callable:
-    """The classifier-free-guidance null of a condition: labels become the null class ``num_classes``; in a dict,
-    ``labels`` (when present) become the null class and, when ``text`` is present, ``text_null`` is set for
-    every row (the network's learned null text). Other entries (image, augmentation level) stay."""
+def null_condition(num_classes: int) -> NullFn:
+    """The classifier-free-guidance null of a condition, made by replacing entries: ``labels`` (when present)
+    become the null class ``num_classes``; when ``text`` is present, ``text_null`` is set for every row (the
+    network's learned null text). Other entries (image, augmentation level) stay."""
 
-    def null(cond):
-        if not isinstance(cond, dict):
-            return torch.full_like(cond, num_classes)
+    def null(cond: Conditions) -> Conditions:
         out = dict(cond)
-        if cond.get("labels") is not None:
+        if "labels" in cond:
             out["labels"] = torch.full_like(cond["labels"], num_classes)
-        if cond.get("text") is not None:
-            text = cond["text"]
-            out["text_null"] = torch.ones(text.shape[0], dtype=torch.bool, device=text.device)
+        if "text" in cond:
+            out["text_null"] = _null_text(cond["text"], True)
         return out
     return null
 
 
-def classifier_free(denoise: DenoiseFn, guidance: float | GuidanceScale, null: Callable, *,
+def _explicit_text_null(cond: Conditions) -> Conditions:
+    """``cond`` with the network's default ``text_null`` (False: each row's own text) written out when it has
+    text, so that it holds the same names as its null and the two concatenate."""
+    if "text" not in cond or "text_null" in cond:
+        return cond
+    return {**cond, "text_null": _null_text(cond["text"], False)}
+
+
+def classifier_free(denoise: DenoiseFn, guidance: float | GuidanceScale, null: NullFn, *,
                     rescale: float = 0.0) -> DenoiseFn:
-    """``(1 - w) D(x | null(c)) + w D(x | c)``; with no condition (cond None) the model runs unguided."""
+    """``(1 - w) D(x | null(c)) + w D(x | c)``; with no condition (an empty mapping) the model runs unguided."""
 
     def pair(x, t, cond):
-        both = denoise(torch.cat([x, x]), torch.cat([t, t]), _cat(cond, null(cond)))
+        # both halves hold the same names, so they go through the network as one batch
+        conditional = _explicit_text_null(cond)
+        both = denoise(torch.cat([x, x]), torch.cat([t, t]), concat(conditional, null(conditional)))
         return both.chunk(2)
 
     guided = _guided(lambda x, t, cond: denoise(x, t, cond), pair, guidance, rescale)
 
-    def wrapped(x: Tensor, t: Tensor, cond=None) -> Tensor:
-        return denoise(x, t, cond) if cond is None else guided(x, t, cond)
+    def wrapped(x: Tensor, t: Tensor, cond: Conditions | None = None) -> Tensor:
+        cond = as_conditions(cond)
+        return guided(x, t, cond) if cond else denoise(x, t, cond)
     return wrapped
 
 
@@ -194,7 +202,7 @@ def dynamic_threshold(denoise: DenoiseFn, percentile: float = 0.995) -> DenoiseF
     if not 0.0 < percentile <= 1.0:
         raise ValueError(f"the dynamic-thresholding percentile must be in (0, 1], got {percentile}")
 
-    def denoise_thresholded(x: Tensor, t: Tensor, cond=None) -> Tensor:
+    def denoise_thresholded(x: Tensor, t: Tensor, cond: Conditions | None = None) -> Tensor:
         x0_hat = denoise(x, t, cond)
         flat = x0_hat.reshape(x0_hat.shape[0], -1).abs().float()
         s = torch.quantile(flat, percentile, dim=1).clamp(min=1.0).to(x0_hat.dtype)
@@ -217,7 +225,7 @@ def epsilon_scaling(denoise: DenoiseFn, lam: float, schedule) -> DenoiseFn:
     if lam == 1.0:
         return denoise
 
-    def denoise_scaled(x: Tensor, t: Tensor, cond=None) -> Tensor:
+    def denoise_scaled(x: Tensor, t: Tensor, cond: Conditions | None = None) -> Tensor:
         x0_hat = denoise(x, t, cond)
         alpha = schedule(t.to(torch.float64)).alpha.to(x.device)
         live = alpha > _PURE_NOISE_ALPHA
@@ -308,7 +316,7 @@ def _scale(settings: GuidanceSettings, ts: Tensor, schedule) -> GuidanceScale:
 
 
 def apply_guidance(denoise: DenoiseFn, settings: GuidanceSettings, *, ts: Tensor, schedule,
-                   null: Callable | None = None, guide: DenoiseFn | None = None) -> DenoiseFn:
+                   null: NullFn | None = None, guide: DenoiseFn | None = None) -> DenoiseFn:
     """``denoise`` with the guidance and thresholding of ``settings`` on the sampling grid ``ts``. ``null``
     maps a condition to the null one (classifier-free); ``guide`` is the guiding model (autoguidance)."""
     out = denoise

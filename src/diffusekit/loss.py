@@ -3,7 +3,8 @@
 For data x0, noise ~ N(0, I) and t from the time sampler:
     x_t = alpha x0 + sigma noise,   target = (x0 - c_skip x_t) / c_out,
     loss_i = importance_weight_i * weighting(t_i) * mean_over_dims((F(x_t, t) - target)^2).
-The network callable returns the raw output F; it is called as ``network_fn(x_t, t, **cond)``.
+The network callable returns the raw output F; it is called as ``network_fn(x_t, t, cond)`` with ``cond`` the
+mapping of named conditions (:mod:`diffusekit.conditions`; empty when there are none).
 
 Input perturbation (Ning et al. 2023, "Input Perturbation Reduces Exposure Bias in Diffusion Models",
 DDPM-IP): with ``input_perturbation`` = gamma > 0 the network sees x_t + gamma * sigma * xi, xi ~ N(0, I)
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ._tensors import append_dims
+from .conditions import Conditions, as_conditions
 from .parameterizations import Parameterization
 from .schedules import Schedule, ScheduleAt
 from .time_sampling import TimeDraw, TimeSampler
@@ -74,7 +76,7 @@ class DiffusionLoss:
         return _randn(x0_shape, generator, dtype, device)
 
     def __call__(self, network_fn, x0: Tensor, *, generator: torch.Generator | None = None,
-                 noise: Tensor | None = None, t: Tensor | None = None, cond: dict | None = None,
+                 noise: Tensor | None = None, t: Tensor | None = None, cond: Conditions | None = None,
                  time_draw: TimeDraw | None = None, update_sampler: bool = True,
                  perturbation: Tensor | None = None) -> LossOutput:
         """Per-example losses for a batch. ``noise`` and ``t`` (or a whole ``time_draw``, importance weights
@@ -96,7 +98,7 @@ class DiffusionLoss:
         target = self.parameterization.training_target(x0, noise, at)
         if perturbation is not None and self.input_perturbation > 0:
             x_t = x_t + self.input_perturbation * append_dims(at.sigma, x0) * perturbation
-        output = network_fn(x_t, at.t.to(x0.dtype), **(cond or {}))
+        output = network_fn(x_t, at.t.to(x0.dtype), as_conditions(cond))
         mse = (output - target).pow(2).reshape(n, -1).mean(1)
         unweighted = self.weighting(at, self.parameterization).to(mse.dtype) * mse
         if u is not None and update_sampler:

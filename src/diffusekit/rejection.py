@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .conditions import Conditions, select
 from .generate import generate
 from .guidance import GuidanceSettings
 from .metrics.classifier import classify
@@ -120,13 +121,13 @@ def rejection_sample(draw: DrawFn, predict: PredictFn, labels: Tensor, *, max_ro
 
 
 def generation_draw(denoiser, image_shape: tuple[int, int, int], labels: Tensor, *, num_classes: int, seed: int = 0,
-                    first: int = 0, condition: dict | None = None, **generate_kwargs) -> DrawFn:
+                    first: int = 0, condition: Conditions | None = None, **generate_kwargs) -> DrawFn:
     """The ``draw`` of :func:`rejection_sample` for :func:`generate`: round 0 is ``generate`` over all samples,
     round r draws the given indices with seed ``seed + r * ROUND_SEED_STRIDE`` (module docstring)."""
     labels = torch.as_tensor(labels, dtype=torch.long)
 
     def draw(indices: Tensor, r: int) -> Tensor:
-        extra = {} if condition is None else {"condition": {k: v[indices] for k, v in condition.items()}}
+        extra = {} if condition is None else {"condition": select(condition, indices)}
         return generate(denoiser, len(indices), image_shape, labels=labels[indices], num_classes=num_classes,
                         seed=seed + r * ROUND_SEED_STRIDE, first=first, **extra, **generate_kwargs)
     return draw

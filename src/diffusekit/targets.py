@@ -123,9 +123,10 @@ class GaussianMixture:
         return log_joint.argmax(-1)
 
     def denoiser(self, schedule: Schedule):
-        """The exact ``denoise(x_t, t) -> x0_hat`` on ``schedule`` (t of shape [] or [N])."""
+        """The exact ``denoise(x_t, t, cond=None) -> x0_hat`` on ``schedule`` (t of shape [] or [N]); the data are
+        unconditional, so ``cond`` is ignored."""
 
-        def denoise(x_t: Tensor, t: Tensor, **cond) -> Tensor:
+        def denoise(x_t: Tensor, t: Tensor, cond=None) -> Tensor:
             at = schedule(torch.as_tensor(t, dtype=torch.float64, device=x_t.device))
             return self.x0_hat(x_t, at.alpha, at.sigma)
 

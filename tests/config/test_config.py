@@ -76,6 +76,12 @@ def test_bad_values_name_the_key_and_the_choices(override, message):
         resolve("tiny", overrides=[override])
 
 
+def test_the_former_sampler_name_edm_is_accepted_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="'edm' is now called 'edm_churn'"):
+        assert resolve("tiny", overrides=["sample.sampler=edm"]).sample.sampler == "edm"
+    assert resolve("tiny", overrides=["sample.sampler=edm_churn"]).sample.sampler == "edm_churn"
+
+
 def test_parse_override():
     assert parse_override("optim.lr=1e-3") == (["optim", "lr"], "1e-3")  # numbers are coerced by type later
     assert parse_override("run.compile=true") == (["run", "compile"], True)

@@ -55,3 +55,10 @@ def test_preview_grid_shows_a_row_per_class():
     grid = preview_grid(images, labels, per_class=4)
     assert grid.shape == (3 * 4 + 2, 4 * 4 + 2, 1)  # 3 rows of 4, 2-pixel padding
     assert grid[2, 2, 0] == 0 and grid[6, 2, 0] == 12 and grid[10, 2, 0] == 24  # first image of each class
+
+
+def test_a_run_configured_with_the_former_sampler_name_keeps_its_options_under_the_new_one():
+    sample = resolve("mnist", overrides=["sample.sampler=edm_churn", "sample.options={S_churn: 10}"]).sample
+    sample.sampler = "edm"  # as stored by a run made before the rename
+    assert SamplingSettings.from_config(sample, sampler="edm_churn").options == {"S_churn": 10}
+    assert SamplingSettings.from_config(sample, sampler="heun").options == {}

@@ -22,7 +22,7 @@ def test_every_preset_builds_a_working_denoiser(name):
     network = build_network(config.network, shape, classes, **network_conditioning(config, shape)).float()
     denoiser = build_denoiser(config, network)
     x = torch.randn(2, channels, resolution, resolution, dtype=torch.float32)
-    cond = torch.tensor([0, classes])  # a label and the null class
+    cond = {"labels": torch.tensor([0, classes])}  # a label and the null class
     if config.data.captions:  # text-only: a caption's token states and the null text
         cond = {"text": torch.randn(2, 5, 384), "text_null": torch.tensor([False, True])}
     with torch.no_grad():
@@ -46,4 +46,4 @@ def test_network_options_from_yaml_lists_become_tuples(monkeypatch):
     monkeypatch.setattr(UNet, "from_preset", recording)
     network = build_network(config.network, (1, 28, 28), 10)
     assert received["channel_mult"] == (1, 2, 4) and received["attn_resolutions"] == (7,)  # tuples, not lists
-    assert network(torch.randn(1, 1, 28, 28), torch.zeros(1), torch.tensor([3])).shape == (1, 1, 28, 28)
+    assert network(torch.randn(1, 1, 28, 28), torch.zeros(1), {"labels": torch.tensor([3])}).shape == (1, 1, 28, 28)

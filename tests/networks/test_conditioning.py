@@ -34,9 +34,15 @@ X, NOISE, LABELS = torch.randn(2, 1, 8, 8), torch.tensor([0.3, -1.0]), torch.ten
 
 
 @pytest.mark.parametrize("make", NETS)
-def test_labels_as_dict_equal_labels_as_tensor_and_plain_state_is_unchanged(make):
+def test_cond_is_a_mapping_none_is_empty_and_plain_state_is_unchanged(make):
     net = make()
-    torch.testing.assert_close(net(X, NOISE, {"labels": LABELS}), net(X, NOISE, LABELS))
+    null = net(X, NOISE, {"labels": torch.full((2,), 3)})  # the null class of a 3-class network
+    torch.testing.assert_close(net(X, NOISE, {}), null)
+    torch.testing.assert_close(net(X, NOISE, None), null)
+    with pytest.raises(TypeError, match=r"bare tensor: pass class labels as \{'labels': labels\}"):
+        net(X, NOISE, LABELS)
+    with pytest.raises(TypeError, match="condition 'labels' must be a tensor"):
+        net(X, NOISE, {"labels": [0, 2]})
     assert not any("extra" in key for key in net.state_dict())  # old checkpoints keep loading
     with pytest.raises(ValueError, match="unknown condition"):
         net(X, NOISE, {"labels": LABELS, "caption": X})
@@ -45,7 +51,7 @@ def test_labels_as_dict_equal_labels_as_tensor_and_plain_state_is_unchanged(make
 @pytest.mark.parametrize("make", NETS)
 def test_augmentation_labels_zero_means_unaugmented(make):
     net = make(augment_dim=6)
-    plain = net(X, NOISE, LABELS)
+    plain = net(X, NOISE, {"labels": LABELS})
     torch.testing.assert_close(net(X, NOISE, {"labels": LABELS, "augment": torch.zeros(2, 6)}), plain)
     assert differs(net(X, NOISE, {"labels": LABELS, "augment": torch.ones(2, 6)}), plain)
     with pytest.raises(ValueError, match=r"shape \[2, 6\]"):
@@ -103,7 +109,7 @@ def test_text_conditioning_masks_padding_and_has_a_learned_null(make):
     assert differs(changed[:1], out[:1])
     torch.testing.assert_close(changed[1:], out[1:])
     # text_null rows are the output without text; the other rows keep their text
-    absent = net(X, NOISE, LABELS)
+    absent = net(X, NOISE, {"labels": LABELS})
     nulled = net(X, NOISE, {**cond, "text_null": torch.tensor([True, False])})
     torch.testing.assert_close(nulled[:1], absent[:1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(nulled[1:], out[1:], atol=1e-5, rtol=1e-5)
@@ -126,7 +132,7 @@ def test_text_dim_zero_is_the_network_without_text(make):
     assert list(zero.state_dict()) == list(plain.state_dict())
     assert not any("text" in key or "cross" in key for key in plain.state_dict())
     assert set(plain.state_dict()) < set(text.state_dict())
-    torch.testing.assert_close(zero(X, NOISE, LABELS), plain(X, NOISE, LABELS))
+    torch.testing.assert_close(zero(X, NOISE, {"labels": LABELS}), plain(X, NOISE, {"labels": LABELS}))
 
 
 @pytest.mark.parametrize("make", NETS)

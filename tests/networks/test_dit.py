@@ -40,8 +40,8 @@ def test_output_shape(resolution, patch, in_ch, out_ch, classes):
     sizes = dict(patch_size=patch, hidden_size=32, depth=1, num_heads=2)
     model = perturb_zero_init(DiT(resolution, in_ch, out_channels=out_ch, num_classes=classes, **sizes))
     x, noise_cond = inputs(model, batch=3)
-    labels = torch.tensor([0, classes, 1]) if classes else None
-    out = model(x, noise_cond, labels)
+    cond = {"labels": torch.tensor([0, classes, 1])} if classes else {}
+    out = model(x, noise_cond, cond)
     assert out.shape == (3, out_ch or in_ch, *model.img_size)
     assert out.dtype == x.dtype and torch.isfinite(out).all()
 
@@ -64,7 +64,7 @@ def test_initial_output_is_exactly_zero_and_blocks_are_identity():
             if "ada_ln" not in name and not name.startswith("final.linear"):
                 p.normal_()
     x, noise_cond = inputs(model)
-    assert torch.equal(model(x, noise_cond, torch.tensor([3, 10])), torch.zeros_like(x))
+    assert torch.equal(model(x, noise_cond, {"labels": torch.tensor([3, 10])}), torch.zeros_like(x))
     tokens, c = torch.randn(2, 64, 64), torch.randn(2, 64)
     for block in model.blocks:
         assert torch.equal(block(tokens, c), tokens)
@@ -102,12 +102,12 @@ def test_conditioning_reaches_the_output():
     model = perturb_zero_init(tiny())
     x, noise_cond = inputs(model)
     null = torch.full((2,), 10)
-    out_null = model(x, noise_cond, null)
-    assert torch.equal(model(x, noise_cond), out_null)  # None means the null class for the whole batch
-    assert not torch.allclose(model(x, noise_cond, torch.tensor([2, 7])), out_null)
-    assert not torch.allclose(model(x, noise_cond + 0.5, null), out_null)
+    out_null = model(x, noise_cond, {"labels": null})
+    assert torch.equal(model(x, noise_cond), out_null)  # no labels mean the null class for the whole batch
+    assert not torch.allclose(model(x, noise_cond, {"labels": torch.tensor([2, 7])}), out_null)
+    assert not torch.allclose(model(x, noise_cond + 0.5, {"labels": null}), out_null)
     # Samples do not interact: a sample's output does not depend on the rest of the batch.
-    torch.testing.assert_close(model(x[:1], noise_cond[:1], null[:1]), out_null[:1])
+    torch.testing.assert_close(model(x[:1], noise_cond[:1], {"labels": null[:1]}), out_null[:1])
 
 
 def test_fourier_embedding_option():
@@ -131,7 +131,7 @@ def test_gradients_reach_every_parameter_within_three_adam_steps():
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for step in range(3):
         opt.zero_grad()
-        (model(x, noise_cond, labels) - target).square().mean().backward()
+        (model(x, noise_cond, {"labels": labels}) - target).square().mean().backward()
         with_grad = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
         if step == 0:
             assert with_grad == {"final.linear.weight", "final.linear.bias"}
@@ -142,7 +142,7 @@ def test_gradients_reach_every_parameter_within_three_adam_steps():
 def test_gradients_reach_every_parameter_once_zero_layers_are_perturbed():
     model = perturb_zero_init(tiny())
     x, noise_cond = inputs(model)
-    model(x, noise_cond, torch.tensor([4, 10])).square().mean().backward()
+    model(x, noise_cond, {"labels": torch.tensor([4, 10])}).square().mean().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
@@ -154,7 +154,7 @@ def test_float32_model_and_meta_device_forward():
     # Meta tensors have no values: a forward that reads one on the host (.item(), bool()) would fail.
     with torch.device("meta"):
         model = tiny()
-        out = model(torch.randn(2, 3, 16, 16), torch.randn(2), torch.tensor([1, 10]))
+        out = model(torch.randn(2, 3, 16, 16), torch.randn(2), {"labels": torch.tensor([1, 10])})
     assert out.shape == (2, 3, 16, 16) and out.is_meta
 
 
@@ -186,8 +186,8 @@ def test_parameter_count_of_dit_xl2():
         ({}, dict(x=torch.zeros(2, 3, 16, 8)), r"expected x of shape \[B, 3, 16, 16\]"),
         ({}, dict(x=torch.zeros(3, 16, 16)), "expected x of shape"),
         ({}, dict(noise_cond=torch.zeros(2, 1)), r"noise_cond must have shape \[2\]"),
-        (dict(num_classes=0), dict(cond=torch.tensor([0, 1])), "unconditional"),
-        ({}, dict(cond=torch.tensor([0, 1, 2])), r"class labels must have shape \[2\]"),
+        (dict(num_classes=0), dict(cond={"labels": torch.tensor([0, 1])}), "unconditional"),
+        ({}, dict(cond={"labels": torch.tensor([0, 1, 2])}), r"class labels must have shape \[2\]"),
     ],
 )
 def test_errors(build, call, message):

@@ -155,7 +155,8 @@ def test_class_conditioning_changes_output_and_none_is_null_class():
     labels = torch.tensor([0, 1, 2, 4])
     null = torch.full((4,), 5)
     with torch.no_grad():
-        out_cond, out_null, out_none = net(x, noise_cond, labels), net(x, noise_cond, null), net(x, noise_cond)
+        out_cond, out_null = net(x, noise_cond, {"labels": labels}), net(x, noise_cond, {"labels": null})
+        out_none = net(x, noise_cond)
     torch.testing.assert_close(out_none, out_null)
     per_sample = (out_cond - out_null).flatten(1).abs().amax(1)
     assert (per_sample > 1e-3).all()
@@ -172,8 +173,8 @@ def test_noise_condition_changes_output():
 def test_gradients_reach_every_parameter(overrides):
     net = perturb(tiny(**overrides)).train()
     x, noise_cond = inputs(net, batch=3)
-    labels = torch.tensor([0, 1, 3]) if net.num_classes else None
-    net(x, noise_cond, labels).square().mean().backward()
+    cond = {"labels": torch.tensor([0, 1, 3])} if net.num_classes else {}
+    net(x, noise_cond, cond).square().mean().backward()
     missing = [name for name, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing
 
@@ -181,7 +182,7 @@ def test_gradients_reach_every_parameter(overrides):
 def test_float64_network():
     net = perturb(tiny(num_classes=2)).double()
     x, noise_cond = inputs(net)
-    assert net(x.double(), noise_cond.double(), torch.tensor([0, 2])).dtype == torch.float64
+    assert net(x.double(), noise_cond.double(), {"labels": torch.tensor([0, 2])}).dtype == torch.float64
 
 
 def test_eval_is_deterministic_and_dropout_is_active_in_training():
@@ -251,9 +252,9 @@ def test_forward_errors():
     with pytest.raises(ValueError, match="noise_cond"):
         net(x, torch.randn(2, 1))
     with pytest.raises(ValueError, match="unconditional"):
-        net(x, noise_cond, torch.tensor([0, 1]))
+        net(x, noise_cond, {"labels": torch.tensor([0, 1])})
     with pytest.raises(ValueError, match="class labels must have shape"):
-        tiny(num_classes=4)(x, noise_cond, torch.tensor([0, 1, 2]))
+        tiny(num_classes=4)(x, noise_cond, {"labels": torch.tensor([0, 1, 2])})
 
 
 def test_conv_resampling_is_ddpms_strided_and_nearest_convs():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from diffusekit import schedules
-from diffusekit.sampling import SAMPLERS, sample, timesteps
+from diffusekit.sampling import DEPRECATED_SAMPLERS, SAMPLERS, nfe, sample, sampler_name, timesteps
 from diffusekit.schedules import DiscreteVP
 from diffusekit.targets import GaussianMixture, sliced_wasserstein
 
@@ -18,7 +18,7 @@ def test_edm_without_churn_is_heun():
     n = noise(64, 3)
     ts = timesteps(EDM, 12)
     heun = sample(gmm.denoiser(EDM), n, ts, EDM, "heun")
-    churn0 = sample(gmm.denoiser(EDM), n, ts, EDM, "edm", S_churn=0.0, generator=torch.Generator().manual_seed(0))
+    churn0 = sample(gmm.denoiser(EDM), n, ts, EDM, "edm_churn", S_churn=0.0, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(churn0, heun, rtol=0, atol=0)
 
 
@@ -46,9 +46,23 @@ def test_edm_churn_is_algorithm_2_on_ve():
             d_prime = (x_next - D(x_next, t_next)) / t_next  # line 11
             x_next = x + (t_next - t_hat) * (0.5 * d + 0.5 * d_prime)  # line 12
         x = x_next
-    ours = sample(gmm.denoiser(EDM), n, ts, EDM, "edm", generator=torch.Generator().manual_seed(7),
+    ours = sample(gmm.denoiser(EDM), n, ts, EDM, "edm_churn", generator=torch.Generator().manual_seed(7),
                   S_churn=S_churn, S_tmin=S_tmin, S_tmax=S_tmax, S_noise=S_noise)
     torch.testing.assert_close(ours, x, rtol=1e-9, atol=1e-9)
+
+
+def test_edm_is_a_deprecated_alias_of_edm_churn():
+    gmm = smooth_gmm()
+    n, ts = noise(32, 3), timesteps(EDM, 10)
+    churn = dict(S_churn=30.0, S_tmin=0.05, S_tmax=50.0, S_noise=1.003)
+    new = sample(gmm.denoiser(EDM), n, ts, EDM, "edm_churn", generator=torch.Generator().manual_seed(7), **churn)
+    with pytest.warns(DeprecationWarning, match="'edm' is now called 'edm_churn'"):
+        old = sample(gmm.denoiser(EDM), n, ts, EDM, "edm", generator=torch.Generator().manual_seed(7), **churn)
+    torch.testing.assert_close(old, new, rtol=0, atol=0)
+    assert "edm" not in SAMPLERS and DEPRECATED_SAMPLERS == {"edm": "edm_churn"}
+    with pytest.warns(DeprecationWarning, match="edm_churn"):
+        assert sampler_name("edm") == "edm_churn" and nfe("edm", 10) == 19  # Heun's 2N - 1, as edm_churn
+    assert nfe("edm_churn", 10) == 19
 
 
 def test_ddim_eta0_is_euler_in_x_over_alpha():
@@ -144,11 +158,11 @@ def test_sample_validates_its_input():
 def test_callback_and_conditions():
     seen, labels = [], []
 
-    def denoise(x, t, label):
-        labels.append(label)
+    def denoise(x, t, cond):
+        labels.append(int(cond["label"]))
         return torch.zeros_like(x)
 
-    sample(denoise, noise(4, 3), timesteps(EDM, 6), EDM, "dpmpp_2m", cond={"label": 5},
+    sample(denoise, noise(4, 3), timesteps(EDM, 6), EDM, "dpmpp_2m", cond={"label": torch.tensor(5)},
            callback=lambda info: seen.append(info["i"]))
     assert seen == list(range(6)) and set(labels) == {5}
 
@@ -160,7 +174,7 @@ def _two_sample_floor(gmm, n, seed):
 
 STOCHASTIC = [
     ("ddpm", schedules.get("cosine"), "uniform", 200, {}),
-    ("edm", EDM, "karras", 32, {"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}),
+    ("edm_churn", EDM, "karras", 32, {"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}),
     ("euler_maruyama", schedules.get("linear_vp"), "uniform", 400, {}),
     ("euler_maruyama", schedules.get("rectified_flow"), "uniform", 400, {}),
 ]

@@ -20,6 +20,7 @@ from ..metrics.classifier import load_or_train_classifier
 from ..metrics.stats import open_npz
 from ..models import cascade_settings, load_model
 from ..rejection import generate_with_rejection
+from ..sampling import same_sampler
 from .flags import (
     add_guidance_arguments,
     check_sampling,
@@ -124,7 +125,7 @@ def cmd_sample(args) -> int:
     model = load_model(args.source, ema=args.ema, device=device)
     s = model.config.sample
     sampler = args.sampler or s.sampler
-    options = dict(s.options) if sampler == s.sampler else {}
+    options = dict(s.options) if same_sampler(sampler, s.sampler) else {}
     options.update(parse_options(args.option))
     labels = _labels(args, model)
     condition, labels = _cascade_condition(args, model, labels)

@@ -12,7 +12,7 @@ from ..data.captions import CAPTIONED_DATASETS
 from ..data.intensity import check_intensity
 from ..guidance import GuidanceSettings
 from ..networks import dit, unet
-from ..sampling import SAMPLERS, SPACINGS
+from ..sampling import SPACINGS, sampler_name
 from .schema import Config
 from .typed import ConfigError
 
@@ -108,8 +108,7 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"eval.validation: choose test, train or none, got {e.validation!r}")
 
     s = config.sample
-    if s.sampler not in SAMPLERS:
-        raise ConfigError(f"sample.sampler: unknown sampler {s.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    _check("sample.sampler", sampler_name, s.sampler, stacklevel=4)  # a former name is accepted, with a warning
     if s.spacing not in SPACINGS:
         raise ConfigError(f"sample.spacing: unknown spacing {s.spacing!r}; choose one of {', '.join(SPACINGS)}")
     _positive("sample.steps", s.steps)

@@ -23,6 +23,7 @@ from ..generate import class_major_labels, generate
 from ..guidance import GuidanceSettings
 from ..images import make_grid
 from ..models import load_guide
+from ..sampling import same_sampler
 from .features import array_batches, cached_image_stats, dataset_label, dataset_reference_stats
 from .fid import fid_from_stats
 from .inception import InceptionV3, quantize
@@ -57,7 +58,7 @@ class SamplingSettings:
         run's (keeping its other guidance settings); settings replace them all."""
         values = {"sampler": sample.sampler, "steps": sample.steps, "spacing": sample.spacing,
                   "options": dict(sample.options)}
-        if overrides.get("sampler") not in (None, sample.sampler):
+        if overrides.get("sampler") is not None and not same_sampler(overrides["sampler"], sample.sampler):
             values["options"] = {}  # the run's options belong to its own sampler
         values.update({k: v for k, v in overrides.items() if v is not None})
         if not isinstance(guidance, GuidanceSettings):

@@ -108,7 +108,7 @@ class NoiseLevelProbe:
             neither drawn from nor updated).
         train_images, val_images: float ``[N, ...]`` images (the probe keeps only the ones it draws, on the CPU).
             ``val_images=None``: no validation keys.
-        train_labels, val_labels: class labels for conditional models, passed as ``cond={"cond": labels}``
+        train_labels, val_labels: class labels for conditional models, passed as ``cond={"labels": labels}``
             (the true labels, never the null class); both or neither when there is a validation set.
         bins: a :class:`NoiseLevelBins`, or a count for :meth:`NoiseLevelBins.for_schedule` on the loss's schedule.
         per_bin: points evaluated per bin and set. Images are drawn without replacement per bin when the set has
@@ -201,7 +201,7 @@ class NoiseLevelProbe:
         values = torch.empty(len(probe_set.x0), dtype=torch.float64)
         for start in range(0, len(values), self.batch_size):
             part = slice(start, start + self.batch_size)
-            cond = None if probe_set.labels is None else {"cond": probe_set.labels[part].to(device)}
+            cond = {} if probe_set.labels is None else {"labels": probe_set.labels[part].to(device)}
             output = self.loss(network_fn, probe_set.x0[part].to(device), noise=self._noise[part].to(device),
                                t=self._t[part], cond=cond)
             values[part] = output.unweighted.detach().to("cpu", torch.float64)

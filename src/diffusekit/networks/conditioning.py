@@ -1,28 +1,34 @@
-"""Conditions beyond the class label: what a network's ``cond`` may hold and how it enters the network.
+"""What a network's ``cond`` may hold and how each condition enters the network.
 
-``cond`` is ``None``, a tensor of class labels ``[B]`` (the common case), or a dict with any of
+``cond`` is a mapping of named tensors (:mod:`diffusekit.conditions`), possibly empty, with any of
 
 - ``"labels"``: class labels ``[B]`` (``num_classes`` is the learned null class of classifier-free guidance);
+  absent means the null class for every row;
 - ``"augment"``: augmentation labels ``[B, augment_dim]`` of EDM's non-leaking augmentation (Karras et al.
   2022, appendix); all zero, or absent, means "not augmented", which is what sampling asks for;
 - ``"aug_level"``: ``[B]``, the noise level of a cascade's noise-conditioning augmentation (Ho et al. 2022,
-  "Cascaded Diffusion Models", sec. 4.1), as the augmentation's time in [0, 1];
+  "Cascaded Diffusion Models", sec. 4.1), as the augmentation's time in [0, 1]; required by a network built
+  with ``noise_aug``;
 - ``"image"``: ``[B, C, H, W]`` at the network's resolution, concatenated to the input channels (a
-  super-resolution stage's upsampled low-resolution image; seed 001's "concatenation");
+  super-resolution stage's upsampled low-resolution image); required by a network built with
+  ``cond_channels``;
 - ``"text"``: token states ``[B, L, text_dim]`` of a text encoder (e.g. :class:`diffusekit.text.TextEncoder`'s
-  ``states``), attended to by cross-attention (seed 001's "cross-attention to token embeddings");
+  ``states``), attended to by cross-attention;
 - ``"text_mask"``: bool ``[B, L]``, True for a real token; padding is never attended (absent: all real);
 - ``"text_pooled"``: ``[B, text_dim]``, the sentence embedding, summed into the embedding vector like the
   vectors above (absent: the masked mean of ``text``);
 - ``"text_null"``: bool ``[B]``, True where a row uses the learned null text instead of its text (the
-  classifier-free-guidance null of text). No ``text`` at all means the null text for every row, as
-  ``labels=None`` means the null class; a row whose mask has no real token also gets the null text.
+  classifier-free-guidance null of text). No ``text`` at all means the null text for every row, as absent
+  ``labels`` mean the null class; a row whose mask has no real token also gets the null text.
+
+Any other name is an error naming it, as is a condition the network was not built for or a required one
+that is missing.
 
 Vector conditions are summed into the embedding that drives the adaptive normalisation (U-Net) or adaLN
-(DiT), the first of seed 001's mechanisms: :class:`ExtraEmbedding` maps the augmentation labels with a
-bias-free linear layer (zero labels give exactly zero, as EDM's ``map_augment``) and the augmentation level
-through a positional embedding and a linear layer. :class:`TextConditioning` holds the learned null text
-and maps the pooled text embedding the same way.
+(DiT): :class:`ExtraEmbedding` maps the augmentation labels with a bias-free linear layer (zero labels give
+exactly zero, as EDM's ``map_augment``) and the augmentation level through a positional embedding and a
+linear layer. :class:`TextConditioning` holds the learned null text and maps the pooled text embedding the
+same way.
 """
 
 from __future__ import annotations
@@ -30,26 +36,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..conditions import Conditions, as_conditions
 from .embeddings import PositionalEmbedding
 
-__all__ = ["CONDITION_KEYS", "TEXT_KEYS", "condition_parts", "ExtraEmbedding", "TextConditioning", "concat_image"]
+__all__ = ["CONDITION_KEYS", "TEXT_KEYS", "network_conditions", "ExtraEmbedding", "TextConditioning",
+           "concat_image"]
 
 TEXT_KEYS = ("text", "text_mask", "text_pooled", "text_null")
 CONDITION_KEYS = ("labels", "augment", "aug_level", "image", *TEXT_KEYS)
 
 
-def condition_parts(cond) -> dict:
-    """``cond`` as a dict (see the module docstring); unknown keys are an error naming them."""
-    if cond is None:
-        return {}
-    if isinstance(cond, Tensor):
-        return {"labels": cond}
-    if not isinstance(cond, dict):
-        raise TypeError(f"cond must be None, a label tensor or a dict, got {type(cond).__name__}")
-    unknown = sorted(set(cond) - set(CONDITION_KEYS))
+def network_conditions(cond: Conditions | None) -> dict[str, Tensor]:
+    """``cond`` as a dict (``None``: no conditions) after checking that a network knows every name in it."""
+    parts = as_conditions(cond)
+    unknown = sorted(set(parts) - set(CONDITION_KEYS))
     if unknown:
         raise ValueError(f"unknown condition(s) {', '.join(unknown)}; a network takes {', '.join(CONDITION_KEYS)}")
-    return cond
+    return parts
 
 
 class ExtraEmbedding(nn.Module):

@@ -5,7 +5,7 @@ stride = p), each patch becomes a token with a fixed 2-D sin-cos position, a sta
 conditioned by adaLN-Zero (Sec. 3.2) processes the tokens, and a final adaLN + linear layer maps every
 token back to a ``p x p`` patch of output channels.
 
-The conditioning vector is ``c = MLP(embed(noise_cond)) + class_embedding(cond)``. Each block regresses
+The conditioning vector is ``c = MLP(embed(noise_cond)) + class_embedding(cond["labels"])``. Each block regresses
 shift, scale and gate from ``c`` with a zero-initialised linear layer, so at initialisation every block is
 the identity and, with the zero-initialised final layer, the network outputs exactly zero.
 
@@ -27,11 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusekit.conditions import Conditions
 from diffusekit.networks.conditioning import (
     ExtraEmbedding,
     TextConditioning,
     concat_image,
-    condition_parts,
+    network_conditions,
     reject_text,
 )
 from diffusekit.networks.embeddings import ClassEmbedding, get_noise_embedding
@@ -137,10 +138,11 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
-    """Diffusion Transformer: ``forward(x [B, C_in, H, W], noise_cond [B], cond [B] | None) -> [B, C_out, H, W]``.
+    """Diffusion Transformer: ``forward(x [B, C_in, H, W], noise_cond [B], cond) -> [B, C_out, H, W]``.
 
-    ``num_classes = 0`` builds an unconditional network; otherwise ``cond`` holds labels in
-    ``[0, num_classes]``, ``num_classes`` being the null class, and ``cond=None`` means null for all.
+    ``cond`` maps condition names to tensors (:mod:`diffusekit.networks.conditioning`; None or empty: none).
+    ``num_classes = 0`` builds an unconditional network; otherwise ``cond["labels"]`` holds labels in
+    ``[0, num_classes]``, ``num_classes`` being the null class, and no labels mean null for all.
     ``img_resolution`` is an int or ``(H, W)``. Use :meth:`from_name` for the paper's configurations.
     """
 
@@ -250,9 +252,9 @@ class DiT(nn.Module):
         x = tokens.reshape(tokens.shape[0], grid_h, grid_w, p, p, self.out_channels)
         return x.permute(0, 5, 1, 3, 2, 4).reshape(tokens.shape[0], self.out_channels, grid_h * p, grid_w * p)
 
-    def forward(self, x: Tensor, noise_cond: Tensor, cond=None) -> Tensor:
-        """``cond``: class labels ``[B]`` or a dict of conditions (:mod:`diffusekit.networks.conditioning`)."""
-        parts = condition_parts(cond)
+    def forward(self, x: Tensor, noise_cond: Tensor, cond: Conditions | None = None) -> Tensor:
+        """``cond``: the named conditions (:mod:`diffusekit.networks.conditioning`); None: none."""
+        parts = network_conditions(cond)
         self._check_inputs(x, noise_cond, parts.get("labels"))
         x = concat_image(x, parts, self.cond_channels)
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # [B, T, hidden]

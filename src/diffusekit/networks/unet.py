@@ -2,7 +2,8 @@
 differential equations" (DDPM++), in the form Karras et al. 2022 (EDM, Appendix F.2) trained it.
 
 ``UNet(x, noise_cond, cond=None) -> F`` maps an image batch ``[B, C_in, H, W]``, a float noise condition
-``[B]`` (whatever the denoiser feeds it, e.g. EDM's ``c_noise``) and optional class labels ``[B]`` to
+``[B]`` (whatever the denoiser feeds it, e.g. EDM's ``c_noise``) and a mapping of named conditions (class
+``labels`` ``[B]`` and the others of :mod:`diffusekit.networks.conditioning`; None or empty: none) to
 ``[B, C_out, H, W]``. It knows nothing about diffusion.
 
 Layout, for ``L = len(channel_mult)`` resolutions ``R, R/2, ..., R/2^(L-1)``:
@@ -32,11 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusekit.conditions import Conditions
 from diffusekit.networks.conditioning import (
     ExtraEmbedding,
     TextConditioning,
     concat_image,
-    condition_parts,
+    network_conditions,
     reject_text,
 )
 from diffusekit.networks.embeddings import ClassEmbedding, get_noise_embedding
@@ -111,7 +113,7 @@ class UNet(nn.Module):
             attn_resolutions: resolutions whose blocks are followed by self-attention; the first block at
                 the lowest resolution in the decoder always has attention, as in DDPM.
             num_classes: 0 for an unconditional net; else labels ``0..num_classes-1`` plus the null class
-                ``num_classes`` (``cond=None`` means null for the whole batch).
+                ``num_classes`` (no ``cond["labels"]`` means null for the whole batch).
             embedding: ``"positional"`` (DDPM++) or ``"fourier"`` (NCSN++) noise embedding.
             adaptive_scale: ``True``: per-block scale and shift from the embedding; ``False``: additive bias.
             num_heads: attention heads; ``None`` means ``channels // channels_per_head``.
@@ -196,15 +198,15 @@ class UNet(nn.Module):
             raise ValueError(f"unknown U-Net preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
-    def embed(self, noise_cond: Tensor, cond, batch: int) -> Tensor:
+    def embed(self, noise_cond: Tensor, cond: Conditions | None, batch: int) -> Tensor:
         """The embedding vector fed to every block: ``[B, emb_channels]``."""
-        return self._embed(noise_cond, cond, batch)[0]
+        return self._embed(noise_cond, network_conditions(cond), batch)[0]
 
-    def _embed(self, noise_cond: Tensor, cond, batch: int) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    def _embed(self, noise_cond: Tensor, parts: dict[str, Tensor], batch: int
+               ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         """The embedding vector and the text ``(states, mask)`` for cross-attention (None without text_dim)."""
         if noise_cond.shape != (batch,):
             raise ValueError(f"noise_cond must have shape [{batch}], got {tuple(noise_cond.shape)}")
-        parts = condition_parts(cond)
         emb = self.map_noise(noise_cond)
         text = None
         if self.map_text is not None:
@@ -227,14 +229,15 @@ class UNet(nn.Module):
         emb = F.silu(self.map_layer0(emb))
         return F.silu(self.map_layer1(emb)), text
 
-    def forward(self, x: Tensor, noise_cond: Tensor, cond=None) -> Tensor:
-        """``cond``: class labels ``[B]`` or a dict of conditions (:mod:`diffusekit.networks.conditioning`)."""
+    def forward(self, x: Tensor, noise_cond: Tensor, cond: Conditions | None = None) -> Tensor:
+        """``cond``: the named conditions (:mod:`diffusekit.networks.conditioning`); None: none."""
         expected = (self.in_channels, self.img_resolution, self.img_resolution)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"expected input of shape [B, {', '.join(map(str, expected))}], got {tuple(x.shape)}")
-        emb, text = self._embed(noise_cond, cond, x.shape[0])
+        parts = network_conditions(cond)
+        emb, text = self._embed(noise_cond, parts, x.shape[0])
 
-        x = self.stem(concat_image(x, condition_parts(cond), self.cond_channels))
+        x = self.stem(concat_image(x, parts, self.cond_channels))
         skips = [x]
         for block in self.encoder:
             x = _run(block, x, emb, text)

@@ -1,8 +1,10 @@
-"""Samplers: every one written once against ``denoise(x_t, t, **cond) -> x0_hat``.
+"""Samplers: every one written once against ``denoise(x_t, t, cond) -> x0_hat``.
 
 ``sample(denoise, noise, ts, schedule, sampler="heun", generator=None, callback=None, cond=None,
 **options)`` starts from ``x = sigma(ts[0]) * noise`` and integrates to t = 0 along the decreasing grid
-``ts`` (``timesteps(...)``). Samplers and their options:
+``ts`` (``timesteps(...)``). ``cond`` is the mapping of named conditions (:mod:`diffusekit.conditions`;
+None: none); every denoiser call receives it unchanged, as ``denoise(x_t, t[batch], cond)``. Samplers and
+their options:
 
 | sampler          | kind                         | options                                   | NFE           |
 |------------------|------------------------------|-------------------------------------------|---------------|
@@ -10,42 +12,69 @@
 | ``heun``         | PF-ODE, order 2 (EDM Alg. 1) |                                           | 2N - 1        |
 | ``dpmpp_2m``     | PF-ODE, order 2 multistep    |                                           | N             |
 | ``multistep``    | PF-ODE, order k multistep    | ``order=3, corrector, lower_order_final`` | N             |
-| ``edm``          | EDM Alg. 2 (churn)           | ``S_churn, S_tmin, S_tmax, S_noise``      | 2N - 1        |
+| ``edm_churn``    | EDM Alg. 2 (churn)           | ``S_churn, S_tmin, S_tmax, S_noise``      | 2N - 1        |
 | ``euler_maruyama`` | reverse SDE                | ``g="forward"`` (or a scale, or g(t))     | N             |
 | ``ddim``         | DDIM                         | ``eta=0``                                 | N             |
 | ``ddpm``         | ancestral (DDIM, eta = 1)    |                                           | N             |
 
 The callback receives ``{"i", "t", "x", "x0_hat"}`` after each denoiser call of the main sequence.
+
+``edm`` is the former name of ``edm_churn``, kept for one release: it still samples, with a
+``DeprecationWarning`` (:func:`sampler_name`).
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import torch
 from torch import Tensor
 
+from ..conditions import Conditions, as_conditions
 from ..schedules import Schedule
 from .ancestral import ddim, ddpm
 from .grid import evaluate_grid
 from .ode import dpmpp_2m, euler, heun, multistep
 from .reference import reference_solve
-from .stochastic import edm, euler_maruyama
+from .stochastic import edm_churn, euler_maruyama
 from .timesteps import SPACINGS, timesteps
 
-__all__ = ["sample", "timesteps", "reference_solve", "SAMPLERS", "SPACINGS", "nfe"]
+__all__ = ["sample", "timesteps", "reference_solve", "SAMPLERS", "DEPRECATED_SAMPLERS", "SPACINGS", "nfe",
+           "sampler_name", "same_sampler"]
 
 SAMPLERS = {
     "euler": euler,
     "heun": heun,
     "dpmpp_2m": dpmpp_2m,
     "multistep": multistep,
-    "edm": edm,
+    "edm_churn": edm_churn,
     "euler_maruyama": euler_maruyama,
     "ddim": ddim,
     "ddpm": ddpm,
 }
+# former name -> current name; an old name still works for one release, with a DeprecationWarning
+DEPRECATED_SAMPLERS = {"edm": "edm_churn"}
 _FRAMEWORK_ARGS = {"cond", "callback", "generator", "schedule"}
+
+
+def sampler_name(name: str, stacklevel: int = 2) -> str:
+    """The current name of sampler ``name``: ``name`` itself, or the new name of a deprecated one (with a
+    ``DeprecationWarning`` naming it, attributed ``stacklevel`` frames up). An unknown name is a ValueError
+    listing the samplers."""
+    if name in SAMPLERS:
+        return name
+    if name in DEPRECATED_SAMPLERS:
+        new = DEPRECATED_SAMPLERS[name]
+        warnings.warn(f"the sampler {name!r} is now called {new!r}; the old name will be removed in the next "
+                      "release", DeprecationWarning, stacklevel=stacklevel)
+        return new
+    raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def same_sampler(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` name one sampler, a deprecated name counting as its new one (no warning)."""
+    return DEPRECATED_SAMPLERS.get(a, a) == DEPRECATED_SAMPLERS.get(b, b)
 
 
 def _options_of(fn) -> dict[str, inspect.Parameter]:
@@ -55,15 +84,14 @@ def _options_of(fn) -> dict[str, inspect.Parameter]:
 
 def nfe(sampler: str, steps: int) -> int:
     """Denoiser evaluations a sampler makes on a grid of ``steps`` steps."""
-    return 2 * steps - 1 if sampler in ("heun", "edm") else steps
+    return 2 * steps - 1 if sampler_name(sampler, stacklevel=3) in ("heun", "edm_churn") else steps
 
 
 def sample(denoise, noise: Tensor, ts: Tensor, schedule: Schedule, sampler: str = "heun",
-           generator: torch.Generator | None = None, callback=None, cond: dict | None = None,
+           generator: torch.Generator | None = None, callback=None, cond: Conditions | None = None,
            **options) -> Tensor:
     """Run ``sampler`` from ``sigma(ts[0]) * noise`` down the grid ``ts``; returns the sample at t = 0."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    sampler = sampler_name(sampler, stacklevel=3)
     fn = SAMPLERS[sampler]
     allowed = _options_of(fn)
     unknown = sorted(set(options) - set(allowed))
@@ -71,7 +99,7 @@ def sample(denoise, noise: Tensor, ts: Tensor, schedule: Schedule, sampler: str 
         listed = ", ".join(allowed) or "none"
         raise TypeError(f"sampler {sampler!r} got unknown option(s) {', '.join(unknown)}; its options: {listed}")
     grid = evaluate_grid(schedule, ts)
-    kwargs = {"cond": cond or {}, "callback": callback}
+    kwargs = {"cond": as_conditions(cond), "callback": callback}
     parameters = inspect.signature(fn).parameters
     if "generator" in parameters:
         kwargs["generator"] = generator

@@ -7,12 +7,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-DenoiseFn = Callable[..., Tensor]
+from ..conditions import Conditions
+
+DenoiseFn = Callable[[Tensor, Tensor, Conditions], Tensor]
 
 
-def call_denoise(denoise: DenoiseFn, x: Tensor, t: float, cond: dict) -> Tensor:
-    """``denoise(x_t, t[batch], **cond)``."""
-    return denoise(x, torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device), **cond)
+def call_denoise(denoise: DenoiseFn, x: Tensor, t: float, cond: Conditions) -> Tensor:
+    """``denoise(x_t, t[batch], cond)``."""
+    return denoise(x, torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device), cond)
 
 
 def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -27,7 +29,7 @@ def velocity(x: Tensor, x0_hat: Tensor, coefficients: tuple[float, float]) -> Te
 
 
 def heun_step(denoise: DenoiseFn, x: Tensor, x0_hat: Tensor, t_from: float, t_to: float,
-              coef_from: tuple[float, float], coef_to: tuple[float, float] | None, cond: dict) -> Tensor:
+              coef_from: tuple[float, float], coef_to: tuple[float, float] | None, cond: Conditions) -> Tensor:
     """EDM Algorithm 1, lines 5-8: Euler step, then the 2nd-order correction unless t_to = 0."""
     h = t_to - t_from
     d = velocity(x, x0_hat, coef_from)

@@ -21,20 +21,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..conditions import Conditions, as_conditions
 from ..schedules import Schedule
 
 __all__ = ["reference_solve"]
 
 
-def reference_solve(denoise, noise: Tensor, schedule: Schedule, t_start: float = 1.0, *, cond=None,
-                    rtol: float = 1e-10, atol: float = 1e-10, ve_sigma_end: float = 1e-5) -> Tensor:
+def reference_solve(denoise, noise: Tensor, schedule: Schedule, t_start: float = 1.0, *,
+                    cond: Conditions | None = None, rtol: float = 1e-10, atol: float = 1e-10,
+                    ve_sigma_end: float = 1e-5) -> Tensor:
     """x0 reached by the exact PF-ODE from ``x_{t_start} = sigma(t_start) * noise`` (float64).
 
-    ``denoise(x_t, t, **cond)`` is evaluated on ``schedule``; the returned tensor has ``noise``'s dtype.
+    ``denoise(x_t, t, cond)`` is evaluated on ``schedule``; the returned tensor has ``noise``'s dtype.
     """
     from scipy.integrate import solve_ivp  # lazy: slow to import, and only this reference solver needs it
 
-    cond = cond or {}
+    cond = as_conditions(cond)
     shape, dtype = noise.shape, noise.dtype
     flat = noise.detach().to(torch.float64).reshape(len(noise), -1)
 
@@ -43,7 +45,7 @@ def reference_solve(denoise, noise: Tensor, schedule: Schedule, t_start: float =
         at = schedule(torch.tensor(t, dtype=torch.float64))
         x_t = float(at.alpha) * torch.from_numpy(x_hat_flat).reshape(shape)
         t_batch = torch.full((shape[0],), t, dtype=torch.float64)
-        return denoise(x_t, t_batch, **cond).to(torch.float64).reshape(len(noise), -1).numpy()
+        return denoise(x_t, t_batch, cond).to(torch.float64).reshape(len(noise), -1).numpy()
 
     start = schedule(torch.tensor(float(t_start), dtype=torch.float64))
     lam0 = 0.5 * float(start.logsnr)

@@ -1,6 +1,6 @@
 """Stochastic samplers: EDM's churn (Algorithm 2) and Euler-Maruyama on the reverse SDE.
 
-``edm`` (Karras et al. 2022, Algorithm 2): before each Heun step, raise the noise level from
+``edm_churn`` (Karras et al. 2022, Algorithm 2): before each Heun step, raise the noise level from
 ve_sigma_i to (1 + gamma_i) ve_sigma_i by adding fresh noise, gamma_i = min(S_churn / N, sqrt(2) - 1)
 where S_tmin <= ve_sigma_i <= S_tmax (EDM's t is our ve_sigma), noise std inflated by S_noise. In x_t
 with alpha != 1 the noise is added to x_t / alpha. A raised level beyond the schedule's t = 1 is capped
@@ -26,10 +26,10 @@ import math
 from ._step import call_denoise, heun_step, randn_like
 from .grid import Grid
 
-__all__ = ["edm", "euler_maruyama"]
+__all__ = ["edm_churn", "euler_maruyama"]
 
 
-def edm(denoise, x, grid: Grid, *, cond, callback, generator, schedule,
+def edm_churn(denoise, x, grid: Grid, *, cond, callback, generator, schedule,
         S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = math.inf, S_noise: float = 1.0):
     if S_churn < 0 or S_noise < 0:
         raise ValueError(f"S_churn and S_noise must be >= 0, got {S_churn}, {S_noise}")

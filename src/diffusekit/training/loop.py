@@ -27,6 +27,7 @@ from torch import nn
 
 from .. import distributed
 from ..cascade import training_condition
+from ..conditions import select
 from ..config import Config, to_dict
 from ..config.validate import check_guidance
 from ..data import ImageArrays
@@ -200,30 +201,29 @@ class Trainer:
         return True
 
     # -- one optimizer step -------------------------------------------------------------------------
-    def _micro_batch(self, n: int):
+    def _micro_batch(self, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The next global micro-batch: images and their named conditions (empty for an unconditional run)."""
         if self._batches is None:
             self._batches = BatchStream(self.data, self.config.run.seed, n, self._data_position,
                                         self.config.data.workers)
         x0, labels = next(self._batches)
         self._data_position = self._batches.position
         x0 = x0.to(self.device, non_blocking=True)
-        parts = {}
+        cond = {}
         if self.num_classes:
             labels = drop_conditions(labels, self.config.objective.p_uncond, self.num_classes, self.generator)
-            parts["labels"] = labels.to(self.device, non_blocking=True)
+            cond["labels"] = labels.to(self.device, non_blocking=True)
         if self.captions is not None:  # a caption of each image's class; one dropout draw nulls the text
-            parts.update(self.captions.condition(self.captions.pick(labels, self.generator), self.device))
+            cond.update(self.captions.condition(self.captions.pick(labels, self.generator), self.device))
             drop = torch.rand(labels.shape[0], generator=self.generator) < self.config.objective.p_uncond
-            parts["text_null"] = drop.to(self.device)
+            cond["text_null"] = drop.to(self.device)
         if self.augment is not None:  # EDM's non-leaking augmentation: the labels tell the network what was done
-            x0, parts["augment"] = augment(x0, self.augment, self.generator)
+            x0, cond["augment"] = augment(x0, self.augment, self.generator)
         if self.cascade is not None:  # the super-resolution stage's low-resolution input, noise-augmented
-            parts.update(training_condition(x0, self.cascade, self.generator))
+            cond.update(training_condition(x0, self.cascade, self.generator))
         if self.config.run.dump_bad_batch:  # kept (no copy) so that a run stopped by NaNs can show its batch
-            self._last_batch = (x0, parts)
-        if not parts:
-            return x0, None
-        return x0, {"cond": parts["labels"] if list(parts) == ["labels"] else parts}
+            self._last_batch = (x0, cond)
+        return x0, cond
 
     def _autocast(self):
         if self.config.run.precision == "bf16":
@@ -256,7 +256,7 @@ class Trainer:
             xi = self.loss.draw_perturbation(tuple(x0.shape), generator=self.generator, dtype=x0.dtype,
                                              device=self.device)
             if self.dist.distributed:
-                x0, noise, cond = x0[part], noise[part], _slice(cond, part)
+                x0, noise, cond = x0[part], noise[part], select(cond, part)
                 xi = xi[part] if xi is not None else None
             mine = TimeDraw(draw.t[part], draw.weight[part], draw.u[part])
             last = i == opt.accumulation - 1
@@ -305,8 +305,8 @@ class Trainer:
         step = self.cur_nimg // self.config.optim.batch_size
         dumped = ""
         if self._last_batch is not None:
-            x0, parts = self._last_batch
-            tensors = {"x0": x0, **{f"cond.{k}": v for k, v in parts.items() if isinstance(v, torch.Tensor)}}
+            x0, cond = self._last_batch
+            tensors = {"x0": x0, **{f"cond.{k}": v for k, v in cond.items()}}
             path = self.run_dir / f"nonfinite-{self.cur_nimg:012d}.safetensors"
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(path))
@@ -389,16 +389,6 @@ class Trainer:
 def _rank_seed(seed: int, rank: int, cur_nimg: int) -> int:
     """The seed of process ``rank``'s global torch RNG (dropout) when training from image ``cur_nimg``."""
     return (seed * 1_000_003 + (rank + 1) * 7_919 + cur_nimg) % (2**63)
-
-
-def _slice(cond: dict | None, part: slice) -> dict | None:
-    """This process's share of a micro-batch's ``{"cond": labels or {name: tensor}}``."""
-    if cond is None:
-        return None
-    value = cond["cond"]
-    if isinstance(value, dict):
-        return {"cond": {k: v[part] for k, v in value.items()}}
-    return {"cond": value[part]}
 
 
 def _call(hooks, name: str, *args) -> None:
