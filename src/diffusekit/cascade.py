@@ -1,6 +1,6 @@
 """Cascades: a super-resolution stage conditioned on a low-resolution image, with noise-conditioning augmentation.
 
-Ho et al. 2022 ("Cascaded Diffusion Models for High Fidelity Image Generation", sec. 4.1) and seed 001:
+Ho et al. 2022 ("Cascaded Diffusion Models for High Fidelity Image Generation", sec. 4.1):
 
 - training: the low-resolution image ``z`` (the training image, box-downsampled) is corrupted on a cosine VP
   path, ``z_s = alpha(s) z + sigma(s) noise`` with ``s ~ U[0, aug_max]``, upsampled (bilinear) to the

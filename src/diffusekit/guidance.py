@@ -4,12 +4,12 @@
 unchanged, and classifier-free guidance makes its null branch by replacing entries of it
 (:func:`null_condition`).
 
-Samplers never know about guidance and networks never see it (DESIGN.md): every method here acts on
+Samplers never know about guidance and networks never see it (docs/design.md): every method here acts on
 ``x0_hat``. Because every parameterization is affine in ``x_t`` with the same coefficients for both
 branches (``x0_hat = c_skip x_t + c_out F``), guiding ``x0_hat`` equals guiding eps, v, the flow velocity
 or the score with the same weight, so one wrapper serves every model and every sampler.
 
-- :func:`classifier_free`: ``(1 - w) D(x | null) + w D(x | c)`` (Ho & Salimans 2022; seed 003). The
+- :func:`classifier_free`: ``(1 - w) D(x | null) + w D(x | c)`` (Ho & Salimans 2022). The
   conditional and null halves go through the network as one batch.
 - :func:`autoguidance`: ``(1 - w) D_guide(x | c) + w D(x | c)`` where the guide is a weaker model of the
   same task, e.g. a smaller or less-trained one (Karras et al. 2024, "Guiding a diffusion model with a

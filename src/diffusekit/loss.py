@@ -1,4 +1,4 @@
-"""The diffusion training objective, one formula for every parameterization (DESIGN.md section 2).
+"""The diffusion training objective, one formula for every parameterization (docs/design.md).
 
 For data x0, noise ~ N(0, I) and t from the time sampler:
     x_t = alpha x0 + sigma noise,   target = (x0 - c_skip x_t) / c_out,

@@ -2,7 +2,7 @@
 
 Why: a model that memorizes its training set fits the training images better than the population, so its
 held-out loss rises while its training loss keeps falling. Rising validation loss is therefore a necessary
-sign of memorization (seed 001): no rise, no memorization; a rise alone does not prove copying (see
+sign of memorization: no rise, no memorization; a rise alone does not prove copying (see
 :mod:`diffusekit.metrics.memorization` for the nearest-neighbour test on samples). The gap shows first at
 medium and high log-SNR, where a denoiser can snap a noisy training image back onto itself; at low log-SNR
 every denoiser predicts roughly the data mean. Splitting the loss by noise level as in Karras et al. 2022

@@ -6,12 +6,12 @@ where S_tmin <= ve_sigma_i <= S_tmax (EDM's t is our ve_sigma), noise std inflat
 with alpha != 1 the noise is added to x_t / alpha. A raised level beyond the schedule's t = 1 is capped
 at t = 1, and a step that starts at alpha = 0 (already pure noise) is not churned.
 
-``euler_maruyama``: the family of reverse SDEs sharing the marginals of the path (seed 003; seed 004
-with beta(t) = g^2 / (2 sigma^2)),
+``euler_maruyama``: the family of reverse SDEs sharing the marginals of the path (Karras et al.
+2022, eq. 6; in the VP-SDE's notation beta(t) = g^2 / (2 sigma^2)),
     dx = [velocity(x, t) - g(t)^2 / 2 * score(x, t)] dt + g(t) dW,  integrated from t = 1 to 0,
 with the diffusion coefficient selectable through ``g``:
 - ``"forward"`` (default): the forward process's own g^2 = 2 sigma^2 (d_sigma / sigma - d_alpha / alpha),
-  i.e. Song et al. 2021's reverse-time SDE (seed 004: beta = d ve_sigma/dt / ve_sigma);
+  i.e. Song et al. 2021's reverse-time SDE (beta = d ve_sigma/dt / ve_sigma);
 - a number ``c >= 0``: g^2 = c * forward (0 is the ODE);
 - a callable ``g(t: float) -> float``.
 The last step to t = 0 returns x0_hat (Tweedie's denoising step; an Euler-Maruyama step there would

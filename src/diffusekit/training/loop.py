@@ -1,4 +1,4 @@
-"""The training loop (DESIGN.md section 4): build, resume, then accumulate -> step -> EMA -> events.
+"""The training loop: build, resume, then accumulate -> step -> EMA -> events.
 
 Every random draw of training comes from one ``torch.Generator`` (times, noise and condition dropout)
 plus the global RNG that dropout layers use; the data order is a pure function of (seed, position).
