@@ -43,10 +43,10 @@ def test_bf16_output_matches_fp32_to_the_rounding_of_its_layers(tmp_path):
         for p in network.parameters():
             p.add_(torch.randn(p.shape, generator=generator) * 0.1)
         x, noise_cond = torch.randn(8, 1, 8, 8, generator=generator), torch.rand(8, generator=generator)
-        labels = torch.tensor([0, 1] * 4)
-        exact = network(x, noise_cond, labels)
+        cond = {"labels": torch.tensor([0, 1] * 4)}
+        exact = network(x, noise_cond, cond)
         with torch.autocast("cpu", dtype=torch.bfloat16):  # as the trainer's forward under run.precision=bf16
-            rounded = network(x, noise_cond, labels)
+            rounded = network(x, noise_cond, cond)
     assert exact.dtype == torch.float32 and rounded.dtype == torch.bfloat16
     relative = float((rounded.float() - exact).norm() / exact.norm())
     # below the bound, and far above float32's own rounding (~1e-7): bf16 really ran
