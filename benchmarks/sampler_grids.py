@@ -28,7 +28,6 @@ Conversions (each one checked by reading the library's own noise levels back, ``
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,12 +107,10 @@ def table_for(ve: Tensor, T: int = TABLE_T) -> tuple[np.ndarray, np.ndarray]:
     returned timesteps (decreasing, the largest level at T - 1), log-linear in ve in between."""
     levels = ve[:-1].numpy()[::-1]  # increasing
     n = len(levels)
-    index = np.array([T - 1]) if n == 1 else np.round(np.linspace(0, T - 1, n)).astype(np.int64)
-    grid_t = np.arange(T)
-    if n == 1:
-        log_ve = np.full(T, math.log(levels[0]))
-    else:
-        log_ve = np.interp(grid_t, index, np.log(levels))
+    if not 2 <= n <= T:
+        raise ValueError(f"a table of {T} timesteps holds 2..{T} nonzero levels, the grid has {n}")
+    index = np.round(np.linspace(0, T - 1, n)).astype(np.int64)
+    log_ve = np.interp(np.arange(T), index, np.log(levels))
     abar = 1.0 / (1.0 + np.exp(2 * log_ve))
     betas = np.empty(T)
     betas[0] = 1 - abar[0]
@@ -123,7 +120,7 @@ def table_for(ve: Tensor, T: int = TABLE_T) -> tuple[np.ndarray, np.ndarray]:
 
 def scheduler_ve_table(scheduler) -> np.ndarray:
     """The scheduler's own ve_sigma per training timestep, computed as diffusers computes it."""
-    return np.array(((1 - scheduler.alphas_cumprod) / scheduler.alphas_cumprod) ** 0.5)
+    return (((1 - scheduler.alphas_cumprod) / scheduler.alphas_cumprod) ** 0.5).numpy()
 
 
 def float_timesteps(scheduler, ve: Tensor) -> list[float]:
