@@ -74,10 +74,10 @@ class GridSpec:
 
 
 def search_grids() -> list[GridSpec]:
-    """The grids every sampler is searched over (the search that used to be run for diffusekit alone)."""
-    grids = [GridSpec("karras", rho=rho, sigma_min=smin) for rho in (5.0, 7.0, 9.0)
-             for smin in (0.002, 0.005, 0.01, 0.02)]
-    grids += [GridSpec("logsnr", sigma_min=smin) for smin in (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)]
+    """The grids every sampler is searched over: the families diffusekit's own search used, thinned to 14
+    grids so that 30 samplers x 14 grids x 5 budgets fit the benchmark's run time."""
+    grids = [GridSpec("karras", rho=rho, sigma_min=smin) for rho in (5.0, 7.0, 9.0) for smin in (0.002, 0.01)]
+    grids += [GridSpec("logsnr", sigma_min=smin) for smin in (0.002, 0.01, 0.05, 0.1)]
     grids += [GridSpec("flow", shift=shift) for shift in (0.5, 1.0, 2.0, 3.0)]
     return grids
 

@@ -6,9 +6,9 @@ N(0, I) noise, so what differs between rows is the sampler alone. Deterministic 
 against the exact probability-flow ODE solution from the same starting state
 (``diffusekit.sampling.reference_solve``); every sampler is also scored against fresh exact data.
 
-Grids (``sampler_grids.py``): ve_sigma sequences from 80 to 0 (Karras rho in {5, 7, 9} x sigma_min in
-{0.002, 0.005, 0.01, 0.02}; log-SNR-uniform with sigma_min in {0.002, ..., 0.1}; uniform in
-rectified-flow time with shift in {0.5, 1, 2, 3}), converted exactly into each library's convention
+Grids (``sampler_grids.py``): 14 ve_sigma sequences from 80 to 0 (Karras rho in {5, 7, 9} x sigma_min
+in {0.002, 0.01}; log-SNR-uniform with sigma_min in {0.002, 0.01, 0.05, 0.1}; uniform in rectified-flow
+time with shift in {0.5, 1, 2, 3}), converted exactly into each library's convention
 (k-diffusion's VE sigmas, diffusers' sigmas, flow sigmas or ``alphas_cumprod`` timesteps) and read back.
 Every sampler that accepts a custom grid (ours; every k-diffusion sampler taking ``sigmas``; the
 diffusers schedulers whose ``set_timesteps`` takes ``sigmas=`` or ``timesteps=`` for a general model) is
@@ -19,8 +19,9 @@ noise, and reported on a disjoint TEST draw (other seeds); each split has its ow
 
 Three tables per problem:
 
-1. defaults: each library's default grid and options per sampler (diffusers: its default DDPM table and
-   timestep spacing, started from ``init_noise_sigma``), on the test split;
+1. defaults: each library's default grid and options per sampler (diffusekit: ``timesteps()``'s Karras
+   grid, 0.002 .. 80, rho = 7; k-diffusion: the same grid, which its EDM configurations use; diffusers:
+   its default DDPM table and timestep spacing, started from ``init_noise_sigma``), on the test split;
 2. search: per sampler, and per library, the best (sampler, grid) on validation (deterministic: lowest
    median error, tie-break RMSE; stochastic: lowest sliced W2), reported on test;
 3. identical grids: every sampler on the Karras rho = 7 grid and the uniform flow grid (test split), and
@@ -28,7 +29,7 @@ Three tables per problem:
    where the algorithms are the same.
 
 Problems: ``mog2d`` (``GaussianMixture.ring2d()``, 4096 test samples) and ``mog64``
-(``GaussianMixture.random(64, 16)``, 2048 test samples); the validation split has half as many.
+(``GaussianMixture.random(64, 16)``, 2048 test samples); the validation split has 1024.
 Sampler state is float32; the denoiser computes in float64 and returns float32.
 
 Metrics per (problem, sampler, grid, NFE budget, split): ``rmse`` (root mean square of sample minus
@@ -80,7 +81,7 @@ from torch import Tensor
 
 import diffusekit
 from diffusekit import schedules
-from diffusekit.sampling import SAMPLERS, nfe, reference_solve, sample, timesteps
+from diffusekit.sampling import SAMPLERS, nfe, reference_solve, sample
 from diffusekit.targets import GaussianMixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -247,7 +248,7 @@ class Problem:
         d = torch.randn(self.gmm.dim, NUM_DIRECTIONS, generator=torch.Generator().manual_seed(DIRECTION_SEED),
                         dtype=torch.float64)
         directions = d / d.norm(dim=0, keepdim=True)
-        sizes = {"validation": max(self.n // 2, 256), "test": self.n}  # selection needs fewer samples
+        sizes = {"validation": min(self.n, 1024), "test": self.n}  # selection needs fewer samples
         self.splits = {name: Split(name, seeds, self.gmm, self.component, directions, sizes[name])
                        for name, seeds in SPLITS.items()}
 
@@ -295,14 +296,9 @@ def ours(label: str, sampler_name: str, options: dict | None = None) -> Sampler:
     options = dict(options or {})
 
     def build(split: Split, steps: int, grid: GridSpec | None, clock: Clock, dtype=torch.float32) -> Prepared:
-        if grid is None:  # the library's defaults: EDM's schedule, Karras spacing (0.002, 80, rho 7)
-            schedule = schedules.get("edm")
-            ts = timesteps(schedule, steps)
-            readback = None
-        else:
-            ve = grid.ve(steps)
-            schedule, ts = ours_grid(ve)
-            readback = readback_error(schedule(ts[:-1]).ve_sigma, ve)
+        ve = (grid or KARRAS_DEFAULT).ve(steps)
+        schedule, ts = ours_grid(ve)
+        readback = readback_error(schedule(ts[:-1]).ve_sigma, ve)
         denoise = clock.wrap(split.gmm.denoiser(schedule))
         noise = split.noise.to(dtype)
 
@@ -363,12 +359,9 @@ def kd_samplers(kd) -> list[Sampler]:
         fn = getattr(kd, fn_name)
 
         def build(split: Split, steps: int, grid: GridSpec | None, clock: Clock, dtype=torch.float32):
-            if grid is None:  # k-diffusion's Karras sigmas with EDM's range, as its EDM configs use
-                sigmas, readback = kd.get_sigmas_karras(steps, 0.002, 80.0, rho=7.0).to(dtype), None
-            else:
-                ve = grid.ve(steps)
-                sigmas = ve.to(dtype)
-                readback = readback_error(sigmas[:-1], ve)
+            ve = (grid or KARRAS_DEFAULT).ve(steps)
+            sigmas = ve.to(dtype)
+            readback = readback_error(sigmas[:-1], ve)
             model = clock.wrap(kd_model(split.gmm))
             x_start = split.noise.to(dtype) * sigmas[0]
 
@@ -385,8 +378,7 @@ def kd_samplers(kd) -> list[Sampler]:
             return Prepared(run, float(sigmas[0]), 1.0, readback)
 
         return Sampler(f"kd {label}", "k-diffusion", build, heun_type=heun, stochastic=stochastic, float64=True,
-                       meta={"function": fn_name, "options": options,
-                             "default_grid": "get_sigmas_karras(steps, 0.002, 80, rho=7)"})
+                       meta={"function": fn_name, "options": options})
 
     return [
         make("euler", "sample_euler"),
@@ -399,7 +391,6 @@ def kd_samplers(kd) -> list[Sampler]:
         make("euler_ancestral", "sample_euler_ancestral", stochastic=True, noise=True),
         make("heun churn", "sample_heun", KD_CHURN, heun=True, stochastic=True, global_noise=True),
         make("dpmpp_2m_sde", "sample_dpmpp_2m_sde", stochastic=True, noise=True),
-        make("dpm_2_ancestral", "sample_dpm_2_ancestral", heun=True, stochastic=True, noise=True),
     ]
 
 
@@ -625,8 +616,15 @@ def run_problem(problem: Problem, samplers: list[Sampler], budgets: list[int], g
                 outputs[key] = x
         return cache[key]
 
-    # 1. each library's defaults, on the test split (nothing is selected), timed
-    defaults = {s.name: {b: get(s, b, None, test, repeats) for b in budgets} for s in samplers if s.has_default}
+    # 1. each library's defaults, on the test split (nothing is selected), timed. diffusekit's default grid
+    # (``timesteps(schedule, steps)``: Karras, 0.002 .. 80, rho = 7) is KARRAS_DEFAULT, and so is the
+    # grid k-diffusion's EDM configurations use (``get_sigmas_karras(n, 0.002, 80, rho=7)``, the same
+    # formula evaluated in float32): those runs are shared with table 3.
+    def default_grid(s: Sampler) -> GridSpec | None:
+        return KARRAS_DEFAULT if s.family in ("diffusekit", "k-diffusion") else None
+
+    defaults = {s.name: {b: get(s, b, default_grid(s), test, repeats) for b in budgets}
+                for s in samplers if s.has_default}
     baseline = defaults.get("euler")
     for row in defaults.values():
         for b, r in row.items():
@@ -860,8 +858,8 @@ def parse_args(argv=None):
                         help="smoke run: mog2d, NFE 5,10,20, 1024 test samples, 3 grids")
     parser.add_argument("--nfe", type=str, default=None, help="comma-separated NFE budgets")
     parser.add_argument("--problems", type=str, default=None, help="comma-separated: mog2d,mog64")
-    parser.add_argument("--samples", type=int, default=None, help="test samples per problem (validation: half)")
-    parser.add_argument("--repeats", type=int, default=3, help="timing repeats of the defaults (min is reported)")
+    parser.add_argument("--samples", type=int, default=None, help="test samples per problem (validation: at most 1024)")
+    parser.add_argument("--repeats", type=int, default=2, help="timing repeats of the defaults (min is reported)")
     parser.add_argument("--no-search", action="store_true",
                         help="search only the two identical grids (Karras rho=7, uniform flow)")
     parser.add_argument("--no-peers", action="store_true", help="run diffusekit's samplers only")

@@ -144,3 +144,12 @@ def test_dpm_solver_integer_timesteps_read_back_within_float32_table_precision(d
     # 1 - alphas_cumprod ~ ve^2 = 4e-6 at the last level is stored next to 1 in float32 (spacing 6e-8)
     bound = 0.5 * 2 ** -23 / (0.002**2) * 10
     assert err["last"] < bound and math.isfinite(err["max"])
+
+
+@pytest.mark.parametrize("steps", STEPS)
+def test_karras_default_is_diffusekits_default_grid(steps):
+    from diffusekit import schedules
+    from diffusekit.sampling import timesteps
+
+    ve = timesteps(schedules.get("edm"), steps) * 80.0  # EDM's schedule: ve_sigma = 80 t
+    np.testing.assert_allclose(ve.numpy(), grids.KARRAS_DEFAULT.ve(steps).numpy(), rtol=1e-14, atol=0)
