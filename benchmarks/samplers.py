@@ -36,8 +36,9 @@ Metrics per (problem, sampler, grid, NFE budget, split): ``rmse`` (root mean squ
 reference), ``median`` (median over samples of the per-sample RMS error), ``flip`` (fraction of samples
 whose most likely mixture component differs from the reference's), ``swd`` (sliced 2-Wasserstein distance,
 256 fixed random directions, to the split's exact data), ``tv`` (total variation between the component
-histogram and the true weights); ``wall_ratio``: wall time of one batch (min of ``--repeats``, one
-thread) over that of our ``euler`` at the same NFE (defaults table only). Stochastic samplers (``*``) are
+histogram and the true weights); ``wall_ratio``: wall time of one batch (min of ``--repeats``, default
+1, one thread) over that of our ``euler`` at the same NFE (defaults table only; on a shared machine a
+single run's ratio moves by tens of percent). Stochastic samplers (``*``) are
 not meant to follow the ODE: only swd and tv measure them.
 
 Heun-type samplers (two evaluations per step but the last) run ceil((B + 1) / 2) steps at budget B, so
@@ -859,7 +860,7 @@ def parse_args(argv=None):
     parser.add_argument("--nfe", type=str, default=None, help="comma-separated NFE budgets")
     parser.add_argument("--problems", type=str, default=None, help="comma-separated: mog2d,mog64")
     parser.add_argument("--samples", type=int, default=None, help="test samples per problem (validation: at most 1024)")
-    parser.add_argument("--repeats", type=int, default=2, help="timing repeats of the defaults (min is reported)")
+    parser.add_argument("--repeats", type=int, default=1, help="timing repeats of the defaults (min is reported)")
     parser.add_argument("--no-search", action="store_true",
                         help="search only the two identical grids (Karras rho=7, uniform flow)")
     parser.add_argument("--no-peers", action="store_true", help="run diffusekit's samplers only")
