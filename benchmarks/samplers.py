@@ -119,8 +119,10 @@ CHURN = {"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}
 # The churn sampler through the registry: it is being renamed from "edm" to "edm_churn" ("edm" kept as an
 # alias), and either name must work here.
 EDM_CHURN = "edm_churn" if "edm_churn" in SAMPLERS else "edm"
-# Same-algorithm pairs on an identical grid: float64 runs must agree to rounding (k-diffusion pairs).
-FLOAT64_TOLERANCE = 1e-9
+# Same-algorithm pairs on an identical grid: float64 runs must agree to rounding (k-diffusion pairs). The
+# largest difference over samples grows with the dimension and, for the ancestral pair, with the noise
+# injected at every step (1.3e-9 measured on mog64), still seven orders below any algorithmic difference.
+FLOAT64_TOLERANCE = 1e-8
 REFERENCE_SHARE_RTOL = 1e-4
 
 
