@@ -1,42 +1,58 @@
-"""Side-by-side sampler benchmark on exact Gaussian-mixture targets.
+"""Side-by-side sampler benchmark on exact Gaussian-mixture targets: diffusekit against k-diffusion and
+diffusers, every sampler given the same noise-level grids, the same search and the same noise.
 
-Every sampler, ours and the peers' (k-diffusion, diffusers), integrates the same analytic denoiser
-E[x0 | x_t] of a known Gaussian mixture from the same N(0, I) noise, so what differs between rows is the
-sampler alone. Deterministic samplers are scored against the exact probability-flow ODE solution from the
-same noise and the same starting noise level (``diffusekit.sampling.reference_solve``, computed once per
-distinct start and kept in memory); every sampler is also scored against fresh exact data.
+Every sampler integrates the same analytic denoiser E[x0 | x_t] of a known Gaussian mixture from the same
+N(0, I) noise, so what differs between rows is the sampler alone. Deterministic samplers are scored
+against the exact probability-flow ODE solution from the same starting state
+(``diffusekit.sampling.reference_solve``); every sampler is also scored against fresh exact data.
 
-Problems: ``mog2d`` (``GaussianMixture.ring2d()``, 4096 samples) and ``mog64``
-(``GaussianMixture.random(64, 16)``, 2048 samples). Sampler state is float32; the denoiser computes in
-float64 and returns float32.
+Grids (``sampler_grids.py``): 14 ve_sigma sequences from 80 to 0 (Karras rho in {5, 7, 9} x sigma_min
+in {0.002, 0.01}; log-SNR-uniform with sigma_min in {0.002, 0.01, 0.05, 0.1}; uniform in rectified-flow
+time with shift in {0.5, 1, 2, 3}), converted exactly into each library's convention
+(k-diffusion's VE sigmas, diffusers' sigmas, flow sigmas or ``alphas_cumprod`` timesteps) and read back.
+Every sampler that accepts a custom grid (ours; every k-diffusion sampler taking ``sigmas``; the
+diffusers schedulers whose ``set_timesteps`` takes ``sigmas=`` or ``timesteps=`` for a general model) is
+run on every grid at every NFE budget.
 
-Metrics per (problem, configuration, NFE budget):
+Splits: the grid (and, per library, the sampler) is selected on a VALIDATION draw of noise, data and SDE
+noise, and reported on a disjoint TEST draw (other seeds); each split has its own SWD floor.
 
-- ``rmse``: root mean square over all coordinates of (sample - reference);
-- ``median``: median over samples of the per-sample RMS error against the reference;
-- ``flip``: fraction of samples whose most likely mixture component differs from the reference's;
-- ``swd``: sliced 2-Wasserstein distance (256 fixed random directions) to fresh exact data; the floor
-  SWD(data, independent data) is printed once per problem;
-- ``tv``: total-variation distance between the component histogram and the true weights;
-- ``wall_ms``: wall time of one batch (min of ``--repeats``, one thread), and ``overhead_ms``: wall time
-  minus the time spent inside the analytic denoiser.
+Three tables per problem:
 
-Stochastic samplers (``*`` in the error tables) are not meant to follow the ODE; their distance to it is
-reported for completeness, but only swd and tv measure them.
+1. defaults: each library's default grid and options per sampler (diffusekit: ``timesteps()``'s Karras
+   grid, 0.002 .. 80, rho = 7; k-diffusion: the same grid, which its EDM configurations use; diffusers:
+   its default DDPM table and timestep spacing, started from ``init_noise_sigma``), on the test split;
+2. search: per sampler, and per library, the best (sampler, grid) on validation (deterministic: lowest
+   median error, tie-break RMSE; stochastic: lowest sliced W2), reported on test;
+3. identical grids: every sampler on the Karras rho = 7 grid and the uniform flow grid (test split), and
+   each of our samplers against its counterparts: the largest sample difference, which is float rounding
+   where the algorithms are the same.
+
+Problems: ``mog2d`` (``GaussianMixture.ring2d()``, 4096 test samples) and ``mog64``
+(``GaussianMixture.random(64, 16)``, 2048 test samples); the validation split has 1024.
+Sampler state is float32; the denoiser computes in float64 and returns float32.
+
+Metrics per (problem, sampler, grid, NFE budget, split): ``rmse`` (root mean square of sample minus
+reference), ``median`` (median over samples of the per-sample RMS error), ``flip`` (fraction of samples
+whose most likely mixture component differs from the reference's), ``swd`` (sliced 2-Wasserstein distance,
+256 fixed random directions, to the split's exact data), ``tv`` (total variation between the component
+histogram and the true weights); ``overhead_ratio``: the sampler's own time in one batch (wall time minus
+the time inside the denoiser, one thread, the fastest of ``--repeats``, default 1) over the time inside
+the denoiser in the same run, so that load on a shared machine cancels (speed is reported only this way).
+Stochastic samplers (``*``) are not meant to follow the ODE: only swd and tv measure them.
 
 Heun-type samplers (two evaluations per step but the last) run ceil((B + 1) / 2) steps at budget B, so
 their NFE is 2 * steps - 1; a cell shows the actual NFE in brackets where it differs from B.
 
 The denoiser is the library's own: ``GaussianMixture.denoiser(schedule)`` for diffusekit,
 ``x0_hat(x, 1, sigma)`` for k-diffusion (its VE convention), and for diffusers an eps (or, for flow
-matching, a velocity) model built from ``x0_hat`` at the scheduler's own alpha and sigma. Each is wrapped
-by a timer. Only ``component()``, which scores every run, is recomputed here with matrix products (and
-checked against ``GaussianMixture.component`` at start-up).
+matching, a velocity) model built from ``x0_hat`` at the noise level the scheduler holds for that
+evaluation (``scheduler.sigmas`` or ``alphas_cumprod``). Each is wrapped by a timer.
 
 Usage::
 
     python benchmarks/samplers.py              # full run -> benchmarks/results/samplers.json
-    python benchmarks/samplers.py --quick      # smoke run (mog2d, NFE 5/10/20, 1024 samples)
+    python benchmarks/samplers.py --quick      # smoke run (mog2d, NFE 5/10/20, 1024 test samples, 3 grids)
     python benchmarks/samplers.py --nfe 10,20 --problems mog64 --no-search
 
 Peers come from ``make bench-deps``; without them only diffusekit's samplers run (the output says so).
@@ -66,19 +82,46 @@ from torch import Tensor
 
 import diffusekit
 from diffusekit import schedules
-from diffusekit.sampling import reference_solve, sample, timesteps
+from diffusekit.sampling import nfe, reference_solve, sample
 from diffusekit.targets import GaussianMixture
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sampler_grids import (  # noqa: E402
+    FLOW_UNIFORM,
+    IDENTICAL_GRIDS,
+    KARRAS_DEFAULT,
+    GridSpec,
+    float_timesteps,
+    flow_sigmas,
+    ours_grid,
+    readback_error,
+    search_grids,
+    table_for,
+)
+
 RESULTS = Path(__file__).resolve().parent / "results"
-NOISE_SEED, DATA_SEED, FLOOR_SEED, DIRECTION_SEED, SDE_SEED = 1234, 2345, 3456, 4567, 5678
+
+
+@dataclass(frozen=True)
+class Seeds:
+    noise: int
+    data: int
+    floor: int
+    sde: int
+
+
+SPLITS = {"validation": Seeds(noise=1234, data=2345, floor=3456, sde=5678),
+          "test": Seeds(noise=11234, data=12345, floor=13456, sde=15678)}
+DIRECTION_SEED = 4567
 NUM_DIRECTIONS = 256
-# Harness self-check: ours vs k-diffusion for euler / heun on edm + karras, same noise and denoiser. In
-# float64 (state, sigmas and denoiser) the two must agree to rounding; in float32, as benchmarked, Heun's
-# last correction divides by sigma = 0.002 and so magnifies float32 rounding of the grid (k-diffusion keeps
-# float32 sigmas, ours float64 times) by up to ~1e3, so that bound is looser.
-SELF_CHECK_TOLERANCE = {"float64": 1e-9, "float32": 1e-3}
+# EDM's churn settings (Karras et al. 2022, Table 5, ImageNet-64), used by ours and k-diffusion alike.
 CHURN = {"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}
-DDPM_T = 1000  # diffusers' discrete DDPM schedule: linear betas 1e-4 .. 0.02 over 1000 steps
+EDM_CHURN = "edm_churn"  # EDM's Algorithm 2
+# Same-algorithm pairs on an identical grid: float64 runs must agree to rounding (k-diffusion pairs). The
+# largest difference over samples grows with the dimension and, for the ancestral pair, with the noise
+# injected at every step (1.3e-9 measured on mog64), still seven orders below any algorithmic difference.
+FLOAT64_TOLERANCE = 1e-8
+REFERENCE_SHARE_RTOL = 1e-4
 
 
 # -- the exact denoiser ------------------------------------------------------------------------------
@@ -132,40 +175,51 @@ def check_components(gmm: GaussianMixture, components: Components, data: Tensor)
     return float((components(x) == gmm.component(x)).double().mean())
 
 
-# -- problems ---------------------------------------------------------------------------------------
+# -- problems and splits ----------------------------------------------------------------------------
 @dataclass
-class Problem:
+class Split:
+    """One draw of starting noise, exact data (for SWD) and SDE noise; references cached per start."""
+
     name: str
+    seeds: Seeds
     gmm: GaussianMixture
+    component: Components
+    directions: Tensor
     n: int
-    component: Components = field(init=False)
     noise: Tensor = field(init=False)
-    data: Tensor = field(init=False)
-    directions: Tensor = field(init=False)
-    data_sorted: Tensor = field(init=False)  # projections of data on directions, sorted per direction
+    data_sorted: Tensor = field(init=False)
     swd_floor: float = field(init=False)
     references: dict = field(default_factory=dict)
     reference_log: list = field(default_factory=list)
 
     def __post_init__(self):
-        self.component = Components(self.gmm)
         dim = self.gmm.dim
-        self.noise = torch.randn(self.n, dim, generator=torch.Generator().manual_seed(NOISE_SEED))
-        self.data = self.gmm.sample(self.n, torch.Generator().manual_seed(DATA_SEED))
-        other = self.gmm.sample(self.n, torch.Generator().manual_seed(FLOOR_SEED))
-        d = torch.randn(dim, NUM_DIRECTIONS, generator=torch.Generator().manual_seed(DIRECTION_SEED),
-                        dtype=torch.float64)
-        self.directions = d / d.norm(dim=0, keepdim=True)
-        self.data_sorted = torch.sort(self.data @ self.directions, dim=0).values
+        self.noise = torch.randn(self.n, dim, generator=torch.Generator().manual_seed(self.seeds.noise))
+        data = self.gmm.sample(self.n, torch.Generator().manual_seed(self.seeds.data))
+        other = self.gmm.sample(self.n, torch.Generator().manual_seed(self.seeds.floor))
+        self.data_sorted = torch.sort(data @ self.directions, dim=0).values
         self.swd_floor = self.sliced_w2(other)
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seeds.sde)
 
     def sliced_w2(self, x: Tensor) -> float:
         proj = torch.sort(x.to(torch.float64) @ self.directions, dim=0).values
         return float(((proj - self.data_sorted) ** 2).mean().sqrt())
 
+    def _shared_key(self, ve_start: float, y_scale: float) -> tuple[float, float]:
+        """A start within REFERENCE_SHARE_RTOL of a computed one (float32 rounding of a library's first level)
+        shares its reference: from x_hat = ve * noise, moving the start level by a fraction eps moves the
+        PF-ODE solution by about eps * |E[x0]| / ve (for ve = 80, eps = 1e-4: ~1e-6 |E[x0]|)."""
+        for key in self.references:
+            ve, scale = key
+            if scale == y_scale and (ve == ve_start or abs(ve_start - ve) <= REFERENCE_SHARE_RTOL * ve):
+                return key
+        return (ve_start, y_scale)
+
     def reference(self, ve_start: float, y_scale: float) -> tuple[Tensor, Tensor]:
         """Exact PF-ODE x0 from x / sigma = y_scale * noise at noise level ve_sigma = ve_start (cached)."""
-        key = ("inf" if math.isinf(ve_start) else f"{ve_start:.6e}", f"{y_scale:.6e}")
+        key = self._shared_key(ve_start, y_scale)
         if key not in self.references:
             if math.isinf(ve_start):  # alpha = 0: start at t = 1 of a zero-terminal-SNR schedule
                 schedule = schedules.get("rectified_flow")
@@ -182,6 +236,24 @@ class Problem:
         return self.references[key]
 
 
+@dataclass
+class Problem:
+    name: str
+    gmm: GaussianMixture
+    n: int
+    component: Components = field(init=False)
+    splits: dict = field(init=False)
+
+    def __post_init__(self):
+        self.component = Components(self.gmm)
+        d = torch.randn(self.gmm.dim, NUM_DIRECTIONS, generator=torch.Generator().manual_seed(DIRECTION_SEED),
+                        dtype=torch.float64)
+        directions = d / d.norm(dim=0, keepdim=True)
+        sizes = {"validation": min(self.n, 1024), "test": self.n}  # selection needs fewer samples
+        self.splits = {name: Split(name, seeds, self.gmm, self.component, directions, sizes[name])
+                       for name, seeds in SPLITS.items()}
+
+
 def make_problems(args) -> list[Problem]:
     n2d, n64 = (1024, 2048) if args.quick else (4096, 2048)
     if args.samples:
@@ -191,97 +263,69 @@ def make_problems(args) -> list[Problem]:
     return [table[name]() for name in args.problems]
 
 
-# -- configurations ---------------------------------------------------------------------------------
+# -- samplers ---------------------------------------------------------------------------------------
 @dataclass
-class Config:
-    """One sampler setting. ``setup(problem, steps, clock) -> (run, ve_sigma_start, y_scale)``: ``run()``
-    returns the float32 samples, starting from x / sigma = y_scale * noise at noise level ve_sigma_start."""
+class Prepared:
+    """A sampler set up on one grid: ``run()`` returns the samples, started from x / sigma = y_scale * noise
+    at noise level ve_start; ``readback`` is the conversion check of the grid (None for defaults)."""
+
+    run: Callable[[], Tensor]
+    ve_start: float
+    y_scale: float = 1.0
+    readback: dict | None = None
+
+
+@dataclass
+class Sampler:
+    """``build(split, steps, grid, clock, dtype) -> Prepared``; ``grid=None`` means the library's default."""
 
     name: str
     family: str  # diffusekit | k-diffusion | diffusers
-    setup: Callable
+    build: Callable
     heun_type: bool = False
     stochastic: bool = False
-    search: bool = False
+    takes_grid: bool = True
+    has_default: bool = True
+    float64: bool = False  # can run in float64 (for the identical-grid check)
     meta: dict = field(default_factory=dict)
 
     def steps(self, budget: int) -> int:
         return math.ceil((budget + 1) / 2) if self.heun_type else budget
 
 
-def ours(label: str, sampler: str, schedule_name: str, spacing: str, spacing_options: dict | None = None,
-         options: dict | None = None, search: bool = False, name: str | None = None,
-         schedule_options: dict | None = None) -> Config:
-    spacing_options, options = dict(spacing_options or {}), dict(options or {})
-    schedule_options = dict(schedule_options or {})
+def ours(label: str, sampler_name: str, options: dict | None = None) -> Sampler:
+    options = dict(options or {})
 
-    def setup(problem: Problem, steps: int, clock: Clock):
-        schedule = schedules.get(schedule_name, **schedule_options)
-        ts = timesteps(schedule, steps, spacing, **spacing_options)
-        at = schedule(ts[0])
-        ve = math.inf if float(at.alpha) == 0.0 else float(at.sigma / at.alpha)
-        denoise = clock.wrap(problem.gmm.denoiser(schedule))
+    def build(split: Split, steps: int, grid: GridSpec | None, clock: Clock, dtype=torch.float32) -> Prepared:
+        ve = (grid or KARRAS_DEFAULT).ve(steps)
+        schedule, ts = ours_grid(ve)
+        readback = readback_error(schedule(ts[:-1]).ve_sigma, ve)
+        denoise = clock.wrap(split.gmm.denoiser(schedule))
+        noise = split.noise.to(dtype)
 
         def run() -> Tensor:
-            generator = torch.Generator().manual_seed(SDE_SEED)
-            return sample(denoise, problem.noise, ts, schedule, sampler, generator=generator, **options)
+            return sample(denoise, noise, ts, schedule, sampler_name, generator=split.generator(), **options)
 
-        return run, ve, 1.0
+        return Prepared(run, float(schedule(ts[0]).ve_sigma), 1.0, readback)
 
-    def float64_run(problem: Problem, steps: int) -> Tensor:
-        schedule = schedules.get(schedule_name, **schedule_options)
-        ts = timesteps(schedule, steps, spacing, **spacing_options)
-        return sample(problem.gmm.denoiser(schedule), problem.noise.to(torch.float64), ts, schedule,
-                      sampler, generator=torch.Generator().manual_seed(SDE_SEED), **options)
-
-    return Config(name or f"{label} {schedule_name}+{spacing}", "diffusekit", setup,
-                  heun_type=sampler in ("heun", "edm_churn"),
-                  stochastic=sampler in ("edm_churn", "ddpm", "euler_maruyama"),
-                  search=search, meta={"sampler": sampler, "schedule": schedule_name,
-                                       "schedule_options": schedule_options, "spacing": spacing,
-                                       "spacing_options": spacing_options, "options": options,
-                                       "float64_run": float64_run})
+    return Sampler(label, "diffusekit", build, heun_type=nfe(sampler_name, 3) == 5,
+                   stochastic=sampler_name in (EDM_CHURN, "ddpm", "euler_maruyama"), float64=True,
+                   meta={"sampler": sampler_name, "options": options})
 
 
-DETERMINISTIC = [("euler", "euler", {}), ("heun", "heun", {}), ("dpmpp_2m", "dpmpp_2m", {}),
-                 ("multistep3", "multistep", {"order": 3}), ("multistep2", "multistep", {"order": 2}),
-                 ("ddim", "ddim", {})]
-STOCHASTIC = [("edm_churn", "edm_churn", CHURN), ("ddpm", "ddpm", {}), ("euler_maruyama", "euler_maruyama", {})]
-COMBOS = [("edm", "karras"), ("rectified_flow", "uniform"), ("edm", "logsnr")]
-
-
-def ours_configs(search: bool) -> list[Config]:
-    configs = [ours(label, sampler, sched, spacing, options=opts)
-               for sched, spacing in COMBOS for label, sampler, opts in DETERMINISTIC + STOCHASTIC]
-    if search:
-        grids = [("edm", "karras", {"rho": rho, "sigma_min": smin}) for rho in (5.0, 7.0, 9.0)
-                 for smin in (0.002, 0.005, 0.01, 0.02)]
-        grids += [("edm", "logsnr", {"sigma_min": smin}) for smin in (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)]
-        grids += [("rectified_flow", "uniform", {})]
-        grids += [("rectified_flow", "uniform", {"shift": shift}) for shift in (0.5, 2.0, 3.0)]
-        multistep = [("dpmpp_2m", "dpmpp_2m", {})]
-        multistep += [(f"multistep{k}", "multistep", {"order": k}) for k in (2, 3, 4)]
-        multistep += [(f"multistep{k}+corrector", "multistep", {"order": k, "corrector": True})
-                      for k in (2, 3, 4)]
-        defaults = ({"rho": 7.0, "sigma_min": 0.002}, {"sigma_min": 0.002}, {})
-        for label, sampler, opts in multistep:
-            for schedule_name, spacing, grid in grids:
-                if label in ("dpmpp_2m", "multistep2", "multistep3") and grid in defaults:
-                    continue  # one of the fixed configurations
-                args = "(" + ",".join(f"{k}={v:g}" for k, v in grid.items()) + ")" if grid else ""
-                shift = {"shift": grid["shift"]} if "shift" in grid else {}
-                spacing_options = {k: v for k, v in grid.items() if k != "shift"}
-                configs.append(ours(label, sampler, schedule_name, spacing, spacing_options, opts, search=True,
-                                    name=f"{label} {schedule_name}+{spacing}{args}", schedule_options=shift))
-    return configs
+def ours_samplers() -> list[Sampler]:
+    samplers = [ours("euler", "euler"), ours("heun", "heun"), ours("dpmpp_2m", "dpmpp_2m")]
+    samplers += [ours(f"multistep{k}", "multistep", {"order": k}) for k in (2, 3, 4)]
+    samplers += [ours(f"multistep{k}+corrector", "multistep", {"order": k, "corrector": True}) for k in (2, 3, 4)]
+    samplers += [ours("ddim", "ddim"), ours("edm_churn", EDM_CHURN, CHURN), ours("ddpm", "ddpm"),
+                 ours("euler_maruyama", "euler_maruyama")]
+    return samplers
 
 
 def import_k_diffusion():
     """``k_diffusion.sampling`` without the package's ``__init__`` (which imports its training and
     evaluation code: clip, clean-fid, torchvision). torchvision is stubbed only while importing: the
-    sampling module's ``utils`` import names it for image helpers that the samplers never call."""
-    if "k_diffusion.sampling" in sys.modules:
-        return sys.modules["k_diffusion.sampling"]
+    sampling module imports ``torchvision.transforms.functional`` at module level but never uses it."""
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None:
         raise ImportError("k_diffusion is not installed (make bench-deps)")
@@ -301,299 +345,484 @@ def import_k_diffusion():
             sys.modules.pop(name, None)
 
 
-def kd_configs(kd) -> list[Config]:
-    def make(label: str, fn_name: str, heun: bool = False) -> Config:
-        def setup(problem: Problem, steps: int, clock: Clock):
-            sigmas = kd.get_sigmas_karras(steps, 0.002, 80.0, rho=7.0)
-            model = clock.wrap(kd_model(problem.gmm))
-            fn = getattr(kd, fn_name)
-            x_start = problem.noise * sigmas[0]
+KD_CHURN = {"s_churn": CHURN["S_churn"], "s_tmin": CHURN["S_tmin"], "s_tmax": CHURN["S_tmax"],
+            "s_noise": CHURN["S_noise"]}
+
+
+def kd_samplers(kd) -> list[Sampler]:
+    """Every k-diffusion sampler that takes a ``sigmas`` tensor (dpm_fast / dpm_adaptive take only a
+    range). ``noise``: the sampler accepts a ``noise_sampler``, fed from the split's SDE generator;
+    ``global_noise``: it draws with ``torch.randn_like`` (seeded from the split before each run)."""
+
+    def make(label: str, fn_name: str, options: dict | None = None, heun: bool = False,
+             stochastic: bool = False, noise: bool = False, global_noise: bool = False) -> Sampler:
+        options = dict(options or {})
+        fn = getattr(kd, fn_name)
+
+        def build(split: Split, steps: int, grid: GridSpec | None, clock: Clock, dtype=torch.float32):
+            ve = (grid or KARRAS_DEFAULT).ve(steps)
+            sigmas = ve.to(dtype)
+            readback = readback_error(sigmas[:-1], ve)
+            model = clock.wrap(kd_model(split.gmm))
+            x_start = split.noise.to(dtype) * sigmas[0]
 
             def run() -> Tensor:
-                return fn(model, x_start, sigmas, disable=True)
+                kwargs = dict(options)
+                if noise:
+                    g = split.generator()
+                    kwargs["noise_sampler"] = lambda sigma, sigma_next: torch.randn(
+                        x_start.shape, generator=g, dtype=dtype)
+                if global_noise:
+                    torch.manual_seed(split.seeds.sde)
+                return fn(model, x_start, sigmas, disable=True, **kwargs)
 
-            return run, float(sigmas[0]), 1.0
+            return Prepared(run, float(sigmas[0]), 1.0, readback)
 
-        def float64_run(problem: Problem, steps: int) -> Tensor:
-            default = torch.get_default_dtype()
-            torch.set_default_dtype(torch.float64)  # k-diffusion builds its sigmas in the default dtype
-            try:
-                sigmas = kd.get_sigmas_karras(steps, 0.002, 80.0, rho=7.0)
-            finally:
-                torch.set_default_dtype(default)
-            model = kd_model(problem.gmm)
-            x_start = problem.noise.to(torch.float64) * sigmas[0]
-            return getattr(kd, fn_name)(model, x_start, sigmas, disable=True)
-
-        return Config(f"kd {label}", "k-diffusion", setup, heun_type=heun,
-                      meta={"function": fn_name, "sigmas": "karras(0.002, 80, rho=7)",
-                            "float64_run": float64_run})
-
-    return [make("euler", "sample_euler"), make("heun", "sample_heun", heun=True), make("lms", "sample_lms"),
-            make("dpmpp_2m", "sample_dpmpp_2m")]
-
-
-def diffusers_configs(diffusers) -> list[Config]:
-    ddpm = {"num_train_timesteps": DDPM_T, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
-
-    def make(label: str, cls_name: str, kwargs: dict, kind: str, heun: bool = False) -> Config:
-        """kind: 've' (the sample is x_t / alpha: Euler, Heun), 'vp' (the sample is x_t) or 'flow'
-        (x_t = (1 - s) x0 + s noise with s = timestep / 1000)."""
-
-        def setup(problem: Problem, steps: int, clock: Clock):
-            scheduler = getattr(diffusers, cls_name)(**kwargs)
-            scheduler.set_timesteps(steps)
-            gmm = problem.gmm
-            if kind == "flow":
-                def model(x_in: Tensor, t: Tensor) -> Tensor:  # velocity d x / d s = (x - x0_hat) / s
-                    s = float(t) / DDPM_T
-                    x64 = x_in.to(torch.float64)
-                    return ((x64 - gmm.x0_hat(x64, 1.0 - s, s)) / s).to(x_in.dtype)
-
-                init = 1.0
-                s0 = float(scheduler.sigmas[0])
-                ve, y_scale = (math.inf if s0 >= 1.0 else s0 / (1.0 - s0)), 1.0 / s0
-            else:
-                # the scheduler's own table: sigma_VE(t) = sqrt((1 - abar_t) / abar_t), linear in t between
-                # integer timesteps exactly as the sigma-based schedulers interpolate it; at an integer t the
-                # model below uses alpha = sqrt(abar_t) and sigma = sqrt(1 - abar_t).
-                abar = scheduler.alphas_cumprod.to(torch.float64).numpy()
-                ve_table = np.sqrt((1 - abar) / abar)
-                grid = np.arange(len(abar))
-
-                def model(x_in: Tensor, t: Tensor) -> Tensor:  # eps = (x_t - alpha x0_hat) / sigma
-                    ve_t = float(np.interp(float(t), grid, ve_table))
-                    a = 1.0 / math.sqrt(1.0 + ve_t * ve_t)
-                    s = ve_t * a
-                    x64 = x_in.to(torch.float64)
-                    return ((x64 - a * gmm.x0_hat(x64, a, s)) / s).to(x_in.dtype)
-
-                init = float(getattr(scheduler, "init_noise_sigma", 1.0))
-                if kind == "ve":
-                    ve = float(scheduler.sigmas[0])
-                    y_scale = init / ve
-                else:
-                    ve = float(np.interp(float(scheduler.timesteps[0]), grid, ve_table))
-                    y_scale = init * math.sqrt(1.0 + ve * ve) / ve
-            timed = clock.wrap(model)
-
-            def run() -> Tensor:
-                scheduler.set_timesteps(steps)
-                x = problem.noise * init
-                for t in scheduler.timesteps:
-                    x_in = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
-                    x = scheduler.step(timed(x_in, t), t, x, return_dict=False)[0]
-                return x
-
-            return run, ve, y_scale
-
-        return Config(f"hf {label}", "diffusers", setup, heun_type=heun,
-                      meta={"scheduler": cls_name, "kwargs": kwargs, "kind": kind})
+        return Sampler(f"kd {label}", "k-diffusion", build, heun_type=heun, stochastic=stochastic, float64=True,
+                       meta={"function": fn_name, "options": options})
 
     return [
-        make("Euler", "EulerDiscreteScheduler", ddpm, "ve"),
-        make("Heun", "HeunDiscreteScheduler", ddpm, "ve", heun=True),
-        make("DPM++2M", "DPMSolverMultistepScheduler",
-             {**ddpm, "algorithm_type": "dpmsolver++", "solver_order": 2}, "vp"),
-        make("DPM++2M karras", "DPMSolverMultistepScheduler",
-             {**ddpm, "algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}, "vp"),
-        make("UniPC", "UniPCMultistepScheduler", ddpm, "vp"),
-        make("DDIM trailing", "DDIMScheduler",
-             {**ddpm, "clip_sample": False, "timestep_spacing": "trailing", "set_alpha_to_one": True}, "vp"),
-        make("FlowMatch Euler", "FlowMatchEulerDiscreteScheduler", {"num_train_timesteps": DDPM_T}, "flow"),
+        make("euler", "sample_euler"),
+        make("heun", "sample_heun", heun=True),
+        make("dpm_2", "sample_dpm_2", heun=True),
+        make("lms", "sample_lms"),
+        make("dpmpp_2m", "sample_dpmpp_2m"),
+        make("dpmpp_2s", "sample_dpmpp_2s_ancestral", {"eta": 0.0}, heun=True, noise=True),
+        make("dpmpp_3m", "sample_dpmpp_3m_sde", {"eta": 0.0}, noise=True),
+        make("euler_ancestral", "sample_euler_ancestral", stochastic=True, noise=True),
+        make("heun churn", "sample_heun", KD_CHURN, heun=True, stochastic=True, global_noise=True),
+        make("dpmpp_2m_sde", "sample_dpmpp_2m_sde", stochastic=True, noise=True),
+    ]
+
+
+DDPM_TABLE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
+# Schedulers whose set_timesteps takes sigmas= or timesteps= but that are left out, and why.
+DIFFUSERS_LEFT_OUT = {
+    "EDMEulerScheduler": "its sigmas= is a ramp in [0, 1] mapped through its own karras/exponential "
+                         "sigma_schedule (the only two allowed), not a sigma sequence; the same Euler step as "
+                         "EulerDiscreteScheduler, which is included",
+    "DPMSolverSinglestepScheduler": "takes integer timesteps like DPMSolverMultistep; left out to keep the run "
+                                    "time (its multistep sibling is included)",
+    "DDPMParallelScheduler": "the DDPM step batched over timesteps for parallel sampling; DDPMScheduler is "
+                             "included",
+    "CMStochasticIterativeScheduler, LCMScheduler, TCDScheduler, SCMScheduler, FlowMatchLCMScheduler, "
+    "FlowMapEulerDiscreteScheduler, PiflowScheduler": "samplers for distilled (consistency / flow-map) models",
+    "DDPMWuerstchenScheduler, HeliosScheduler, HeliosDMDScheduler, LTXEulerAncestralRFScheduler, "
+    "MiniMaxH3Scheduler": "tied to one model family's time convention",
+}
+
+
+def diffusers_samplers(diffusers) -> list[Sampler]:
+    """kind: how the scheduler's sample and noise level relate to x_t:
+    've' (the sample is x_t / alpha and the model sees ``scale_model_input`` = x_t; level: sigmas[i] as
+    ve_sigma), 'vp' (the sample is x_t; level: sigmas[i] as ve_sigma), 'abar' (the sample is x_t; level:
+    alphas_cumprod[timesteps[i]]), 'flow' (x_t = (1 - s) x0 + s noise, s = sigmas[i]; a velocity model).
+    path: how a grid is passed: 'sigmas' (ve), 'flow_sigmas', 'table_int' / 'table_float' (timesteps into a
+    table built for the grid), or None (defaults only)."""
+
+    def make(label: str, cls_name: str, options: dict, default_kind: str, path: str | None, heun: bool = False,
+             stochastic: bool = False, grid_options: dict | None = None, grid_kind: str | None = None) -> Sampler:
+        cls = getattr(diffusers, cls_name)
+        grid_options = {**options, **(grid_options or {})}
+
+        def build(split: Split, steps: int, grid: GridSpec | None, clock: Clock, dtype=torch.float32):
+            kind = default_kind if grid is None else (grid_kind or default_kind)
+            if grid is None:
+                scheduler = cls(**options) if kind == "flow" else cls(**{**DDPM_TABLE, **options})
+                configure = lambda: scheduler.set_timesteps(steps)  # noqa: E731
+            else:
+                ve = grid.ve(steps)
+                if path == "sigmas":
+                    scheduler = cls(**{**DDPM_TABLE, **grid_options})
+                    configure = lambda: scheduler.set_timesteps(sigmas=ve.tolist())  # noqa: E731
+                elif path == "flow_sigmas":
+                    scheduler = cls(**grid_options)
+                    configure = lambda: scheduler.set_timesteps(sigmas=flow_sigmas(ve))  # noqa: E731
+                else:
+                    betas, index = table_for(ve)
+                    scheduler = cls(**{**grid_options, "num_train_timesteps": len(betas), "trained_betas": betas})
+                    ts = index.tolist() if path == "table_int" else float_timesteps(scheduler, ve)
+                    configure = lambda: scheduler.set_timesteps(timesteps=ts)  # noqa: E731
+            configure()
+
+            def level(i: int) -> tuple[float, float]:
+                """(alpha, sigma) of the x_t the model sees at evaluation i."""
+                if kind == "flow":
+                    s = float(scheduler.sigmas[i])
+                    return 1.0 - s, s
+                if kind == "abar":
+                    abar = float(scheduler.alphas_cumprod[int(scheduler.timesteps[i])])
+                    return math.sqrt(abar), math.sqrt(1.0 - abar)
+                ve_i = float(scheduler.sigmas[i])
+                a = 1.0 / math.sqrt(1.0 + ve_i * ve_i)
+                return a, ve_i * a
+
+            levels = [level(i) for i in range(len(scheduler.timesteps))]
+            readback = None
+            if grid is not None:
+                unique = [lv for j, lv in enumerate(levels) if not (heun and j % 2 == 0 and j > 0)]
+                readback = readback_error([s / a for a, s in unique], ve)
+            gmm = split.gmm
+
+            def model(x_in: Tensor, i: int) -> Tensor:  # eps = (x_t - alpha x0_hat) / sigma, or velocity
+                a, s = levels[i]
+                x64 = x_in.to(torch.float64)
+                x0 = gmm.x0_hat(x64, a, s)
+                out = (x64 - x0) / s if kind == "flow" else (x64 - a * x0) / s
+                return out.to(x_in.dtype)
+
+            timed = clock.wrap(model)
+            a0, s0 = levels[0]
+            natural = s0 / a0 if kind == "ve" else s0  # the sample's scale per unit of noise at the start
+            init = float(getattr(scheduler, "init_noise_sigma", 1.0)) if grid is None else natural
+            ve_start = math.inf if a0 == 0.0 else s0 / a0
+
+            def run() -> Tensor:
+                configure()
+                x = split.noise.to(dtype) * init
+                step_options = {"generator": split.generator()} if stochastic else {}
+                for i, t in enumerate(scheduler.timesteps):
+                    x_in = scheduler.scale_model_input(x, t) if kind == "ve" else x
+                    x = scheduler.step(timed(x_in, i), t, x, return_dict=False, **step_options)[0]
+                return x
+
+            return Prepared(run, ve_start, init / natural, readback)
+
+        return Sampler(f"hf {label}", "diffusers", build, heun_type=heun, stochastic=stochastic,
+                       takes_grid=path is not None,
+                       meta={"scheduler": cls_name, "options": options, "kind": default_kind, "grid_path": path,
+                             "grid_kind": grid_kind or default_kind,
+                             "grid_options": grid_options if path else None})
+
+    dpmpp = {"algorithm_type": "dpmsolver++"}
+    no_clip = {"clip_sample": False}  # clipping x0 to [-1, 1] is an image-data option
+    return [
+        make("Euler", "EulerDiscreteScheduler", {}, "ve", "sigmas"),
+        make("Heun", "HeunDiscreteScheduler", {}, "ve", "table_float", heun=True),
+        make("DPM++2M", "DPMSolverMultistepScheduler", {**dpmpp, "solver_order": 2}, "vp", "table_int"),
+        make("DPM++3M", "DPMSolverMultistepScheduler", {**dpmpp, "solver_order": 3}, "vp", "table_int"),
+        make("UniPC", "UniPCMultistepScheduler", {}, "vp", "flow_sigmas",
+             grid_options={"use_flow_sigmas": True, "prediction_type": "flow_prediction"}, grid_kind="flow"),
+        make("FlowMatch Euler", "FlowMatchEulerDiscreteScheduler", {"num_train_timesteps": 1000}, "flow",
+             "flow_sigmas"),
+        make("DDIM", "DDIMScheduler", no_clip, "abar", None),
+        make("DDPM", "DDPMScheduler", no_clip, "abar", "table_int", stochastic=True),
     ]
 
 
 # -- running and scoring ----------------------------------------------------------------------------
-def evaluate(problem: Problem, config: Config, budget: int, repeats: int) -> tuple[dict, Tensor]:
+def evaluate(split: Split, sampler: Sampler, budget: int, grid: GridSpec | None, repeats: int) -> tuple[dict, Tensor]:
     clock = Clock()
-    run, ve_start, y_scale = config.setup(problem, config.steps(budget), clock)
+    prepared = sampler.build(split, sampler.steps(budget), grid, clock)
     output, calls, best_wall, best_overhead = None, 0, math.inf, math.inf
     for _ in range(repeats):
         clock.reset()
         start = time.perf_counter()
-        x = run()
+        x = prepared.run()
         wall = time.perf_counter() - start
         if output is None:
             output, calls = x, clock.calls
-        best_wall, best_overhead = min(best_wall, wall), min(best_overhead, wall - clock.seconds)
-    ref, ref_component = problem.reference(ve_start, y_scale)
-    result = {"nfe": calls, "ve_sigma_start": ve_start, "y_scale": y_scale,
-              "wall_ms": 1e3 * best_wall, "overhead_ms": 1e3 * best_overhead}
-    result.update(score(problem, output, ref, ref_component))
+        if wall < best_wall:  # the sampler's own time relative to the denoiser's, in the same run
+            best_wall, best_overhead = wall, (wall - clock.seconds) / clock.seconds
+    ref, ref_component = split.reference(prepared.ve_start, prepared.y_scale)
+    result = {"nfe": calls, "ve_sigma_start": prepared.ve_start, "y_scale": prepared.y_scale,
+              "wall_ms": 1e3 * best_wall, "overhead_ratio": best_overhead}
+    if prepared.readback is not None:
+        result["readback"] = prepared.readback
+    result.update(score(split, output, ref, ref_component))
     return result, output
 
 
-def score(problem: Problem, x: Tensor, ref: Tensor, ref_component: Tensor) -> dict:
+def score(split: Split, x: Tensor, ref: Tensor, ref_component: Tensor) -> dict:
     x = x.to(torch.float64)
     if not bool(torch.isfinite(x).all()):
         nan = float("nan")
         return {"rmse": nan, "median": nan, "flip": nan, "swd": nan, "tv": nan,
                 "nonfinite": int((~torch.isfinite(x)).any(1).sum())}
     err = x - ref
-    component = problem.component(x)
-    hist = torch.bincount(component, minlength=problem.gmm.num_components).to(torch.float64) / len(x)
+    component = split.component(x)
+    hist = torch.bincount(component, minlength=split.gmm.num_components).to(torch.float64) / len(x)
     return {"rmse": float(err.pow(2).mean().sqrt()),
             "median": float(err.pow(2).mean(1).sqrt().median()),
             "flip": float((component != ref_component).double().mean()),
-            "swd": problem.sliced_w2(x),
-            "tv": float(0.5 * (hist - problem.gmm.weights).abs().sum())}
+            "swd": split.sliced_w2(x),
+            "tv": float(0.5 * (hist - split.gmm.weights).abs().sum())}
 
 
-def accuracy_key(result: dict) -> tuple[float, float]:
-    m, r = result["median"], result["rmse"]
-    return (m if math.isfinite(m) else math.inf, r if math.isfinite(r) else math.inf)
+def finite(value: float) -> float:
+    return value if math.isfinite(value) else math.inf
 
 
-def run_problem(problem: Problem, configs: list[Config], budgets: list[int], repeats: int, log) -> dict:
-    results: dict[str, dict[int, dict]] = {}
-    outputs: dict[tuple[str, int], Tensor] = {}
-    for config in configs:
-        results[config.name] = {}
-        for budget in budgets:
-            result, x = evaluate(problem, config, budget, 1 if config.search else repeats)
-            results[config.name][budget] = result
-            if config.name in SELF_CHECK_PAIRS or config.name in SELF_CHECK_PAIRS.values():
-                outputs[config.name, budget] = x
-        log(f"  {problem.name}: {config.name}")
-    return {"results": results, "outputs": outputs}
+def selection_key(sampler: Sampler, result: dict) -> tuple[float, float]:
+    """The one criterion, applied on the validation split: deterministic samplers follow the PF-ODE (lowest
+    median error, tie-break RMSE); stochastic ones are judged on the distribution (lowest sliced W2, then TV)."""
+    if sampler.stochastic:
+        return finite(result["swd"]), finite(result["tv"])
+    return finite(result["median"]), finite(result["rmse"])
 
 
-SELF_CHECK_PAIRS = {"euler edm+karras": "kd euler", "heun edm+karras": "kd heun"}
+@dataclass
+class Pair:
+    ours: str
+    peer: str
+    same: bool  # the same algorithm: samples should agree to float rounding
+    note: str
+
+
+PAIRS = [
+    Pair("euler", "kd euler", True, "Euler in ve_sigma (EDM Algorithm 1 without the correction)"),
+    Pair("euler", "hf Euler", True, "Euler in ve_sigma; diffusers holds sigmas in float32"),
+    Pair("euler", "hf FlowMatch Euler", True, "Euler in flow time equals Euler in ve_sigma exactly (both are "
+         "exact for constant x0_hat); diffusers holds the flow sigmas in float32"),
+    Pair("ddim", "kd euler", True, "DDIM (eta = 0) is Euler in (x / alpha, ve_sigma)"),
+    Pair("heun", "kd heun", True, "EDM Algorithm 1"),
+    Pair("heun", "hf Heun", True, "EDM Algorithm 1; diffusers' levels come from float timesteps into a float32 "
+         "alphas_cumprod table"),
+    Pair("dpmpp_2m", "kd dpmpp_2m", True, "DPM-Solver++(2M)"),
+    Pair("dpmpp_2m", "hf DPM++2M", True, "DPM-Solver++(2M); diffusers' levels are integer timesteps of a float32 "
+         "alphas_cumprod table (relative error up to ~1e-2 at ve = 0.002)"),
+    Pair("multistep3", "kd dpmpp_3m", False, "both third-order exponential multistep in log-SNR with data "
+         "prediction, different weights for the higher differences; ours drops to order 2 on the step onto "
+         "the last nonzero level below 15 steps"),
+    Pair("multistep3", "hf DPM++3M", False, "DPM-Solver++(3M): the second difference gets half the Taylor "
+         "weight, ours integrates the order-3 interpolant exactly"),
+    Pair("multistep2+corrector", "hf UniPC", False, "UniPC-2 (bh2 coefficients) vs ours: exact integration "
+         "of the interpolant in predictor and corrector"),
+    Pair("multistep4", "kd lms", False, "LMS is Adams-Bashforth on dx/dsigma in ve_sigma; ours is "
+         "exponential Adams-Bashforth in log-SNR with data prediction"),
+    Pair("ddpm", "kd euler_ancestral", True, "the DDPM posterior step (eta = 1) with the same noise draws "
+         "(k-diffusion's noise_sampler fed from the same generator)"),
+    Pair("ddpm", "hf DDPM", True, "the DDPM posterior step with the same noise draws; diffusers' levels are "
+         "integer timesteps of a float32 alphas_cumprod table"),
+    Pair("edm_churn", "kd heun churn", False, "the same algorithm (EDM Algorithm 2), but k-diffusion draws "
+         "the churn noise from torch's global generator at every step, ours only where churn applies: other "
+         "noise, so only the distributions (swd, tv) compare"),
+    Pair("euler_maruyama", "kd dpmpp_2m_sde", False, "the same reverse SDE, discretised differently "
+         "(Euler-Maruyama in t vs a second-order exponential integrator in log-SNR)"),
+]
+
+
+def run_problem(problem: Problem, samplers: list[Sampler], budgets: list[int], grids: list[GridSpec],
+                repeats: int, log) -> dict:
+    validation, test = problem.splits["validation"], problem.splits["test"]
+    by_name = {s.name: s for s in samplers}
+    paired = {p.ours for p in PAIRS} | {p.peer for p in PAIRS}
+    cache: dict[tuple, dict] = {}
+    outputs: dict[tuple, Tensor] = {}
+
+    def get(sampler: Sampler, budget: int, grid: GridSpec | None, split: Split, repeats: int = 1) -> dict:
+        key = (sampler.name, grid.name if grid else "default", split.name, budget)
+        if key not in cache:
+            cache[key], x = evaluate(split, sampler, budget, grid, repeats)
+            if grid in IDENTICAL_GRIDS and split is test and sampler.name in paired:
+                outputs[key] = x
+        return cache[key]
+
+    # 1. each library's defaults, on the test split (nothing is selected), timed. diffusekit's default grid
+    # (``timesteps(schedule, steps)``: Karras, 0.002 .. 80, rho = 7) is KARRAS_DEFAULT, and so is the
+    # grid k-diffusion's EDM configurations use (``get_sigmas_karras(n, 0.002, 80, rho=7)``, the same
+    # formula evaluated in float32): those runs are shared with table 3.
+    def default_grid(s: Sampler) -> GridSpec | None:
+        return KARRAS_DEFAULT if s.family in ("diffusekit", "k-diffusion") else None
+
+    if "euler" in by_name:  # warm up: the first calls pay one-off costs
+        evaluate(test, by_name["euler"], budgets[0], KARRAS_DEFAULT, 1)
+    defaults = {s.name: {b: get(s, b, default_grid(s), test, repeats) for b in budgets}
+                for s in samplers if s.has_default}
+    log(f"  {problem.name}: defaults done")
+    gridded = [s for s in samplers if s.takes_grid]
+    # 3. identical grids, on the test split
+    identical = {g.name: {s.name: {b: get(s, b, g, test) for b in budgets} for s in gridded}
+                 for g in IDENTICAL_GRIDS}
+    log(f"  {problem.name}: identical grids done")
+    # 2. the search, on the validation split; the selected grid is then run on the test split
+    search: dict[str, dict[str, dict[int, dict]]] = {}
+    for s in gridded:
+        search[s.name] = {g.name: {b: get(s, b, g, validation) for b in budgets} for g in grids}
+        log(f"  {problem.name}: searched {s.name}")
+    per_sampler = {}
+    for s in gridded:
+        per_sampler[s.name] = {}
+        for b in budgets:
+            grid = min(grids, key=lambda g, s=s, b=b: selection_key(s, search[s.name][g.name][b]))
+            per_sampler[s.name][b] = {"grid": grid.name, "validation": search[s.name][grid.name][b],
+                                      "test": get(s, b, grid, test)}
+    side_best: dict[str, dict] = {}
+    for family in dict.fromkeys(s.family for s in gridded):
+        side_best[family] = {}
+        for kind, stochastic in (("deterministic", False), ("stochastic", True)):
+            members = [s for s in gridded if s.family == family and s.stochastic == stochastic]
+            if not members:
+                continue
+            side_best[family][kind] = {}
+            for b in budgets:
+                best = min(members, key=lambda s, b=b: selection_key(s, per_sampler[s.name][b]["validation"]))
+                side_best[family][kind][b] = {"sampler": best.name, **per_sampler[best.name][b]}
+    # the identical-grid comparison of counterparts
+    pairs = []
+    for pair in PAIRS:
+        if pair.ours not in by_name or pair.peer not in by_name:
+            continue
+        mine, theirs = by_name[pair.ours], by_name[pair.peer]
+        for grid in IDENTICAL_GRIDS:
+            entry = {"ours": pair.ours, "peer": pair.peer, "grid": grid.name, "same_algorithm": pair.same,
+                     "note": pair.note, "float32": {}, "float64": {}}
+            for b in budgets:
+                a, c = outputs[(mine.name, grid.name, "test", b)], outputs[(theirs.name, grid.name, "test", b)]
+                entry["float32"][b] = float((a - c).abs().max())
+                if pair.same and theirs.float64:
+                    runs = [s.build(test, s.steps(b), grid, Clock(), torch.float64).run() for s in (mine, theirs)]
+                    entry["float64"][b] = float((runs[0] - runs[1]).abs().max())
+            pairs.append(entry)
+    return {"defaults": defaults, "identical": identical, "search": search, "per_sampler": per_sampler,
+            "side_best": side_best, "pairs": pairs, "cache": cache}
 
 
 # -- reporting --------------------------------------------------------------------------------------
-def cell(config: Config, budget: int, result: dict, key: str) -> str:
+def cell(sampler: Sampler, budget: int, result: dict, key: str) -> str:
     value = result[key]
+    if value is None:
+        return ""
     if key in ("rmse", "median"):
         text = f"{value:.2e}"
     elif key in ("flip", "tv"):
         text = f"{100 * value:.2f}%"
     elif key == "swd":
         text = f"{value:.4f}"
+    elif key == "overhead_ratio":
+        text = f"{value:.2f}"
     else:
-        text = f"{value:.1f}"
-    if key in ("rmse", "median", "flip") and config.stochastic:
+        text = f"{value:.3g}"
+    if key in ("rmse", "median", "flip") and sampler.stochastic:
         text += "*"
     if result["nfe"] != budget:
         text += f" [{result['nfe']}]"
     return text
 
 
-METRICS = [("rmse", "RMSE vs exact PF-ODE solution"),
-           ("median", "median per-sample RMS error vs exact PF-ODE"),
-           ("flip", "mode flips vs exact PF-ODE (fraction of samples)"),
-           ("swd", "sliced W2 to exact data"), ("tv", "mode-weight TV distance"),
-           ("wall_ms", "wall time per batch, ms"), ("overhead_ms", "overhead (wall minus denoiser), ms")]
+def grid_table(title: str, samplers: list[Sampler], rows: dict, budgets: list[int], key: str) -> list[str]:
+    lines = ["", title, "", "| sampler | " + " | ".join(f"NFE {b}" for b in budgets) + " |",
+             "|---|" + "---:|" * len(budgets)]
+    for s in samplers:
+        if s.name in rows:
+            lines.append(f"| {s.name} | " + " | ".join(cell(s, b, rows[s.name][b], key) for b in budgets) + " |")
+    return lines
 
 
-def markdown_tables(problem: Problem, configs: list[Config], results: dict, best: dict,
-                    budgets: list[int]) -> str:
-    shown = [c for c in configs if not c.search]
-    ours_rows = [c for c in shown if c.family == "diffusekit"]
-    last_ours = ours_rows[-1] if ours_rows else None
+def splits_lines(problem: Problem) -> list[str]:
     lines = []
-    for key, title in METRICS:
-        lines += ["", f"### {problem.name}: {title}", "",
-                  "| config | " + " | ".join(f"NFE {b}" for b in budgets) + " |",
-                  "|---|" + "---:|" * len(budgets)]
-        for config in shown:
-            row = [cell(config, b, results[config.name][b], key) for b in budgets]
-            lines.append(f"| {config.name} | " + " | ".join(row) + " |")
-            if config is last_ours:
-                row = [cell(best[b]["config"], b, results[best[b]["config"].name][b], key) for b in budgets]
-                lines.append("| **ours best** | " + " | ".join(row) + " |")
-    return "\n".join(lines)
+    for split in problem.splits.values():
+        seeds = split.seeds
+        lines.append(f"- {split.name} split (noise seed {seeds.noise}, data seed {seeds.data}, SDE seed "
+                     f"{seeds.sde}): SWD floor (exact data vs independent exact data, seed {seeds.floor}) "
+                     f"{split.swd_floor:.4f}")
+        for entry in split.reference_log:
+            lines.append(f"  - reference PF-ODE solve from ve_sigma={entry['ve_sigma_start']:.9g} "
+                         f"(y = {entry['y_scale']:.8f} * noise): {entry['seconds']:.1f}s, "
+                         f"{entry['denoiser_calls']} denoiser calls")
+    return lines
 
 
-def summary_table(problem: Problem, configs: list[Config], results: dict, best: dict, budgets: list[int]):
-    peers = [c for c in configs if c.family != "diffusekit" and not c.stochastic]
-    rows, lines = [], ["", f"### {problem.name}: summary (best = lowest median error, tie-break RMSE)", ""]
-    if peers:
-        lines += ["| NFE | best peer | median | RMSE | ours best | median | RMSE | peer/ours median "
-                  "| peer/ours RMSE |", "|---:|---|---:|---:|---|---:|---:|---:|---:|"]
-    else:
-        lines += ["| NFE | ours best | median | RMSE |", "|---:|---|---:|---:|"]
+def defaults_report(problem: Problem, samplers: list[Sampler], ran: dict, budgets: list[int]):
+    """Table 1: each library's defaults (test split)."""
+    rows = ran["defaults"]
+    lines = [f"### {problem.name} - table 1: each library's default grid and options (test split)"]
+    for key, what in (("median", "median per-sample error vs exact PF-ODE"), ("rmse", "RMSE vs exact PF-ODE"),
+                      ("swd", "sliced W2 to exact data"), ("tv", "mode-weight TV distance"),
+                      ("overhead_ratio", "sampler overhead: (wall time - time in the denoiser) / time in "
+                                         "the denoiser, same run")):
+        lines += grid_table(f"#### {problem.name}: defaults, {what}", samplers, rows, budgets, key)
+    summary = []
+    lines += ["", f"#### {problem.name}: best default per library (deterministic: median error; "
+              "stochastic: SWD)", "", "| NFE | kind | library | sampler | median | RMSE | SWD |",
+              "|---:|---|---|---|---:|---:|---:|"]
+    by_name = {s.name: s for s in samplers}
     for b in budgets:
-        ours_cfg = best[b]["config"]
-        o = results[ours_cfg.name][b]
-        o_name = ours_cfg.name + (f" [{o['nfe']}]" if o["nfe"] != b else "")
-        row = {"nfe": b, "ours_best": ours_cfg.name, "ours_nfe": o["nfe"], "ours_median": o["median"],
-               "ours_rmse": o["rmse"]}
-        if peers:
-            peer = min(peers, key=lambda c: accuracy_key(results[c.name][b]))
-            p = results[peer.name][b]
-            p_name = peer.name + (f" [{p['nfe']}]" if p["nfe"] != b else "")
-            ratio_m, ratio_r = p["median"] / o["median"], p["rmse"] / o["rmse"]
-            row.update({"best_peer": peer.name, "peer_nfe": p["nfe"], "peer_median": p["median"],
-                        "peer_rmse": p["rmse"], "ratio_median": ratio_m, "ratio_rmse": ratio_r})
-            lines.append(f"| {b} | {p_name} | {p['median']:.2e} | {p['rmse']:.2e} | {o_name} | "
-                         f"{o['median']:.2e} | {o['rmse']:.2e} | {ratio_m:.2f} | {ratio_r:.2f} |")
-        else:
-            lines.append(f"| {b} | {o_name} | {o['median']:.2e} | {o['rmse']:.2e} |")
-        rows.append(row)
-    return "\n".join(lines), rows
+        for kind, stochastic in (("deterministic", False), ("stochastic", True)):
+            for family in dict.fromkeys(s.family for s in samplers):
+                members = [by_name[n] for n in rows if by_name[n].family == family
+                           and by_name[n].stochastic == stochastic]
+                if not members:
+                    continue
+                best = min(members, key=lambda s, b=b: selection_key(s, rows[s.name][b]))
+                r = rows[best.name][b]
+                summary.append({"nfe": b, "kind": kind, "family": family, "sampler": best.name,
+                                "median": r["median"], "rmse": r["rmse"], "swd": r["swd"]})
+                lines.append(f"| {b} | {kind} | {family} | {best.name} | {r['median']:.3g} | {r['rmse']:.3g} | "
+                             f"{r['swd']:.4f} |")
+    return lines, summary
 
 
-def per_metric_table(problem: Problem, configs: list[Config], results: dict, budgets: list[int]):
-    """For each accuracy metric separately: the best peer against our best configuration for that metric."""
-    deterministic = [c for c in configs if not c.stochastic]
-    peers = [c for c in deterministic if c.family != "diffusekit"]
-    ours_all = [c for c in deterministic if c.family == "diffusekit"]
-    if not peers:
-        return "", []
-    lines = ["", f"### {problem.name}: best per metric (each metric's own winner; deterministic samplers)", "",
-             "| NFE | metric | best peer | value | ours best | value | peer/ours |",
-             "|---:|---|---|---:|---|---:|---:|"]
-    rows = []
+def search_report(problem: Problem, samplers: list[Sampler], ran: dict, budgets: list[int]):
+    """Table 2: each sampler's and each library's best over the same search (validation -> test)."""
+    per = ran["per_sampler"]
+    gridded = [s for s in samplers if s.name in per]
+    lines = [f"### {problem.name} - table 2: best over the same grid search (selected on validation, "
+             "reported on test)"]
+    test_rows = {name: {b: per[name][b]["test"] for b in budgets} for name in per}
+    lines += grid_table(f"#### {problem.name}: each sampler on its own best grid, median error (test)",
+                        [s for s in gridded if not s.stochastic], test_rows, budgets, "median")
+    lines += grid_table(f"#### {problem.name}: each sampler on its own best grid, RMSE (test)",
+                        [s for s in gridded if not s.stochastic], test_rows, budgets, "rmse")
+    lines += grid_table(f"#### {problem.name}: stochastic samplers on their own best grid, SWD (test)",
+                        [s for s in gridded if s.stochastic], test_rows, budgets, "swd")
+    summary = []
+    lines += ["", f"#### {problem.name}: each library's best sampler and grid", "",
+              "| NFE | kind | library | sampler | grid | validation | test median | test RMSE | test SWD | "
+              "test / ours |", "|---:|---|---|---|---|---:|---:|---:|---:|---:|"]
     for b in budgets:
-        for key in ("median", "rmse", "flip", "swd"):
-
-            def value(c, b=b, key=key):
-                v = results[c.name][b][key]
-                return v if math.isfinite(v) else math.inf
-
-            peer, mine = min(peers, key=value), min(ours_all, key=value)
-            ratio = value(peer) / value(mine) if value(mine) > 0 else (1.0 if value(peer) == 0 else math.inf)
-            rows.append({"nfe": b, "metric": key, "best_peer": peer.name, "peer": value(peer),
-                         "ours_best": mine.name, "ours": value(mine), "ratio": ratio})
-            lines.append(f"| {b} | {key} | {peer.name} | {value(peer):.3g} | {mine.name} | {value(mine):.3g} | "
-                         f"{ratio:.2f} |")
-    lines += ["", "One configuration ahead of the best peer on both median error and RMSE:", "",
-              "| NFE | ours | median | RMSE | best peer median | best peer RMSE |", "|---:|---|---:|---:|---:|---:|"]
-    for b in budgets:
-        peer_median = min(results[c.name][b]["median"] for c in peers)
-        peer_rmse = min(results[c.name][b]["rmse"] for c in peers)
-        both = [c for c in ours_all
-                if results[c.name][b]["median"] <= peer_median and results[c.name][b]["rmse"] <= peer_rmse]
-        if both:
-            mine = min(both, key=lambda c, b=b: results[c.name][b]["median"] / peer_median
-                       + results[c.name][b]["rmse"] / peer_rmse)
-            r = results[mine.name][b]
-            lines.append(f"| {b} | {mine.name} | {r['median']:.3g} | {r['rmse']:.3g} | {peer_median:.3g} | "
-                         f"{peer_rmse:.3g} |")
-        else:
-            lines.append(f"| {b} | none | | | {peer_median:.3g} | {peer_rmse:.3g} |")
-        rows.append({"nfe": b, "metric": "median+rmse", "ours_best": mine.name if both else None,
-                     "peer_median": peer_median, "peer_rmse": peer_rmse})
-    return "\n".join(lines), rows
+        for kind in ("deterministic", "stochastic"):
+            key = "swd" if kind == "stochastic" else "median"
+            mine = ran["side_best"].get("diffusekit", {}).get(kind, {}).get(b)
+            for family, entry in ran["side_best"].items():
+                if kind not in entry:
+                    continue
+                e = entry[kind][b]
+                t = e["test"]
+                ratio = t[key] / mine["test"][key] if mine and mine["test"][key] > 0 else math.nan
+                summary.append({"nfe": b, "kind": kind, "family": family, "sampler": e["sampler"],
+                                "grid": e["grid"], "validation_" + key: e["validation"][key],
+                                "test_median": t["median"], "test_rmse": t["rmse"], "test_swd": t["swd"],
+                                f"test_{key}_over_ours": ratio, "nfe_used": t["nfe"]})
+                used = f" [{t['nfe']}]" if t["nfe"] != b else ""
+                lines.append(f"| {b} | {kind} | {family} | {e['sampler']}{used} | {e['grid']} | "
+                             f"{e['validation'][key]:.3g} | {t['median']:.3g} | {t['rmse']:.3g} | {t['swd']:.4f} | "
+                             f"{ratio:.2f} |")
+    return lines, summary
 
 
-def self_check(problem: Problem, configs: list[Config], outputs: dict, budgets: list[int]) -> dict:
-    """max |ours - k-diffusion| per budget: float32 from the benchmark runs, float64 rerun here."""
-    by_name = {c.name: c for c in configs}
-    check = {}
-    for mine, theirs in SELF_CHECK_PAIRS.items():
-        if theirs not in by_name:
+def identical_report(problem: Problem, samplers: list[Sampler], ran: dict, budgets: list[int]):
+    """Table 3: every sampler on the identical grids; counterparts' largest sample difference."""
+    lines = [f"### {problem.name} - table 3: identical grids (test split)"]
+    for grid_name, rows in ran["identical"].items():
+        gridded = [s for s in samplers if s.name in rows]
+        lines += grid_table(f"#### {problem.name}: {grid_name}, median error (SWD for stochastic *)",
+                            [s for s in gridded if not s.stochastic], rows, budgets, "median")
+        lines += grid_table(f"#### {problem.name}: {grid_name}, SWD", [s for s in gridded if s.stochastic], rows,
+                            budgets, "swd")
+    lines += ["", f"#### {problem.name}: counterparts on the identical grids: max |ours - peer| over samples "
+              "(float32 as benchmarked; float64 rerun for k-diffusion)", "",
+              "| ours | peer | grid | same algorithm | float32 max over NFE | float64 max over NFE | why |",
+              "|---|---|---|---|---:|---:|---|"]
+    for p in ran["pairs"]:
+        f64 = f"{max(p['float64'].values()):.1e}" if p["float64"] else ""
+        lines.append(f"| {p['ours']} | {p['peer']} | {p['grid']} | {'yes' if p['same_algorithm'] else 'no'} | "
+                     f"{max(p['float32'].values()):.1e} | {f64} | {p['note']} |")
+    return lines
+
+
+def conversion_report(ran: dict) -> dict:
+    """The largest relative error of each sampler's noise levels, read back from the library, against the
+    grid's (over every grid and budget run), and of its first and last levels."""
+    worst: dict[str, dict] = {}
+    for (name, *_), r in ran["cache"].items():
+        rb = r.get("readback")
+        if rb is None:
             continue
-        entry = {"float32": {}, "float64": {}}
-        for b in budgets:
-            entry["float32"][b] = float((outputs[mine, b] - outputs[theirs, b]).abs().max())
-            ours_x = by_name[mine].meta["float64_run"](problem, by_name[mine].steps(b))
-            kd_x = by_name[theirs].meta["float64_run"](problem, by_name[theirs].steps(b))
-            entry["float64"][b] = float((ours_x - kd_x).abs().max())
-        check[f"{mine} vs {theirs}"] = entry
-    return check
+        w = worst.setdefault(name, {"first": 0.0, "last": 0.0, "max": 0.0})
+        for k in w:
+            w[k] = max(w[k], rb[k])
+    return worst
 
 
 def versions(kd_ok: bool, hf_ok: bool) -> dict:
@@ -619,27 +848,41 @@ def jsonable(value):
     return value
 
 
+def compact(result: dict) -> dict:
+    return {k: result[k] for k in ("nfe", "median", "rmse", "flip", "swd", "tv") if k in result}
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smoke run: mog2d, NFE 5,10,20, 1024 samples")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: mog2d, NFE 5,10,20, 1024 test samples, 3 grids")
     parser.add_argument("--nfe", type=str, default=None, help="comma-separated NFE budgets")
     parser.add_argument("--problems", type=str, default=None, help="comma-separated: mog2d,mog64")
-    parser.add_argument("--samples", type=int, default=None, help="samples per problem (overrides defaults)")
-    parser.add_argument("--repeats", type=int, default=3, help="timing repeats (min is reported)")
-    parser.add_argument("--no-search", action="store_true", help="skip the grid search for 'ours best'")
+    parser.add_argument("--samples", type=int, default=None, help="test samples per problem (validation: at most 1024)")
+    parser.add_argument("--repeats", type=int, default=1, help="timing repeats of the defaults (min is reported)")
+    parser.add_argument("--no-search", action="store_true",
+                        help="search only the two identical grids (Karras rho=7, uniform flow)")
     parser.add_argument("--no-peers", action="store_true", help="run diffusekit's samplers only")
     parser.add_argument("--output", type=Path, default=None, help="JSON path")
     args = parser.parse_args(argv)
-    args.budgets = [int(v) for v in args.nfe.split(",")] if args.nfe else \
-        ([5, 10, 20] if args.quick else [5, 10, 20, 35, 50])
-    if args.problems:
-        args.problems = args.problems.split(",")
-    else:
-        args.problems = ["mog2d"] if args.quick else ["mog2d", "mog64"]
+    try:
+        args.budgets = [int(v) for v in args.nfe.split(",")] if args.nfe else \
+            ([5, 10, 20] if args.quick else [5, 10, 20, 35, 50])
+    except ValueError:
+        parser.error(f"--nfe must be comma-separated integers, got {args.nfe!r}")
+    if any(b < 2 for b in args.budgets):
+        parser.error(f"every NFE budget must be at least 2, got {args.budgets}")
+    args.problems = args.problems.split(",") if args.problems else (["mog2d"] if args.quick else ["mog2d", "mog64"])
     unknown = set(args.problems) - {"mog2d", "mog64"}
     if unknown:
         parser.error(f"unknown problem(s) {sorted(unknown)}; choose from mog2d, mog64")
+    if args.no_search:
+        args.grids = list(IDENTICAL_GRIDS)
+    elif args.quick:
+        args.grids = [KARRAS_DEFAULT, GridSpec("logsnr", sigma_min=0.05), FLOW_UNIFORM]
+    else:
+        args.grids = search_grids()
     if args.output is None:
         args.output = RESULTS / ("samplers_quick.json" if args.quick else "samplers.json")
     return args
@@ -654,32 +897,30 @@ def main(argv=None) -> int:
         print(f"[{time.perf_counter() - began:7.1f}s] {message}", file=sys.stderr, flush=True)
 
     peers_status: dict[str, str] = {}
-    configs = ours_configs(search=not args.no_search)
+    samplers = ours_samplers()
     kd_ok = hf_ok = False
     if not args.no_peers:
-        try:  # diffusers first: it probes for torchvision at import time, before any stub exists
-            import diffusers
-
-            diffusers.utils.logging.set_verbosity_error()
-            configs += diffusers_configs(diffusers)
-            hf_ok, peers_status["diffusers"] = True, "ok"
-        except ImportError as e:
-            peers_status["diffusers"] = f"not installed ({e}); run `make bench-deps`"
         try:
-            configs += kd_configs(import_k_diffusion())
+            samplers += kd_samplers(import_k_diffusion())
             kd_ok, peers_status["k-diffusion"] = True, "ok"
         except ImportError as e:
             peers_status["k-diffusion"] = f"not installed ({e}); run `make bench-deps`"
+        try:
+            import diffusers
+
+            diffusers.utils.logging.set_verbosity_error()
+            samplers += diffusers_samplers(diffusers)
+            hf_ok, peers_status["diffusers"] = True, "ok"
+        except ImportError as e:
+            peers_status["diffusers"] = f"not installed ({e}); run `make bench-deps`"
     else:
-        peers_status = {"diffusers": "skipped (--no-peers)", "k-diffusion": "skipped (--no-peers)"}
-    # peers between ours and the search rows, so that tables read: ours, ours best, peers
-    configs = [c for c in configs if c.family == "diffusekit" and not c.search] + \
-        [c for c in configs if c.family != "diffusekit"] + [c for c in configs if c.search]
+        peers_status = {"k-diffusion": "skipped (--no-peers)", "diffusers": "skipped (--no-peers)"}
 
     print("# Sampler benchmark on exact Gaussian mixtures")
     print()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, NFE budgets {args.budgets}, "
-          f"repeats {args.repeats}")
+          f"repeats {args.repeats}, {len(args.grids)} grids searched: {', '.join(g.name for g in args.grids)}")
+    print(f"our churn sampler is looked up as {EDM_CHURN!r}")
     for peer, status in peers_status.items():
         print(f"- {peer}: {status}")
     if not (kd_ok or hf_ok):
@@ -688,71 +929,64 @@ def main(argv=None) -> int:
     report = {"meta": {}, "problems": {}}
     failures = []
     for problem in make_problems(args):
-        described = f"{problem.n} samples, dim {problem.gmm.dim}, {problem.gmm.num_components} components"
+        described = (f"{problem.splits['validation'].n} validation / {problem.n} test samples, "
+                     f"dim {problem.gmm.dim}, {problem.gmm.num_components} components")
         log(f"{problem.name}: {described}")
-        agreement = check_components(problem.gmm, problem.component, problem.data)
+        data = problem.gmm.sample(problem.n, torch.Generator().manual_seed(SPLITS["test"].data))
+        agreement = check_components(problem.gmm, problem.component, data)
         if agreement < 0.999:
             failures.append(f"{problem.name}: fast component() agrees with GaussianMixture.component on "
                             f"only {100 * agreement:.2f}% of points")
-        ran = run_problem(problem, configs, args.budgets, args.repeats, log)
-        results = ran["results"]
-        best = {}
-        for b in args.budgets:
-            candidates = [c for c in configs if c.family == "diffusekit" and not c.stochastic]
-            winner = min(candidates, key=lambda c, b=b: accuracy_key(results[c.name][b]))
-            best[b] = {"config": winner}
-            if winner.search and args.repeats > 1:  # searched once, untimed: time the winner properly
-                results[winner.name][b], _ = evaluate(problem, winner, b, args.repeats)
-        checks = self_check(problem, configs, ran["outputs"], args.budgets)
+        ran = run_problem(problem, samplers, args.budgets, args.grids, args.repeats, log)
+        conversions = conversion_report(ran)
+        for p in ran["pairs"]:
+            if p["float64"] and max(p["float64"].values()) > FLOAT64_TOLERANCE:
+                failures.append(f"{problem.name}: {p['ours']} vs {p['peer']} on {p['grid']} (float64): max |diff| "
+                                f"{max(p['float64'].values()):.2e} > {FLOAT64_TOLERANCE:.0e}")
         print()
         print(f"## {problem.name}: {described}")
         print()
         print(f"- component() check (fast vs GaussianMixture.component, data and perturbed data): "
               f"{100 * agreement:.2f}% agree")
-        print(f"- SWD floor (exact data vs independent exact data): {problem.swd_floor:.4f}")
-        for entry in problem.reference_log:
-            print(f"- reference PF-ODE solve from ve_sigma={entry['ve_sigma_start']:.9g} "
-                  f"(y = {entry['y_scale']:.8f} * noise): {entry['seconds']:.1f}s, "
-                  f"{entry['denoiser_calls']} denoiser calls")
-        if not checks:
-            print("- self-check against k-diffusion skipped: k-diffusion is not available")
-        for pair, entry in checks.items():
-            for precision, diffs in entry.items():
-                worst, tolerance = max(diffs.values()), SELF_CHECK_TOLERANCE[precision]
-                status = "ok" if worst <= tolerance else "FAILED"
-                print(f"- self-check {pair} ({precision}): max |diff| {worst:.1e} "
-                      f"(by budget: {', '.join(f'{b}: {d:.1e}' for b, d in diffs.items())}; "
-                      f"tolerance {tolerance:.0e}) -> {status}")
-                if not worst <= tolerance:
-                    failures.append(f"{problem.name}: self-check {pair} ({precision}): "
-                                    f"max |diff| {worst:.2e} > {tolerance:.0e}")
-        print(markdown_tables(problem, configs, results, best, args.budgets))
-        text, summary = summary_table(problem, configs, results, best, args.budgets)
-        metric_text, per_metric = per_metric_table(problem, configs, results, args.budgets)
-        text += "\n" + metric_text
-        print(text)
+        print("\n".join(splits_lines(problem)))
+        print("- grid conversion, largest relative error of the levels each library holds (first / last / any):")
+        for name, w in conversions.items():
+            print(f"  - {name}: {w['first']:.1e} / {w['last']:.1e} / {w['max']:.1e}")
+        t1, defaults_summary = defaults_report(problem, samplers, ran, args.budgets)
+        t2, search_summary = search_report(problem, samplers, ran, args.budgets)
+        t3 = identical_report(problem, samplers, ran, args.budgets)
+        print("\n".join([""] + t1 + [""] + t2 + [""] + t3))
         sys.stdout.flush()
         report["problems"][problem.name] = {
-            "samples": problem.n, "dim": problem.gmm.dim, "components": problem.gmm.num_components,
-            "swd_floor": problem.swd_floor, "component_agreement": agreement,
-            "references": problem.reference_log,
-            "self_check": checks,
-            "ours_best": {b: {"config": best[b]["config"].name, **results[best[b]["config"].name][b]}
-                          for b in args.budgets},
-            "summary": summary,
-            "best_per_metric": per_metric,
-            "configs": [{"name": c.name, "family": c.family, "stochastic": c.stochastic, "search": c.search,
-                         "heun_type": c.heun_type, **{k: v for k, v in c.meta.items() if not callable(v)},
-                         "results": results[c.name]} for c in configs],
+            "samples": {name: split.n for name, split in problem.splits.items()}, "dim": problem.gmm.dim,
+            "components": problem.gmm.num_components,
+            "component_agreement": agreement,
+            "splits": {name: {"seeds": vars(split.seeds), "swd_floor": split.swd_floor,
+                              "references": split.reference_log} for name, split in problem.splits.items()},
+            "conversion_readback": conversions,
+            "table1_defaults": {"summary": defaults_summary, "results": ran["defaults"]},
+            "table2_search": {"summary": search_summary, "side_best": ran["side_best"],
+                              "per_sampler": ran["per_sampler"],
+                              "validation": {s: {g: {b: compact(r) for b, r in rows.items()}
+                                                 for g, rows in grids.items()} for s, grids in ran["search"].items()}},
+            "table3_identical": {"pairs": ran["pairs"],
+                                 "results": {g: {s: {b: compact(r) for b, r in rows.items()}
+                                                 for s, rows in by_sampler.items()}
+                                             for g, by_sampler in ran["identical"].items()}},
         }
     runtime = time.perf_counter() - began
-    report["meta"] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                      "versions": versions(kd_ok, hf_ok), "threads": torch.get_num_threads(),
-                      "budgets": args.budgets, "repeats": args.repeats, "quick": args.quick,
-                      "search": not args.no_search, "peers": peers_status, "runtime_s": runtime,
-                      "seeds": {"noise": NOISE_SEED, "data": DATA_SEED, "floor": FLOOR_SEED,
-                                "directions": DIRECTION_SEED, "sde": SDE_SEED},
-                      "self_check_tolerance": SELF_CHECK_TOLERANCE, "failures": failures}
+    report["meta"] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(kd_ok, hf_ok), "threads": torch.get_num_threads(), "budgets": args.budgets,
+        "repeats": args.repeats, "quick": args.quick, "grids": [g.name for g in args.grids],
+        "peers": peers_status, "runtime_s": runtime, "churn_sampler_name": EDM_CHURN,
+        "seeds": {name: vars(seeds) for name, seeds in SPLITS.items()}, "direction_seed": DIRECTION_SEED,
+        "samplers": [{"name": s.name, "family": s.family, "stochastic": s.stochastic, "heun_type": s.heun_type,
+                      "takes_grid": s.takes_grid, **s.meta} for s in samplers],
+        "diffusers_left_out": DIFFUSERS_LEFT_OUT if hf_ok else None,
+        "float64_tolerance": FLOAT64_TOLERANCE, "reference_share_rtol": REFERENCE_SHARE_RTOL,
+        "failures": failures,
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(jsonable(report), indent=1) + "\n")
     print()
