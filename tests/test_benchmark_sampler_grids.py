@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from .assets import require_asset
+
 PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "sampler_grids.py"
 _spec = importlib.util.spec_from_file_location("benchmark_sampler_grids", PATH)
 grids = importlib.util.module_from_spec(_spec)
@@ -95,7 +97,12 @@ def test_readback_error_is_relative_to_the_grid():
 # -- diffusers: the scheduler's own levels, read back ------------------------------------------------
 @pytest.fixture(scope="module")
 def diffusers():
-    return pytest.importorskip("diffusers")
+    # a peer of the benchmark only (`make bench-deps`), not installed by `make test`: a skip, on CI too
+    require_asset("diffusers", importlib.util.find_spec("diffusers") is not None, "make bench-deps installs it",
+                  installed_by_project=False)
+    import diffusers
+
+    return diffusers
 
 
 DDPM = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
