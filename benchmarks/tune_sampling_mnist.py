@@ -3,8 +3,9 @@
 A coordinate search, one ``fid_sweep_mnist.py --split val`` row per point (1,000 samples, one matched seed
 set), starting from the run's own settings: epsilon scaling's lambda, then the guidance interval, then the
 guidance weight, then lambda once more around the winner if the interval or the weight moved. Each stage
-keeps the best point so far; a lambda at the edge of its grid extends the grid by one step (twice at most). The chosen
-setting is then reported on the test slice with ``eval_mnist.py`` (after the preset takes it), never here.
+keeps the best point so far; a lambda at the edge of its grid extends the grid by one step (twice at
+most). Rows of an earlier search of the same run and seed set in the results file are reused. The chosen
+setting is then reported on the test slice with ``eval_mnist.py``, never here.
 
 Usage::
 
@@ -19,11 +20,31 @@ import sys
 from pathlib import Path
 
 import fid_sweep_mnist
+from diffusekit.generate import load_model
 
 INTERVALS = ((0.2, 3.0), (0.3, 3.0), (0.5, 3.0), (0.3, 5.0))
 WEIGHTS = (2.5, 3.0, 3.5, 4.0)
 EPS_STEP = 0.01
 MAX_EXTENSIONS = 2
+
+
+def earlier_scores(output: Path, run: str, seed: int) -> dict[tuple, float]:
+    """Validation FIDs already in ``output`` for points of this search: rows of the same run and seed set whose
+    only departures from the run's sampling are the interval, the weight and lambda (the last row wins)."""
+    if not output.exists():
+        return {}
+    sample = load_model(run).config.sample
+    scores = {}
+    for row in json.loads(output.read_text())["rows"]:
+        guidance = row["guidance"]
+        if (row.get("split") != "val" or row["run"] != run or row["seed"] != seed or row["n"] != 1000
+                or "interval" not in guidance or set(guidance) - {"scale", "interval", "eps_scale"}
+                or (row["sampler"], row["steps"], row["spacing"]) != (sample.sampler, sample.steps, sample.spacing)
+                or row["weights"] != "ema"):
+            continue
+        lo, hi = guidance["interval"]
+        scores[(lo, hi, guidance["scale"], round(guidance.get("eps_scale", 1.0), 4))] = row["fid"]
+    return scores
 
 
 def main(argv=None) -> int:
@@ -35,7 +56,9 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default=str(fid_sweep_mnist.RESULTS / "fid_sweep_mnist.json"))
     args = parser.parse_args(argv)
     output = Path(args.output)
-    scores: dict[tuple, float] = {}
+    scores = earlier_scores(output, args.run, args.seed)
+    if scores:
+        print(f"reusing {len(scores)} earlier validation rows of {args.run}, seed set {args.seed}")
 
     def fid(lo: float, hi: float, w: float, eps: float) -> float:
         point = (lo, hi, w, round(eps, 4))
