@@ -11,7 +11,7 @@ and seed set in the results file are reused. The chosen setting is then reported
 
 Usage::
 
-    .venv/bin/python benchmarks/tune_sampling_mnist.py runs/demo --seed 20000   # ~10 rows, ~1 h on 2 CPU cores
+    .venv/bin/python benchmarks/tune_sampling_mnist.py runs/demo --seed 20000   # 8-10 rows, 3-10 min each on 2 cores
 """
 
 from __future__ import annotations
