@@ -34,7 +34,7 @@ import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
-# issue 4's budget, the diffusers reference recipe's: 10 CPU minutes of training plus 2-4 of sampling
+# the budget of the diffusers recipe the demo is measured against: 10 CPU minutes of training plus 2-4 of sampling
 TRAIN_BUDGET_S, SAMPLE_BUDGET_S = 600, 240
 
 

@@ -133,16 +133,22 @@ def dataset_label(dataset: str | Path) -> str:
 
 
 def dataset_reference_stats(extractor: InceptionV3, dataset: str, split: str = "train", count: int | None = None, *,
-                            resolution: int | None = None, channels: int | None = None, resize: str = "resize",
-                            batch_size: int = 50, cache: bool = True, progress=None, log=None) -> FeatureStats:
-    """Statistics of the first ``count`` images (all when None) of a dataset split, at the given size (see
-    :func:`cached_image_stats`)."""
+                            start: int = 0, resolution: int | None = None, channels: int | None = None,
+                            resize: str = "resize", batch_size: int = 50, cache: bool = True, progress=None,
+                            log=None) -> FeatureStats:
+    """Statistics of ``count`` images (all from ``start`` when None) of a dataset split from index ``start``, at the
+    given size (see :func:`cached_image_stats`). A slice other than the first images is labelled
+    ``split[start:stop]``, so tuning and reporting references stay apart."""
     data = open_dataset(dataset, split=split, resolution=resolution, channels=channels, mode=resize)
-    n = len(data) if count is None else int(count)
-    if not 2 <= n <= len(data):
-        raise UsageError(f"count must be in 2..{len(data)} (the size of {dataset}:{split}), got {n}")
-    return cached_image_stats(extractor, data.images[:n], dataset_label(dataset), split, batch_size=batch_size,
-                              cache=cache, progress=progress, log=log)
+    if not 0 <= start < len(data):
+        raise UsageError(f"start must be in 0..{len(data) - 1} (the size of {dataset}:{split}), got {start}")
+    n = len(data) - start if count is None else int(count)
+    if not 2 <= n <= len(data) - start:
+        raise UsageError(f"count must be in 2..{len(data) - start} ({dataset}:{split} has {len(data)} images, "
+                         f"starting at {start}), got {n}")
+    label = split if start == 0 else f"{split}[{start}:{start + n}]"
+    return cached_image_stats(extractor, data.images[start:start + n], dataset_label(dataset), label,
+                              batch_size=batch_size, cache=cache, progress=progress, log=log)
 
 
 def cached_image_stats(extractor: InceptionV3, images: np.ndarray, name: str, split: str, *, batch_size: int = 50,
