@@ -29,7 +29,8 @@ def _config(*overrides):
     # the augmentation and the cascade's noise augmentation draw from the trainer's generator
     ("unet", ("data.augment=0.5",)), ("dit", ("cascade.low_resolution=4",)),
     ("unet", ("objective.input_perturbation=0.1",)),
-], ids=["unet", "dit", "unet-augment", "dit-cascade", "unet-input-perturbation"])
+    ("unet", ("run.channels_last=true", "run.precision=bf16")),
+], ids=["unet", "dit", "unet-augment", "dit-cascade", "unet-input-perturbation", "unet-channels-last-bf16"])
 def test_stopped_and_resumed_run_is_bit_identical(tmp_path, network, extra):
     config = _config(f"network.kind={network}", "network.options={dropout: 0.1}" if network == "unet"
                      else "network.options={}", *extra)
@@ -38,6 +39,20 @@ def test_stopped_and_resumed_run_is_bit_identical(tmp_path, network, extra):
     assert whole.cur_nimg == 192
     # stopped at 100 images, the last checkpoint at 64: 36 images are redone
     assert_resume_is_bit_identical(whole, config, data, tmp_path / "split", 100, "ckpt-000000000064")
+
+
+def test_a_compiled_run_trains_the_eager_function_and_resumes_bit_identical(tmp_path):
+    """torch.compile (inductor) fuses kernels, so compiled and eager runs part by float rounding; within the compiled
+    mode a resumed run equals an uninterrupted one. The three runs compile one graph (inductor's cache serves the
+    later two)."""
+    overrides = ("run.total_images=96", "optim.accumulation=1", "network.options={dropout: 0.0}")
+    data = _data()
+    eager, compiled = (Trainer(_config(*overrides, f"run.compile={flag}"), data, tmp_path / flag)
+                       for flag in ("false", "true"))
+    assert float(compiled.step()) == pytest.approx(float(eager.step()), rel=1e-4)
+    config = _config(*overrides, "run.compile=true")
+    whole = train(config, data, tmp_path / "whole")
+    assert_resume_is_bit_identical(whole, config, data, tmp_path / "split", 80, "ckpt-000000000064")
 
 
 def test_loss_decreases_and_checkpoints_are_pruned(tmp_path):

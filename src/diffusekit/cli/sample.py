@@ -18,7 +18,7 @@ from ..generate import class_major_labels, generate
 from ..images import make_grid, save_png, to_uint8
 from ..metrics.classifier import load_or_train_classifier
 from ..metrics.stats import open_npz
-from ..models import cascade_settings, load_model
+from ..models import PRECISIONS, Execution, cascade_settings, load_model
 from ..rejection import generate_with_rejection
 from ..sampling import same_sampler
 from .flags import (
@@ -122,7 +122,8 @@ def cmd_sample(args) -> int:
         if out.suffix.lower() not in (".png", ".npz", ""):
             raise UsageError(f"--out {out}: write a .png grid, a .npz array file or a directory of PNGs")
     device = args.device or "cpu"
-    model = load_model(args.source, ema=args.ema, device=device)
+    execution = Execution(args.precision, args.channels_last, args.compile)
+    model = load_model(args.source, ema=args.ema, device=device, execution=execution)
     s = model.config.sample
     sampler = args.sampler or s.sampler
     options = dict(s.options) if same_sampler(sampler, s.sampler) else {}
@@ -164,7 +165,7 @@ def cmd_sample(args) -> int:
     wall = time.perf_counter() - started
     meta = {"checkpoint": str(model.checkpoint), "cur_nimg": model.cur_nimg, "weights": model.weights,
             "sampler": sampler, "steps": steps, "guidance": guidance.scale, "guidance_settings": guidance.describe(),
-            "seed": args.seed, "options": options}
+            "seed": args.seed, "options": options, "execution": execution.describe(device)}
     if prompt_index is not None:
         meta["prompts"] = list(args.prompt)
     if rejection is not None:
@@ -272,5 +273,11 @@ def add_parser(sub) -> None:
                    help="grid columns for .png output (per class row: at most this many, default 10)")
     s.add_argument("--device", help="cpu, cuda or cuda:N")
     s.add_argument("--threads", type=positive_int)
+    s.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default); bf16: autocast of the network; auto: bf16 where the device computes it "
+                   "natively (CPUs with AVX512-BF16 or AMX, CUDA compute capability 8+), else fp32")
+    s.add_argument("--channels-last", action="store_true", help="run the network in NHWC memory order")
+    s.add_argument("--compile", action="store_true",
+                   help="torch.compile the network (pays a compilation first; worth it for many samples)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_sample)

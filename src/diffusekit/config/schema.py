@@ -92,8 +92,11 @@ class RunConfig:
     sample_every: int | None = None  # images between sample grids from the EMA (None: at checkpoints)
     seed: int = 0  # seeds the initial weights, the data order and the noise of every step
     device: str = "cpu"  # cpu | cuda | cuda:N
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of the forward pass
-    compile: bool = False  # torch.compile the network
+    # bf16: autocast of the network's forward pass; auto: bf16 where the device computes it natively (CPUs with
+    # AVX512-BF16 / AMX, CUDA compute capability >= 8), else fp32 (diffusekit.models.execution)
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    channels_last: bool = False  # the network's weights and input in NHWC order (faster convolutions on some machines)
+    compile: bool = False  # torch.compile the network (the first steps pay the compilation)
     # several processes: ddp (a whole copy per process) or fsdp (parameters, gradients and optimizer state sharded
     # with fully_shard; the EMAs stay whole on every process); checkpoints are the same either way
     parallel: Literal["ddp", "fsdp"] = "ddp"

@@ -6,7 +6,8 @@ One place, below sampling, evaluation, training and the CLI, so each of them reb
   conditioning settings (augmentation labels, cascade inputs, text width) the data side implies;
 - :mod:`~diffusekit.models.checkpoint`: the checkpoint files (safetensors weights, a weights-only training
   state, checksums), written atomically and verified when read;
-- :mod:`~diffusekit.models.load`: a checkpoint or run directory -> a :class:`LoadedModel`.
+- :mod:`~diffusekit.models.load`: a checkpoint or run directory -> a :class:`LoadedModel`;
+- :mod:`~diffusekit.models.execution`: how a network runs (precision, memory format, compilation).
 """
 
 from .build import (
@@ -27,9 +28,10 @@ from .checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
+from .execution import PRECISIONS, ExecutedNetwork, Execution, native_bf16, resolve_precision
 from .load import LoadedModel, load_guide, load_model, resolve_checkpoint
 
 __all__ = ["TEXT_DIM", "augment_settings", "build_denoiser", "build_loss", "build_network", "cascade_settings",
            "network_conditioning", "CheckpointError", "latest_valid", "load_checkpoint", "prune",
            "remove_partial_writes", "save_checkpoint", "verify_checkpoint", "LoadedModel", "load_guide", "load_model",
-           "resolve_checkpoint"]
+           "resolve_checkpoint", "PRECISIONS", "Execution", "ExecutedNetwork", "native_bf16", "resolve_precision"]

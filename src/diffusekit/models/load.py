@@ -18,6 +18,7 @@ from ..errors import UsageError
 from ..guidance import GuidanceSettings
 from .build import build_denoiser, build_network, network_conditioning
 from .checkpoint import CheckpointError, latest_valid, load_checkpoint
+from .execution import ExecutedNetwork, Execution
 
 __all__ = ["LoadedModel", "load_model", "load_guide", "resolve_checkpoint"]
 
@@ -47,9 +48,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"{path} is neither a checkpoint nor a run directory with a valid checkpoint")
 
 
-def load_model(path: str | Path, ema: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(path: str | Path, ema: str | None = None, device: str | torch.device = "cpu",
+               execution: Execution | None = None) -> LoadedModel:
     """``ema``: an EMA name, ``"model"`` for the raw weights, or None for the config's ``sample.ema`` (else the
-    first EMA)."""
+    first EMA). ``execution``: how the network runs (precision, channels-last, compile; default float32 eager)."""
     checkpoint = resolve_checkpoint(path)
     cur_nimg, model_state, ema_states, state = load_checkpoint(checkpoint)
     config = from_dict(Config, state["config"])
@@ -75,6 +77,8 @@ def load_model(path: str | Path, ema: str | None = None, device: str | torch.dev
                               f"({first}); the checkpoint was written by another version or edited: sample it with "
                               "the code and config of the run that wrote it") from None
     network.to(device, torch.float32).eval().requires_grad_(False)
+    if execution is not None and execution != Execution():
+        network = ExecutedNetwork(network, execution, device)
     return LoadedModel(build_denoiser(config, network), config, tuple(info["image_shape"]), info["num_classes"],
                        list(info["class_names"]), cur_nimg, checkpoint, name)
 

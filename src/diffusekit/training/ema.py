@@ -33,13 +33,16 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module, cur_nimg: int, batch: int) -> None:
-        """Fold in ``model`` after a step that brought the image count to ``cur_nimg``."""
+        """Fold in ``model`` after a step that brought the image count to ``cur_nimg``: one multi-tensor lerp
+        over all weights (a per-tensor loop costs a kernel launch per tensor)."""
         beta = self.beta(cur_nimg, batch)
-        for averaged, current in zip(self.model.parameters(), model.parameters(), strict=True):
-            current = full_tensor(current.detach())  # FSDP: the shards gathered (the average stays whole)
-            averaged.lerp_(current.to(averaged.dtype), 1 - beta)
-        for averaged, current in zip(self.model.buffers(), model.buffers(), strict=True):
-            averaged.copy_(current)
+        averaged = list(self.model.parameters())
+        # FSDP: the shards gathered (the average stays whole)
+        current = [full_tensor(p.detach()).to(a.dtype) for a, p in zip(averaged, model.parameters(), strict=True)]
+        torch._foreach_lerp_(averaged, current, 1 - beta)
+        buffers = list(self.model.buffers())
+        if buffers:
+            torch._foreach_copy_(buffers, list(model.buffers()))
 
 
 class EMASet:

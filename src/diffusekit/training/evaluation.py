@@ -93,8 +93,8 @@ class TrainingEvaluator:
             self._probe = NoiseLevelProbe.from_arrays(build_loss(self.config), self.data, self._validation_data(),
                                                       conditional=bool(trainer.num_classes), bins=e.loss_bins,
                                                       per_bin=e.loss_per_bin, seed=self.config.run.seed)
-        with trainer._autocast():
-            return self._probe(trainer.denoiser.network_output, device=trainer.device)
+        # the trainer's denoiser: the network as it trains (precision, memory format, compilation)
+        return self._probe(trainer.denoiser.network_output, device=trainer.device)
 
     # -- FID / KID of samples -------------------------------------------------------------------------
     def _prepare(self, device) -> None:

@@ -35,6 +35,8 @@ from ..data.augment import augment
 from ..errors import NonFiniteError
 from ..guidance import drop_conditions
 from ..models import (
+    ExecutedNetwork,
+    Execution,
     augment_settings,
     build_denoiser,
     build_loss,
@@ -86,6 +88,10 @@ class Trainer:
                                      **network_conditioning(config, image_shape))
         self.augment, self.cascade = augment_settings(config), cascade_settings(config)
         self.network.to(self.device, torch.float32)  # float32 weights whatever the default dtype; bf16 via autocast
+        run = config.run
+        self.execution = Execution(run.precision, run.channels_last, run.compile)
+        if run.channels_last:  # before the EMA copies and DDP's buckets are made, so all share the layout
+            self.network.to(memory_format=torch.channels_last)
         # several processes: DDP averages the gradients; every other random draw of training is made for the whole
         # global batch on every process and sliced (see step), so only dropout needs a per-process seed
         self.emas = EMASet(self.network, config.ema.half_lives, config.ema.rampup)  # whole copies, before sharding
@@ -97,11 +103,12 @@ class Trainer:
         if self.dist.distributed:
             torch.manual_seed(_rank_seed(config.run.seed, self.dist.rank, 0))
         module = self.ddp if self.ddp is not None else self.network
-        forward = torch.compile(module) if config.run.compile else module
-        self.denoiser = build_denoiser(config, forward)
+        self.denoiser = build_denoiser(config, ExecutedNetwork(module, self.execution, self.device))
         self.loss = build_loss(config)
         opt = config.optim
-        self.optimizer = make_optimizer(self.network.parameters(), opt.optimizer, opt.lr)
+        # fused (one kernel over all tensors) except under FSDP, whose sharded DTensor parameters take the foreach path
+        self.optimizer = make_optimizer(self.network.parameters(), opt.optimizer, opt.lr,
+                                        implementation="foreach" if self.fsdp else "fused")
         decay_images = opt.decay_images or config.run.total_images
         self.lr = LRSchedule(opt.lr, opt.warmup_images, opt.decay, total_images=decay_images,
                              ref_images=decay_images)
@@ -225,11 +232,6 @@ class Trainer:
             self._last_batch = (x0, cond)
         return x0, cond
 
-    def _autocast(self):
-        if self.config.run.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def step(self) -> torch.Tensor:
         """One optimizer step over ``batch_size`` images (in ``accumulation`` micro-batches); returns the
         mean loss as a 0-d tensor on the device.
@@ -263,9 +265,8 @@ class Trainer:
             if self.fsdp:
                 distributed.set_gradient_sync(self.network, last)
             with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
-                with self._autocast():
-                    loss = self.loss(self.denoiser.network_output, x0, noise=noise, time_draw=mine, cond=cond,
-                                     update_sampler=not self.dist.distributed, perturbation=xi)
+                loss = self.loss(self.denoiser.network_output, x0, noise=noise, time_draw=mine, cond=cond,
+                                 update_sampler=not self.dist.distributed, perturbation=xi)
                 (loss.loss.mean() / opt.accumulation).backward()
             if self.dist.distributed and importance:  # the sampler's statistics see every process's losses
                 self.loss.time_sampler.update(draw.u, distributed.all_gather_cat(loss.unweighted.detach()))

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LRSchedule", "make_optimizer", "DECAYS"]
+__all__ = ["LRSchedule", "make_optimizer", "DECAYS", "IMPLEMENTATIONS"]
 
 DECAYS = ("constant", "cosine", "inverse_sqrt")
+# torch's three Adam(W) implementations, the same update: one kernel over all tensors (fused; CPU and CUDA since
+# torch 2.4), a few multi-tensor ops per step (foreach), or a Python loop over the tensors (for-loop)
+IMPLEMENTATIONS = ("fused", "foreach", "for-loop")
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,15 @@ class LRSchedule:
 
 
 def make_optimizer(parameters, name: str = "adamw", lr: float = 1e-4, betas=(0.9, 0.999), weight_decay: float = 0.0,
-                   eps: float = 1e-8) -> torch.optim.Optimizer:
+                   eps: float = 1e-8, implementation: str = "fused") -> torch.optim.Optimizer:
+    """Adam or AdamW. ``implementation`` picks torch's kernel (:data:`IMPLEMENTATIONS`); their states have the
+    same format, so a checkpoint written with one resumes with another (up to float rounding)."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown optimizer implementation {implementation!r}; choose one of "
+                         f"{', '.join(IMPLEMENTATIONS)}")
+    kernel = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[implementation]
     if name == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
+        return torch.optim.AdamW(parameters, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps, **kernel)
     if name == "adam":
-        return torch.optim.Adam(parameters, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
+        return torch.optim.Adam(parameters, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps, **kernel)
     raise ValueError(f"unknown optimizer {name!r}; choose 'adamw' or 'adam'")

@@ -44,7 +44,8 @@ __all__ = ["RunDirectory", "RESUMABLE_KEYS", "config_differences", "environment"
 
 # Fields a resumed run may change: durations, intervals, where and how fast it runs, how it samples and evaluates.
 RESUMABLE_KEYS = ("run.total_images", "run.checkpoint_every", "run.keep_checkpoints", "run.milestone_every",
-                  "run.log_every", "run.sample_every", "run.device", "run.precision", "run.compile",
+                  "run.log_every", "run.sample_every", "run.device", "run.precision", "run.channels_last",
+                  "run.compile",
                   "run.parallel", "run.dump_bad_batch", "optim.nonfinite_limit", "data.workers", "data.strict",
                   "sample.", "eval.")
 
