@@ -37,6 +37,7 @@ from diffusekit.generate import load_model
 from diffusekit.guidance import THRESHOLDS, GuidanceSettings
 from diffusekit.metrics.evaluate import SamplingSettings, as_json, feature_metrics, sample_for_evaluation
 from diffusekit.metrics.inception import get_extractor
+from diffusekit.models import PRECISIONS, Execution
 from fid_gap_mnist import HAZE_MAX  # the haze bound: grey levels 1..12 of 255 (docs/evaluation.md)
 from mnist_reference import SLICE_STARTS, reference_stats, slice_label
 
@@ -93,6 +94,8 @@ def main(argv=None) -> int:
                              "test[0:1000] (report the chosen ones)")
     parser.add_argument("--n", type=int, default=1000, help="samples, and digits in the reference slice (<= 1000)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="the network's precision when sampling")
+    parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--output", default=str(RESULTS / "fid_sweep_mnist.json"))
     parser.add_argument("--table", action="store_true", help="print the collected rows and exit")
     args = parser.parse_args(argv)
@@ -105,7 +108,8 @@ def main(argv=None) -> int:
     except ValueError as error:
         parser.error(str(error))
     torch.set_num_threads(args.threads)
-    model = load_model(args.run, ema=args.ema)
+    execution = Execution(args.precision, args.channels_last)
+    model = load_model(args.run, ema=args.ema, execution=execution)
     if model.num_classes < 2 or tuple(model.image_shape) != (1, 28, 28):
         raise SystemExit(f"{args.run}: expected a class-conditional MNIST run")
     guidance = GuidanceSettings.from_sample(model.config.sample, scale=args.guidance, rescale=args.rescale,
@@ -123,7 +127,7 @@ def main(argv=None) -> int:
     row = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "run": args.run,
            "cur_nimg": model.cur_nimg, "weights": model.weights, "sampler": settings.sampler, "steps": settings.steps,
            "spacing": settings.spacing, "options": settings.options, "guidance": guidance.describe(),
-           "split": args.split, "ref": ref, "seed": args.seed, "n": args.n,
+           "split": args.split, "ref": ref, "seed": args.seed, "n": args.n, "execution": execution.describe(),
            "fid": values["fid"], "kid": values["kid"], **pixel_statistics(images),
            "seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__}
     rows = _rows(output) + [row]  # read now, not at the start: rows other calls added meanwhile are kept

@@ -83,6 +83,13 @@ def test_sample_is_reproducible_in_every_format(run, tmp_path):
     assert Image.open(tmp_path / "grid.png").mode == "L"
     assert main([*common, "--ema", "model", "--out", str(tmp_path / "pngs")]) == 0
     assert len(list((tmp_path / "pngs").glob("*.png"))) == 12
+    # the network in NHWC order and bf16: the same images up to bf16's rounding, the settings in the metadata
+    assert main([*common, "--seed", "4", "--channels-last", "--precision", "bf16", "--out", str(tmp_path / "f.npz")]) == 0
+    fast = np.load(tmp_path / "f.npz")
+    assert json.loads(str(fast["meta"]))["execution"] == {"precision": "bf16", "channels_last": True, "compile": False}
+    assert json.loads(str(a["meta"]))["execution"]["precision"] == "fp32"
+    error = np.abs(fast["images"] - a["images"])
+    assert 0 < error.mean() < 0.05, error.mean()  # bf16 ran (not float32's ~1e-7) and stays close
 
 
 def test_sample_guidance_flags_and_autoguidance(run, tmp_path, capsys):
