@@ -511,7 +511,8 @@ ELEMENTWISE = frozenset((
     "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "silu", "silu_", "silubackward", "silu_backward",
     "sigmoid", "copy_", "_to_copy", "to", "clone", "contiguous", "fill_", "zero_", "zeros", "zeros_like", "ones_like",
     "empty_like", "cat", "neg", "exp", "sin", "cos", "sqrt", "rsqrt", "pow", "square", "lerp_", "addcmul_",
-    "addcdiv_", "addcmul", "addcdiv", "where", "masked_fill", "clamp", "clamp_", "sum", "mean", "mse_loss", "mse_loss_backward",
+    "addcdiv_", "addcmul", "addcdiv", "where", "masked_fill", "clamp", "clamp_", "sum", "mean", "mse_loss",
+    "mse_loss_backward",
     "expand", "repeat", "gelu", "tanh", "abs", "maximum", "minimum", "upsample_nearest2d",
     "upsample_nearest2d_backward", "avg_pool2d", "avg_pool2d_backward", "embedding", "embedding_dense_backward",
     "index_select", "gather", "scatter_add_", "reciprocal", "log", "erf", "isfinite", "bitwise_and",
@@ -687,23 +688,36 @@ def diffusers_kwargs(width: int, channel_mult: Sequence[int] = (1, 2, 4)) -> dic
     )
 
 
-def build_diffusers(width: int) -> nn.Module:
+# ours is (1, 2, 4); one level narrower or wider lets the FLOP match land closer than the width step alone
+DIFFUSERS_CHANNEL_MULTS = ((1, 2, 4), (1, 2, 3), (1, 3, 4), (1, 2, 2))
+
+
+def build_diffusers(width: int, channel_mult: Sequence[int] = (1, 2, 4)) -> nn.Module:
     from diffusers import UNet2DModel
 
     torch.manual_seed(0)
-    return DiffusersNet(UNet2DModel(**diffusers_kwargs(width)))
+    return DiffusersNet(UNet2DModel(**diffusers_kwargs(width, channel_mult)))
 
 
-def match_diffusers_width(target_gflop: float) -> tuple[int, list[dict[str, Any]]]:
-    """The width (multiples of 4 from 8 to 48) whose forward FLOPs are closest in log ratio to ``target_gflop``."""
+def match_diffusers_width(target_gflop: float) -> tuple[tuple[int, tuple[int, ...]], list[dict[str, Any]]]:
+    """The (width, channel multipliers) whose forward FLOPs are closest in log ratio to ``target_gflop``: widths
+    in multiples of 4 from 8 to 40, multipliers ours (1, 2, 4) or a level narrower or wider."""
     rows = []
-    for width in range(8, 49, 4):
-        net = build_diffusers(width)
-        flops = network_flops(net, IMAGE_SHAPE, NUM_CLASSES)
-        rows.append({"width": width, "params": sum(p.numel() for p in net.parameters()),
-                     "gflop_fwd": flops["gflop_fwd"], "flop_ratio": flops["gflop_fwd"] / target_gflop})
+    for channel_mult in DIFFUSERS_CHANNEL_MULTS:
+        for width in range(8, 41, 4):
+            with torch.device("meta"):  # shapes only: FLOPs and parameters without allocating weights
+                net = build_diffusers(width, channel_mult)
+            x = torch.zeros(1, *IMAGE_SHAPE, device="meta")
+            counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS)
+            with counter, torch.no_grad():
+                net.eval()(x, torch.full((1,), 500.0, device="meta"),
+                           {"labels": torch.zeros(1, dtype=torch.long, device="meta")})
+            gflop, _ = counted_gflop(counter)
+            rows.append({"width": width, "channel_mult": list(channel_mult),
+                         "params": sum(p.numel() for p in net.parameters()), "gflop_fwd": gflop,
+                         "flop_ratio": gflop / target_gflop})
     best = min(rows, key=lambda r: abs(math.log(r["flop_ratio"])))
-    return best["width"], rows
+    return (best["width"], tuple(best["channel_mult"])), rows
 
 
 def flow_batches(data, count: int, batch: int) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
@@ -754,12 +768,14 @@ def section_diffusers(protocol: dict, args, data) -> dict[str, Any]:
     torch.manual_seed(0)
     ours = build_network(config.network, IMAGE_SHAPE, NUM_CLASSES)
     ours_flops = network_flops(ours, IMAGE_SHAPE, NUM_CLASSES)
-    width, search = match_diffusers_width(ours_flops["gflop_fwd"])
-    theirs = build_diffusers(width)
+    (width, channel_mult), search = match_diffusers_width(ours_flops["gflop_fwd"])
+    theirs = build_diffusers(width, channel_mult)
     theirs_flops = network_flops(theirs, IMAGE_SHAPE, NUM_CLASSES)
     ratio = theirs_flops["gflop_fwd"] / ours_flops["gflop_fwd"]
-    _log(f"diffusers: width {width} ({search[[r['width'] for r in search].index(width)]['params'] / 1e6:.2f}M "
-         f"params), forward FLOP ratio diffusers/ours {ratio:.3f}")
+    params = {name: sum(p.numel() for p in net.parameters()) for name, net in (("ours", ours), ("diffusers", theirs))}
+    layout = f"width {width}, channel_mult {channel_mult}"
+    _log(f"diffusers: {layout} ({params['diffusers'] / 1e6:.2f}M params, ours {params['ours'] / 1e6:.2f}M), "
+         f"forward FLOP ratio diffusers/ours {ratio:.3f}")
     batch = config.optim.batch_size
     batches = flow_batches(data, 8, batch)
     nets = {"ours": ours, "diffusers": theirs}
@@ -791,7 +807,10 @@ def section_diffusers(protocol: dict, args, data) -> dict[str, Any]:
         phase_b += [timed(family, ex) for ex in chosen]
     run_interleaved(phase_b, protocol["diffusers_rounds"], protocol["warmup"], args.threads, "diffusers final")
     rows = [c.summary() for c in phase_b]
-    result: dict[str, Any] = {"width": width, "search": search,
+    result: dict[str, Any] = {"width": width, "channel_mult": list(channel_mult), "params": params,
+                              "kwargs": {k: list(v) if isinstance(v, tuple) else v
+                                         for k, v in diffusers_kwargs(width, channel_mult).items()},
+                              "search": search,
                               "flops": {"ours": ours_flops, "diffusers": theirs_flops},
                               "flop_ratio_diffusers_over_ours": ratio, "batch": batch, "eager_variants": eager_rows,
                               "rows": rows}
@@ -803,7 +822,7 @@ def section_diffusers(protocol: dict, args, data) -> dict[str, Any]:
         result[f"{family}_best_name"] = best["name"]
     result["ratio_of_bests"] = result["ours_best"] / result["diffusers_best"]
     result["ratio_of_defaults"] = result["ours_default"] / result["diffusers_default"]
-    print(f"\n## diffusers UNet2DModel at equal FLOPs (width {width}, forward FLOPs diffusers/ours {ratio:.3f}), "
+    print(f"\n## diffusers UNet2DModel at equal FLOPs ({layout}, forward FLOPs diffusers/ours {ratio:.3f}), "
           f"batch {batch}\n")
     print("| configuration | img/s median (best) | compile s |")
     print("|---|---:|---:|")
