@@ -504,9 +504,11 @@ RANGE_CATEGORIES = (("optimizer.step", "optimizer"), ("optimizer.zero_grad", "op
 STRUCTURE_PATTERNS = (("scaleddotproduct", "attention"), ("flashattention", "attention"), ("softmax", "attention"),
                       ("bmm", "attention"), ("convolution", "convolution"), ("conv2d", "convolution"),
                       ("groupnorm", "normalisation"), ("layernorm", "normalisation"), ("batchnorm", "normalisation"))
-OWN_PATTERNS = (("fusedadam", "optimizer"), ("foreachlerp", "EMA"), ("foreachnorm", "optimizer"),
-                ("foreach", "optimizer"), ("addmm", "matmul"), ("aten::mm", "matmul"), ("linear", "matmul"),
-                ("matmul", "matmul"), ("compiledfxgraph", "compiled kernels"), ("cppfused", "compiled kernels"))
+# multi-tensor and fused kernels (matched anywhere in the chain: on the CPU a foreach op may run per tensor), then
+# the op's own name
+KERNEL_PATTERNS = (("fusedadam", "optimizer"), ("foreachlerp", "EMA"), ("foreach", "optimizer"),
+                   ("compiledfxgraph", "compiled kernels"), ("cppfused", "compiled kernels"))
+MATMUL_OPS = frozenset(("aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "aten::t", "aten::dot"))
 ELEMENTWISE = frozenset((
     "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "silu", "silu_", "silubackward", "silu_backward",
     "sigmoid", "copy_", "_to_copy", "to", "clone", "contiguous", "fill_", "zero_", "zeros", "zeros_like", "ones_like",
@@ -535,7 +537,8 @@ def categorise(chain: Sequence[str]) -> str:
     """The category of an op from its chain of event names, outermost ancestor first and the op itself last:
     an optimizer or EMA range anywhere above it; else the outermost convolution / normalisation / attention
     op or autograd node (e.g. a copy inside a convolution's backward serves the convolution); else the op's
-    own name (matmul, elementwise, optimizer or EMA kernels, compiled kernels); else "other ops"."""
+    fused-optimizer, multi-tensor or compiled-graph kernel in the chain; else the op's own name (matmul,
+    elementwise); else "other ops"."""
     for name in chain:
         low = name.lower()
         for prefix, category in RANGE_CATEGORIES:
@@ -546,11 +549,14 @@ def categorise(chain: Sequence[str]) -> str:
         for pattern, category in STRUCTURE_PATTERNS:
             if pattern in squashed:
                 return category
+    for name in chain:
+        squashed = _squash(name)
+        for pattern, category in KERNEL_PATTERNS:
+            if pattern in squashed:
+                return category
     own = chain[-1]
-    squashed = own.lower()
-    for pattern, category in OWN_PATTERNS:
-        if pattern.replace("_", "") in _squash(squashed) or pattern in squashed:
-            return category
+    if own in MATMUL_OPS:
+        return "matmul"
     base = own.split("::", 1)[-1]
     if base in ELEMENTWISE or base.rstrip("_") in ELEMENTWISE:
         return "elementwise"
@@ -634,7 +640,8 @@ def print_profile(name: str, result: dict[str, Any]) -> None:
     print("| op | category | calls/step | self ms/step | share of wall |")
     print("|---|---|---:|---:|---:|")
     for op in result["ops"][:15]:
-        print(f"| {op['name']} | {op['category']} | {op['calls'] / result['steps']:.0f} | "
+        name = op["name"] if len(op["name"]) <= 48 else op["name"][:45] + "..."
+        print(f"| {name} | {op['category']} | {op['calls'] / result['steps']:.0f} | "
               f"{op['self_ms'] / result['steps']:.2f} | {op['fraction']:.1%} |")
 
 

@@ -54,6 +54,8 @@ def test_parse_named_rejects_malformed(text):
     (["roofline.step", "Optimizer.step#AdamW.step", "aten::_fused_adamw_"], "optimizer"),
     (["roofline.step", "Optimizer.step#AdamW.step", "aten::mul_"], "optimizer"),  # the for-loop AdamW
     (["roofline.step", "aten::_foreach_norm"], "optimizer"),  # the gradient norm
+    (["roofline.step", "aten::_foreach_norm", "aten::linalg_vector_norm"], "optimizer"),  # its per-tensor path
+    (["roofline.step", "aten::_foreach_lerp_", "aten::lerp_"], "EMA"),
     (["roofline.step", "EMASet.update", "aten::_foreach_lerp_"], "EMA"),
     (["roofline.step", "EMASet.update", "aten::lerp_"], "EMA"),  # the per-tensor loop
     (["roofline.step", "CompiledFunction", "## Call CompiledFxGraph fabc ##"], "compiled kernels"),
