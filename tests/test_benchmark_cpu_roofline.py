@@ -108,3 +108,25 @@ def test_per_tensor_ema_loop_matches_edm_update():
     for old, new, current in zip(before, ema.model.parameters(), model.parameters(), strict=True):
         torch.testing.assert_close(new, beta * old + (1 - beta) * current)
     torch.testing.assert_close(ema.model[2].running_mean, model[2].running_mean)
+
+
+def test_interleaved_rounds_rotate_and_apply_each_configurations_threads():
+    seen = []
+
+    def step(name):
+        def run():
+            seen.append((name, torch.get_num_threads()))
+            return 4
+        return run
+
+    previous = torch.get_num_threads()
+    try:
+        configs = [roofline.Timed("a", step("a")), roofline.Timed("b", step("b"), threads=1),
+                   roofline.Timed("c", step("c"))]
+        roofline.run_interleaved(configs, rounds=2, warmup=1, threads=2, label="test")
+        assert torch.get_num_threads() == 2  # restored after the one-thread configuration
+    finally:
+        torch.set_num_threads(previous)
+    assert [name for name, _ in seen] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert all(threads == (1 if name == "b" else 2) for name, threads in seen)
+    assert [(len(c.warmup_s), len(c.times_s), c.images) for c in configs] == [(1, 2, 4)] * 3
