@@ -892,12 +892,14 @@ def section_sampling(protocol: dict, args) -> dict[str, Any]:
 
     configs = {name: Timed(name, lambda: 0, info={"execution": ex.describe()}) for name, ex in executions.items()}
     starts = list(range(0, n, chunk))
-    # warm-up: one full chunk each (the compiled network is compiled for the chunk's batch shapes)
-    for name, config in configs.items():
-        started = time.perf_counter()
-        sampler_call(name, 0, chunk)()
-        config.warmup_s.append(time.perf_counter() - started)
-        _log(f"sampling warm-up {name}: {config.warmup_s[-1]:.1f}s")
+    # warm-up: one full chunk each (the compiled network is compiled for the chunk's batch shapes), and the last
+    # chunk's smaller batch where n is not a multiple of the chunk
+    for name, timed in configs.items():
+        for count in dict.fromkeys((chunk, n % chunk or chunk)):
+            started = time.perf_counter()
+            sampler_call(name, 0, count)()
+            timed.warmup_s.append(time.perf_counter() - started)
+            _log(f"sampling warm-up {name} ({count} images): {timed.warmup_s[-1]:.1f}s")
     order = list(configs)
     for r, start in enumerate(starts):
         count = min(chunk, n - start)
@@ -910,12 +912,12 @@ def section_sampling(protocol: dict, args) -> dict[str, Any]:
             line.append(f"{name} {elapsed:.1f}s")
         _log(f"sampling chunk {r + 1}/{len(starts)} ({count} images): " + "; ".join(line))
     rows = []
-    for name, config in configs.items():
-        total = sum(config.times_s)
-        steady = statistics.median(config.times_s) if len(config.times_s) else math.nan
-        rows.append({"name": name, **config.info, "n": n, "chunk": chunk, "total_s": total, "img_s": n / total,
-                     "chunk_s": config.times_s, "warmup_s": config.warmup_s[0],
-                     "compile_s": config.warmup_s[0] - steady if name == "compile" else None})
+    for name, timed in configs.items():
+        total = sum(timed.times_s)
+        steady = statistics.median(timed.times_s)  # of full chunks but perhaps the last: close enough for compile_s
+        rows.append({"name": name, **timed.info, "n": n, "chunk": chunk, "total_s": total, "img_s": n / total,
+                     "chunk_s": timed.times_s, "warmup_s": timed.warmup_s,
+                     "compile_s": timed.warmup_s[0] - steady if name == "compile" else None})
     base_rate = rows[0]["img_s"]
     for row in rows:
         row["ratio_to_fp32"] = row["img_s"] / base_rate
