@@ -1,5 +1,6 @@
-"""The CPU roofline benchmark's pure logic: override lists, the profile's op categories and time split, and the
-per-tensor EMA loop it times against the multi-tensor update (checked against EDM's update written out)."""
+"""The CPU roofline benchmark's pure logic: override lists, the profile's op categories and time split
+(``op_profile.py``), the interleaved rounds, and the per-tensor EMA loop it times against the multi-tensor update
+(checked against EDM's update written out)."""
 
 import importlib.util
 import sys
@@ -11,11 +12,19 @@ from torch import nn
 
 from diffusekit.training.ema import EMA
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu_roofline.py"
-_spec = importlib.util.spec_from_file_location("benchmark_cpu_roofline", PATH)
-roofline = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = roofline  # dataclasses look their module up while the class is built
-_spec.loader.exec_module(roofline)
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+roofline = _load("cpu_roofline")
+op_profile = _load("op_profile")
 
 
 def test_split_overrides_keeps_commas_inside_lists_and_mappings():
@@ -40,7 +49,8 @@ def test_parse_named_rejects_malformed(text):
      "convolution"),
     (["roofline.step", "autograd::engine::evaluate_function: ConvolutionBackward0", "ConvolutionBackward0",
       "aten::convolution_backward"], "convolution"),
-    (["roofline.step", "autograd::engine::evaluate_function: ConvolutionBackward0", "aten::copy_"], "convolution"),
+    (["roofline.step", "autograd::engine::evaluate_function: ConvolutionBackward0", "aten::empty"], "convolution"),
+    (["roofline.step", "aten::conv2d", "aten::_to_copy", "aten::copy_"], "elementwise"),  # autocast's weight cast
     (["roofline.step", "aten::group_norm", "aten::native_group_norm"], "normalisation"),
     (["roofline.step", "autograd::engine::evaluate_function: NativeGroupNormBackward0",
       "aten::native_group_norm_backward"], "normalisation"),
@@ -62,7 +72,7 @@ def test_parse_named_rejects_malformed(text):
     (["roofline.step", "aten::randn"], "other ops"),
 ])
 def test_categorise(chain, category):
-    assert roofline.categorise(chain) == category
+    assert op_profile.categorise(chain) == category
 
 
 @pytest.mark.parametrize("name, expected", [("aten::silu", True), ("mkldnn::_convolution_pointwise", True),
@@ -70,7 +80,7 @@ def test_categorise(chain, category):
                                             ("autograd::engine::evaluate_function: SiluBackward0", False),
                                             ("Optimizer.step#AdamW.step", False)])
 def test_is_op(name, expected):
-    assert roofline.is_op(name) is expected
+    assert op_profile.is_op(name) is expected
 
 
 def test_split_profile_sums_and_overhead():
@@ -79,7 +89,7 @@ def test_split_profile_sums_and_overhead():
            (["s", "aten::silu"], 100.0),
            (["s", "aten::silu"], 80.0),
            (["s", "EMASet.update", "aten::_foreach_lerp_"], 50.0)]
-    result = roofline.split_profile(ops, wall_us=1000.0)
+    result = op_profile.split_profile(ops, wall_us=1000.0)
     split = result["split"]
     assert result["wall_ms"] == 1.0
     assert split["convolution"] == {"ms": 0.62, "fraction": 0.62}
@@ -87,7 +97,7 @@ def test_split_profile_sums_and_overhead():
     assert split["EMA"]["ms"] == pytest.approx(0.05)
     assert split["framework overhead"]["ms"] == pytest.approx(0.15)  # 1000 - 850 us
     assert split["attention"]["ms"] == 0.0
-    assert set(split) == {*roofline.CATEGORIES, "framework overhead"}
+    assert set(split) == {*op_profile.CATEGORIES, "framework overhead"}
     top = result["ops"]
     assert [op["name"] for op in top] == ["aten::mkldnn_convolution", "aten::silu", "aten::_foreach_lerp_",
                                           "aten::conv2d"]
