@@ -8,7 +8,9 @@ Runs, in a fresh run directory (default: a temporary one, so runs/demo is left a
 
 and records each phase's wall time and peak resident memory (``RUSAGE_CHILDREN`` after each child), then
 scores the samples with ``benchmarks/demo_quality.py`` (a classifier trained on real MNIST, cached after
-its first training: that training is not part of the demo's time). Writes
+its first training: that training is not part of the demo's time). Before training it measures the
+host-speed index (``cpu_roofline.host_speed_index``: images/s of a fixed reference training step), so that
+demo times from different machines or loads can be compared. Writes
 ``benchmarks/results/mnist_demo.json`` and copies the grid and loss curve beside it.
 
 Usage::
@@ -31,6 +33,9 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_roofline import host_speed_index  # noqa: E402  (a sibling script, found through sys.path)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +60,15 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], help="config override passed to train")
     parser.add_argument("--sample-arg", action="append", default=[], help="extra argument passed to sample")
     parser.add_argument("--tag", default="", help="suffix for the result file name")
+    parser.add_argument("--speed-index-seconds", type=float, default=15.0,
+                        help="how long to measure the host-speed index before training (0: skip it)")
     args = parser.parse_args(argv)
+    if args.speed_index_seconds < 0:
+        parser.error(f"--speed-index-seconds must be >= 0, got {args.speed_index_seconds}")
+    speed_index = None
+    if args.speed_index_seconds > 0:
+        speed_index = round(host_speed_index(args.speed_index_seconds, threads=args.threads), 1)
+        print(f"host-speed index: {speed_index} img/s (cpu_roofline's reference step)", flush=True)
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="mnist-demo-")) / "run"
     cli = [sys.executable, "-m", "diffusekit"]
     train = [*cli, "train", "--preset", "mnist", "--run-dir", str(run_dir), "--threads", str(args.threads),
@@ -88,6 +101,7 @@ def main(argv=None) -> int:
         "accuracy": quality.get("overall"), "min_class_accuracy": quality.get("min_class"),
         "classifier_test_accuracy": quality.get("classifier", {}).get("test_accuracy"),
         "passed": score.returncode == 0 and within,
+        "host_speed_index": speed_index,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": args.threads,
                     "torch": torch.__version__},
     }

@@ -179,15 +179,27 @@ def count_flops(model: nn.Module, memory_format: torch.memory_format, train: boo
     forward + backward (train). Leaves the model's gradients empty."""
     x = torch.randn(1, CHANNELS, RESOLUTION, RESOLUTION).contiguous(memory_format=memory_format)
     t = torch.tensor([500])
+    return count_call_flops(model, lambda: model(x, t), train)
+
+
+def count_call_flops(model: nn.Module, forward: Callable[[], Tensor], train: bool) -> tuple[float, float]:
+    """(GFLOP, GFLOP without the added attention formulas) of ``forward()`` (a call of ``model``), with
+    ``model`` in eval mode under ``no_grad``, or (``train``) in train mode plus the backward pass of a mean
+    square of the output. Leaves the model's mode as it was and its gradients empty."""
     was_training = model.training
     model.train(train)
     counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS)
     with counter, torch.set_grad_enabled(train):
-        out = model(x, t)
+        out = forward()
         if train:
             out.square().mean().backward()
     model.train(was_training)
     model.zero_grad(set_to_none=True)
+    return counted_gflop(counter)
+
+
+def counted_gflop(counter: FlopCounterMode) -> tuple[float, float]:
+    """A finished counter's (GFLOP, GFLOP without the added attention formulas)."""
     counts = counter.get_flop_counts().get("Global", {})
     total = sum(counts.values())
     added = sum(v for k, v in counts.items() if k in EXTRA_FLOP_FORMULAS)
@@ -279,6 +291,13 @@ def forward_step(entry: Entry, x_t: Tensor, t: Tensor) -> float:
     return time.perf_counter() - start
 
 
+def rotation(items: list, r: int) -> list:
+    """``items`` started at position ``r`` (mod its length): round r's order, so that no configuration is
+    always the first (or last) after the others of a round."""
+    shift = r % len(items)
+    return items[shift:] + items[:shift]
+
+
 def run_rounds(entries: list[Entry], batches, warmup: int, log: Callable[[str], None]) -> None:
     """Interleaved timing: round r runs batch r through every model (rotating the order each round), first
     training steps (train mode), then forward-only passes (eval mode)."""
@@ -288,7 +307,7 @@ def run_rounds(entries: list[Entry], batches, warmup: int, log: Callable[[str], 
         for entry in entries:
             entry.model.train(phase == "train")
         for r in range(len(batches)):
-            order = entries[r % len(entries):] + entries[: r % len(entries)]
+            order = rotation(entries, r)
             times = []
             for entry in order:
                 x_t, t, eps = inputs[entry.memory_format][r]
@@ -506,19 +525,27 @@ def main(argv=None) -> int:
         "flop_search": searches, "rows": rows, "table": table, "verdicts": lines,
     }
     if args.output is not None:
-        report = {"description": __doc__.split("\n\n")[0], "runs": []}
-        if args.append and args.output.exists():
-            report = json.loads(args.output.read_text())
-            previous = report["runs"][-1] if report.get("runs") else None
-            if previous is not None:
-                compare_runs(previous, run)
-        report["runs"].append(run)
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"\nWrote {args.output} (run {len(report['runs'])}, {runtime:.0f}s).")
+        count = save_run(args.output, __doc__.split("\n\n")[0], run, args.append, on_previous=compare_runs)
+        print(f"\nWrote {args.output} (run {count}, {runtime:.0f}s).")
     else:
         print(f"\nNo JSON written (--quick without --output); {runtime:.0f}s.")
     return 0
+
+
+def save_run(output: Path, description: str, run: dict[str, Any], append: bool,
+             on_previous: Callable[[dict[str, Any], dict[str, Any]], None] | None = None) -> int:
+    """Write ``{"description", "runs": [run]}`` to ``output``; with ``append`` add ``run`` to the runs already
+    there (``on_previous(previous_run, run)`` is called first). Returns the number of runs in the file."""
+    report = {"description": description, "runs": []}
+    if append and output.exists():
+        report = json.loads(output.read_text())
+        previous = report["runs"][-1] if report.get("runs") else None
+        if previous is not None and on_previous is not None:
+            on_previous(previous, run)
+    report["runs"].append(run)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=1) + "\n")
+    return len(report["runs"])
 
 
 def compare_runs(previous: dict[str, Any], current: dict[str, Any]) -> None:
