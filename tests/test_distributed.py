@@ -112,7 +112,7 @@ import torch
 from safetensors.torch import save_file
 import diffusekit.training.loop as loop
 
-loop.make_optimizer = lambda parameters, name, lr: torch.optim.SGD(parameters, lr=lr)
+loop.make_optimizer = lambda parameters, name, lr, **kernel: torch.optim.SGD(parameters, lr=lr)
 construct = loop.Trainer.__init__
 
 def construct_and_save_initial_weights(self, *args, **kwargs):
