@@ -32,9 +32,11 @@ Sections (``--sections``, all by default; each prints a table and lands in the J
   (multistep, 16 steps, guidance 3 in the interval (0.3, 3], class-major labels) at fp32, bf16, channels-last
   and compile, over ``--sample-n`` images, on a freshly initialised network (speed only) or ``--run DIR``.
 
-Method: every timed section runs its configurations in interleaved rounds (round r runs one step of every
-configuration, the order rotated each round, as ``train_throughput.py`` does), so load from other processes
-hits all alike; the median and best step are reported, and each row's ratio to its section's baseline. FLOPs
+Method: every timed section runs its configurations in interleaved rounds (round r runs every configuration
+for a chunk of steps of at least 256 images, the order rotated each round, as ``train_throughput.py`` does), so
+load from other processes hits all alike while each configuration is timed warm (a single step per turn would
+time the caches that the previous configuration evicted); the median and best chunk are reported, and each
+row's ratio to its section's baseline. FLOPs
 are counted with ``FlopCounterMode`` on one image, with the CPU flash-attention formulas that torch's registry
 lacks (``train_throughput.EXTRA_FLOP_FORMULAS``); training FLOPs are the forward+backward pass as counted, not
 3 x forward. Compile time is the wall time of the warm-up steps minus as many steady-state steps, with an empty
@@ -75,10 +77,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
+FRESH_INDUCTOR_CACHE = None  # the temporary cache directory this run made (removed at its end)
+if __name__ == "__main__" and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    # compile times are cold ones: inductor resolves its on-disk cache directory once, when torch is imported, and
+    # would otherwise serve graphs compiled by earlier runs (a graph compiled twice within this run still hits it the
+    # second time, as it would for a user)
+    FRESH_INDUCTOR_CACHE = os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="cpu-roofline-inductor-")
+
+import torch  # noqa: E402 (after the inductor cache directory is set)
+import torch.nn.functional as F  # noqa: E402 (after the inductor cache directory is set)
+from torch import Tensor, nn  # noqa: E402 (after the inductor cache directory is set)
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402 (after the inductor cache directory is set)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from op_profile import print_profile, profile_trainer  # noqa: E402
@@ -103,10 +112,12 @@ DEFAULT_COMBOS = ("b128_bf16=optim.batch_size=128,run.precision=bf16",
                   "b128_bf16_compile=optim.batch_size=128,run.precision=bf16,run.compile=true")
 FULL = {"gemm_size": 2048, "gemm_repeats": 5, "conv_batch": CONV_BATCH, "conv_repeats": 5, "warmup": 2,
         "network_steps": 5, "lever_rounds": 8, "profile_steps": 4, "diffusers_eager_rounds": 4,
-        "diffusers_rounds": 6, "sample_n": 1000, "sample_batch": 250, "index_seconds": 15.0, "sync_calls": 20_000}
+        "diffusers_rounds": 6, "sample_n": 1000, "sample_batch": 250, "index_seconds": 15.0, "sync_calls": 20_000,
+        "chunk_images": 256}
 QUICK = {"gemm_size": 512, "gemm_repeats": 2, "conv_batch": 16, "conv_repeats": 1, "warmup": 1,
          "network_steps": 2, "lever_rounds": 2, "profile_steps": 1, "diffusers_eager_rounds": 1,
-         "diffusers_rounds": 1, "sample_n": 20, "sample_batch": 10, "index_seconds": 1.0, "sync_calls": 1_000}
+         "diffusers_rounds": 1, "sample_n": 20, "sample_batch": 10, "index_seconds": 1.0, "sync_calls": 1_000,
+         "chunk_images": 8}
 QUICK_CIFAR_WIDTH = 16
 
 
@@ -169,8 +180,8 @@ class Timed:
 
 
 def run_interleaved(configs: list[Timed], rounds: int, warmup: int, threads: int, label: str) -> None:
-    """``warmup`` untimed then ``rounds`` timed rounds; round r runs one step of every configuration, the order
-    rotated by r (:func:`train_throughput.rotation`)."""
+    """``warmup`` untimed then ``rounds`` timed rounds; round r runs one call (a chunk of steps, :func:`chunked`)
+    of every configuration, the order rotated by r (:func:`train_throughput.rotation`)."""
     for r in range(warmup + rounds):
         line = []
         for config in rotation(configs, r):
@@ -197,6 +208,18 @@ def make_trainer(overrides: Sequence[str], data, workdir: Path):
     from diffusekit.training.loop import Trainer
 
     return Trainer(resolve(PRESET, overrides=list(overrides)), data, tempfile.mkdtemp(dir=workdir))
+
+
+def chunked(step: Callable[[], int], min_images: int) -> Callable[[], int]:
+    """``step`` repeated until at least ``min_images`` images went through: one timed unit of a round. Switching
+    configuration after every single step would time cold caches (oneDNN's JIT-compiled primitives, L2) rather
+    than each configuration's steady state, and penalise the ones with more distinct kernels (bf16, compiled)."""
+    def run() -> int:
+        images = 0
+        while images < min_images:
+            images += step()
+        return images
+    return run
 
 
 def trainer_step(trainer) -> Callable[[], int]:
@@ -365,8 +388,9 @@ def section_networks(protocol: dict, args, data, workdir: Path, peak: dict | Non
         trainer = make_trainer(overrides, arrays, workdir)
         flops = network_flops(trainer.network, shape, trainer.num_classes)
         params = sum(p.numel() for p in trainer.network.parameters())
-        configs.append(Timed(name, trainer_step(trainer), info={"overrides": overrides, "image_shape": list(shape),
-                                                                "params": params, **flops}))
+        step = chunked(trainer_step(trainer), protocol["chunk_images"])
+        configs.append(Timed(name, step, info={"overrides": overrides, "image_shape": list(shape),
+                                               "params": params, **flops}))
         _log(f"{name}: {params / 1e6:.2f}M params, {flops['gflop_fwd']:.3f} GFLOP/img forward, "
              f"{flops['gflop_train']:.3f} forward+backward")
     run_interleaved(configs, protocol["network_steps"], protocol["warmup"], args.threads, "networks")
@@ -474,7 +498,8 @@ def section_levers(protocol: dict, args, data, workdir: Path, peak: dict | None)
                 "ema": "per-tensor loop" if lever.ema_loop else "foreach", "threads": lever.threads or args.threads,
                 "precision": precision, "batch": trainer.config.optim.batch_size,
                 "compile": trainer.config.run.compile, **flops_by_network[key]}
-        configs.append(Timed(lever.name, trainer_step(trainer), threads=lever.threads, info=info))
+        step = chunked(trainer_step(trainer), protocol["chunk_images"])
+        configs.append(Timed(lever.name, step, threads=lever.threads, info=info))
         trainers[lever.name] = trainer
     _log(f"levers: {len(configs)} configurations, {protocol['warmup']} warm-up + {protocol['lever_rounds']} rounds")
     run_interleaved(configs, protocol["lever_rounds"], protocol["warmup"], args.threads, "levers")
@@ -650,7 +675,7 @@ def section_diffusers(protocol: dict, args, data) -> dict[str, Any]:
         optimizer = make_optimizer(network.parameters(), "adamw", config.optim.lr, implementation="fused")
         label = f"{family} {'bf16' if execution.precision == 'bf16' else 'fp32'}" \
                 f"{' channels_last' if execution.channels_last else ''}{' compile' if execution.compile else ''}"
-        return Timed(label, flow_step(executed, optimizer, batches, [0]),
+        return Timed(label, chunked(flow_step(executed, optimizer, batches, [0]), protocol["chunk_images"]),
                      info={"family": family, "execution": execution.describe()})
 
     eager = [Execution(p, cl) for p in ("fp32", "bf16") for cl in (False, True)]
@@ -923,11 +948,8 @@ def main(argv=None) -> int:
     if args.compile_on:
         from torch import _dynamo
 
-        # compile times are cold ones: inductor's on-disk cache would otherwise serve graphs compiled by an earlier
-        # run (a graph compiled twice within this run still hits it the second time, as it would for a user)
-        inductor_cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-        if inductor_cache is None:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="cpu-roofline-inductor-")
+        # None: the fresh one made before torch was imported; else the user's own
+        inductor_cache = None if FRESH_INDUCTOR_CACHE else os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 
         # several instances of the same network classes are compiled in one process: each counts as a recompile
         # of the same code, and past the default limit (8) dynamo would silently fall back to eager
@@ -969,8 +991,8 @@ def main(argv=None) -> int:
             results["diffusers"] = section_diffusers(protocol, args, data)
         if "sampling" in args.sections:
             results["sampling"] = section_sampling(protocol, args)
-    if args.compile_on and inductor_cache is None:
-        shutil.rmtree(os.environ.pop("TORCHINDUCTOR_CACHE_DIR"), ignore_errors=True)
+    if FRESH_INDUCTOR_CACHE:
+        shutil.rmtree(FRESH_INDUCTOR_CACHE, ignore_errors=True)
     runtime = time.perf_counter() - began
     lines = summary_lines(results)
     print("\n## Summary\n")
