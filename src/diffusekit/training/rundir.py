@@ -37,7 +37,7 @@ from ..config import Config, ConfigError, from_dict, read_file, to_dict, write_y
 from ..generate import class_major_labels, generate
 from ..guidance import GuidanceSettings
 from ..images import make_grid, save_png
-from ..models import build_denoiser, remove_partial_writes
+from ..models import build_denoiser, native_bf16, remove_partial_writes
 from ..monitor import MetricsLog, TensorBoardWriter, plot_loss_curve, read_metrics
 
 __all__ = ["RunDirectory", "RESUMABLE_KEYS", "config_differences", "environment", "stored_config"]
@@ -92,7 +92,7 @@ def environment(device: torch.device) -> dict:
     env = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv, "host": platform.node(),
            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
            "numpy": numpy.__version__, "diffusekit": __version__, "git": _git_hash(), "device": str(device),
-           "threads": torch.get_num_threads()}
+           "threads": torch.get_num_threads(), "native_bf16": native_bf16(device)}  # what precision auto picked
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
