@@ -11,8 +11,8 @@ sampling (``diffusekit sample --precision/--channels-last/--compile``), on the C
 - ``channels_last``: the weights and the input in NHWC order, which oneDNN (CPU) and cuDNN (tensor cores)
   prefer for convolutions at some widths; whether it helps is measured per machine (``benchmarks/cpu_roofline.py``).
 - ``compile``: ``torch.compile`` (inductor) of the network: fused elementwise kernels (GroupNorm, SiLU, the
-  residual sums) around the convolutions. The first steps pay the compilation (about a minute on 2 CPU cores for
-  the demo's U-Net).
+  residual sums) around the convolutions. The first steps pay the compilation (97-119 s on 2 CPU cores for
+  the demo's U-Net, cold cache; benchmarks/cpu_roofline.py).
 """
 
 from __future__ import annotations
