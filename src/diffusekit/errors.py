@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __all__ = ["UserError", "UsageError", "ConfigError", "MissingFileError", "BadFileError", "NotInstalledError",
            "DatasetNotInstalled", "TextEncoderNotInstalled", "FeatureExtractorNotInstalled", "CheckpointError",
-           "DistributedError", "NonFiniteError"]
+           "DistributedError", "NonFiniteError", "UnsupportedAutoencoder"]
 
 
 class UserError(Exception):
@@ -34,6 +34,11 @@ class MissingFileError(UserError, FileNotFoundError):
 
 class BadFileError(UserError, ValueError):
     """A file or folder the user gave is not what it should be: corrupt, truncated, of another kind, or empty."""
+
+
+class UnsupportedAutoencoder(BadFileError):
+    """A diffusers autoencoder whose config or weights ask for something diffusekit's autoencoder does not
+    build (another class, block type or activation, an unknown weight); the message names the key and value."""
 
 
 class NotInstalledError(UserError, RuntimeError):
