@@ -107,7 +107,8 @@ class VectorQuantizer(nn.Module):
 
     ``beta``: weight of the commitment term (VQ-VAE's beta, 0.25). ``ema_decay``: EMA codebook updates with this
     decay (VQ-VAE-2 uses 0.99); ``None`` learns the codebook by gradient through the codebook term of the loss.
-    ``kmeans_init``: set the codebook by ``kmeans_iters`` Lloyd iterations on the first training batch.
+    ``kmeans_init``: set the codebook by k-means++ seeding and ``kmeans_iters`` Lloyd iterations on the first
+    training batch.
     ``restart_after``: restart a code unused for this many consecutive training batches (``None``: never).
     ``epsilon``: the Laplace smoothing of the EMA counts.
     """
