@@ -17,10 +17,10 @@ divides by zero::
     e_i  = m_i / N~_i,   N~_i = (N_i + epsilon) / (sum_k N_k + K * epsilon) * sum_k N_k
 
 Two well-known fixes against unused ("dead") codes are optional: k-means initialisation of the codebook on the
-first training batch (as in Jukebox, Dhariwal et al. 2020, and SoundStream), and restarting a code that no
-vector of ``restart_after`` consecutive training batches chose with a random encoder output of the current
-batch (Jukebox's codebook reset). A restarted code counts as one seen vector (``N_i = 1``, ``m_i = e_i``), as in
-Jukebox; after k-means, ``N_i`` is the cluster's size and ``m_i`` its sum.
+first training batch (k-means++ seeds, then Lloyd iterations; as in Jukebox, Dhariwal et al. 2020, and
+SoundStream), and restarting a code that no vector of ``restart_after`` consecutive training batches chose with a
+random encoder output of the current batch (Jukebox's codebook reset). A restarted code counts as one seen vector
+(``N_i = 1``, ``m_i = e_i``), as in Jukebox; after k-means, ``N_i`` is the cluster's size and ``m_i`` its sum.
 
 Every piece of state (codebook, EMA counts and sums, whether the codebook was initialised, the idle counters) is
 a buffer, or the codebook a parameter, so a checkpoint resumes it exactly; every random draw takes the
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["QuantizerOutput", "VectorQuantizer", "kmeans"]
+__all__ = ["QuantizerOutput", "VectorQuantizer", "kmeans", "kmeans_plus_plus"]
 
 
 @dataclass
@@ -68,13 +68,27 @@ def _random_rows(vectors: Tensor, count: int, generator: torch.Generator | None)
     return vectors[rows.to(vectors.device)]
 
 
+def kmeans_plus_plus(vectors: Tensor, num_clusters: int, generator: torch.Generator | None = None) -> Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): the first centre is a random row, each next one a row
+    drawn with probability proportional to its squared distance to the nearest centre so far."""
+    device = generator.device if generator is not None else vectors.device
+    first = torch.randint(vectors.shape[0], (1,), generator=generator, device=device).to(vectors.device)
+    centres = [vectors[first[0]]]
+    nearest = (vectors - centres[0]).pow(2).sum(1)
+    for _ in range(num_clusters - 1):
+        # Fewer distinct rows than clusters leaves every distance zero: then any row will do.
+        weights = nearest if nearest.sum() > 0 else torch.ones_like(nearest)
+        row = torch.multinomial(weights.to(device), 1, generator=generator).to(vectors.device)
+        centres.append(vectors[row[0]])
+        nearest = torch.minimum(nearest, (vectors - centres[-1]).pow(2).sum(1))
+    return torch.stack(centres)
+
+
 def kmeans(vectors: Tensor, num_clusters: int, iters: int,
            generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """Lloyd's algorithm on ``vectors [N, D]``: ``(centroids [K, D], counts [K])``, ``counts`` from the last
-    assignment. Starts from ``num_clusters`` random rows; a cluster left empty by an assignment restarts at a
-    random row, so few clusters end empty."""
-    centroids = _random_rows(vectors, num_clusters, generator).clone()
-    counts = torch.zeros(num_clusters, device=vectors.device, dtype=vectors.dtype)
+    """Lloyd's algorithm on ``vectors [N, D]`` from k-means++ seeds: ``(centroids [K, D], counts [K])``,
+    ``counts`` from the last assignment. A cluster left empty by an assignment restarts at a random row."""
+    centroids = kmeans_plus_plus(vectors, num_clusters, generator)
     for _ in range(iters):
         assignment = _squared_distances(vectors, centroids).argmin(1)
         counts = torch.bincount(assignment, minlength=num_clusters).to(vectors.dtype)
@@ -93,7 +107,8 @@ class VectorQuantizer(nn.Module):
 
     ``beta``: weight of the commitment term (VQ-VAE's beta, 0.25). ``ema_decay``: EMA codebook updates with this
     decay (VQ-VAE-2 uses 0.99); ``None`` learns the codebook by gradient through the codebook term of the loss.
-    ``kmeans_init``: set the codebook by ``kmeans_iters`` Lloyd iterations on the first training batch.
+    ``kmeans_init``: set the codebook by k-means++ seeding and ``kmeans_iters`` Lloyd iterations on the first
+    training batch.
     ``restart_after``: restart a code unused for this many consecutive training batches (``None``: never).
     ``epsilon``: the Laplace smoothing of the EMA counts.
     """
