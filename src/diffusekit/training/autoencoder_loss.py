@@ -142,7 +142,9 @@ class AutoencoderLoss(nn.Module):
         return diff.abs().mean() if self.reconstruction == "l1" else diff.pow(2).mean()
 
     def perceptual_loss(self, x: Tensor, reconstruction: Tensor) -> Tensor:
-        """The batch mean of the perceptual distance (not weighted)."""
+        """The batch mean of the perceptual distance (not weighted); 0 for ``perceptual="none"``."""
+        if self.perceptual == "none":
+            return x.new_zeros(())
         if self.perceptual == "inception":
             return self.inception(x, reconstruction).mean()
         if self.perceptual == "ssim":
