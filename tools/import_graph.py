@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("data",)),  # reads a DataConfig without importing config (config validates against data)
     ("config", ("config",)),  # validates names against the registries of everything below it
     ("models", ("models",)),  # config or checkpoint -> network, denoiser, loss, weights
+    ("latent", ("latent",)),  # a frozen autoencoder and the dataset encoded by it
     ("generate", ("generate",)),
     ("metrics", ("metrics",)),  # evaluation samples through generate
     ("applications", ("rejection", "training")),

@@ -21,11 +21,32 @@ from torch import Tensor
 
 from .conditions import select, to_device
 from .denoiser import Denoiser
+from .errors import CheckpointError
 from .guidance import GuidanceSettings, apply_guidance, null_condition
-from .models import LoadedModel, load_guide, load_model, resolve_checkpoint
+from .latent import load_autoencoder
+from .models import Execution, LoadedModel, load_guide, resolve_checkpoint
+from .models import load_model as load_network
 from .sampling import sample, timesteps
 
 __all__ = ["LoadedModel", "load_model", "load_guide", "generate", "class_major_labels", "resolve_checkpoint"]
+
+
+def load_model(path, ema: str | None = None, device: str | torch.device = "cpu",
+               execution: Execution | None = None) -> LoadedModel:
+    """:func:`diffusekit.models.load_model`, and for a latent model its autoencoder as ``decode``: the one it was
+    trained with, checked by digest (a changed autoencoder would decode the latents into other images)."""
+    model = load_network(path, ema, device, execution)
+    if model.latent is not None:
+        stored = model.latent
+        weights = None if stored["weights"] == "diffusers" else stored["weights"]
+        autoencoder = load_autoencoder(stored["autoencoder"], weights, device)
+        if autoencoder.digest != stored["digest"]:
+            raise CheckpointError(f"{model.checkpoint} was trained on the latents of {stored['autoencoder']} "
+                                  f"({stored['weights']}), whose weights have changed since (digest "
+                                  f"{autoencoder.digest[:12]} against {stored['digest'][:12]}): a latent model only "
+                                  "decodes with the autoencoder it was trained with")
+        model.decode = autoencoder.decode_normalized
+    return model
 
 
 def class_major_labels(n: int, num_classes: int) -> Tensor:
@@ -46,14 +67,16 @@ def generate(denoiser: Denoiser, n: int, image_shape: tuple[int, int, int], *, l
              num_classes: int = 0, sampler: str = "multistep", steps: int = 20, spacing: str = "uniform",
              guidance: float | GuidanceSettings = 1.0, options: dict | None = None, seed: int = 0,
              batch_size: int = 250, device: str | torch.device = "cpu", progress=None, first: int = 0,
-             guide: Denoiser | None = None, condition: dict | None = None) -> Tensor:
+             guide: Denoiser | None = None, condition: dict | None = None, decode=None) -> Tensor:
     """``n`` images, float32 [n, C, H, W] in (about) [-1, 1], on the CPU. ``labels``: [n] class indices for a
     conditional model (None: unconditional, or the null class for a conditional one). ``first``: the index
     of the first image, so a shard (images first..first+n-1) equals that slice of one big call. ``guide``: the
     autoguidance model, if already loaded (else it is loaded from ``guidance.autoguide``). ``condition``: more
     per-image conditions, each ``[n, ...]`` (e.g. a cascade stage's ``image`` and ``aug_level``, from
     :func:`diffusekit.cascade.sampling_condition`; or a text-conditioned model's ``text``, ``text_mask`` and
-    ``text_pooled``, which classifier-free guidance contrasts with the null text)."""
+    ``text_pooled``, which classifier-free guidance contrasts with the null text). ``decode``: a latent model's
+    decoder (``LoadedModel.decode``), applied to each batch: the images are then the decoded ones, while
+    ``image_shape`` stays the latent shape the sampler draws."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     for key, value in (condition or {}).items():
@@ -86,6 +109,8 @@ def generate(denoiser: Denoiser, n: int, image_shape: tuple[int, int, int], *, l
         cond = to_device(select(per_image, slice(start, start + count)), device)
         generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + first + start + 7_919)
         x = sample(denoise, noise, ts, schedule, sampler, generator=generator, cond=cond, **(options or {}))
+        if decode is not None:
+            x = decode(x)
         out.append(x.float().cpu())
         if progress is not None:
             progress(count)

@@ -4,7 +4,8 @@ never stopped (docs/training.md)."""
 import torch
 
 from diffusekit.models.checkpoint import latest_valid
-from diffusekit.training.loop import Trainer, train
+from diffusekit.training.loop import Trainer
+from diffusekit.training.make import train
 
 
 def weights(trainer: Trainer) -> dict:

@@ -13,7 +13,7 @@ from diffusekit.data.captions import captions_for
 from diffusekit.models.build import network_conditioning
 from diffusekit.text import TextEncoder
 from diffusekit.training.captions import CaptionTable, caption_table
-from diffusekit.training.loop import train
+from diffusekit.training.make import train
 
 from ..assets import require_text_encoder
 from .resume_check import assert_resume_is_bit_identical

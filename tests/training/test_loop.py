@@ -6,7 +6,8 @@ from diffusekit.config import ConfigError, resolve
 from diffusekit.data import ImageArrays
 from diffusekit.generate import load_model
 from diffusekit.models.checkpoint import latest_valid
-from diffusekit.training.loop import Trainer, train
+from diffusekit.training.loop import Trainer
+from diffusekit.training.make import train
 
 from .resume_check import assert_resume_is_bit_identical
 

@@ -11,7 +11,7 @@ from .. import distributed
 from ..config import DataConfig
 from ..data import load_training_data
 from ..errors import UsageError
-from ..generate import class_major_labels
+from ..generate import class_major_labels, load_model
 from ..images import save_png
 from ..metrics import inception
 from ..metrics.evaluate import (
@@ -28,7 +28,6 @@ from ..metrics.evaluate import (
 from ..metrics.features import array_batches, compute_stats, open_source
 from ..metrics.fid import fid_from_stats
 from ..metrics.stats import load_stats
-from ..models import load_model
 from .flags import (
     add_guidance_arguments,
     check_sampling,
@@ -152,7 +151,8 @@ def _evaluate(args, metrics: tuple[str, ...], context) -> int:
     with progress_bar(args.n, quiet, "sampling") as bar:
         images, _, index = sample_for_evaluation(model.denoiser, model.image_shape, model.num_classes, args.n,
                                                  settings, device=device, rank=context.rank,
-                                                 world_size=context.world_size, progress=bar.update)
+                                                 world_size=context.world_size, progress=bar.update,
+                                                 decode=model.decode)
     sampling_s = time.perf_counter() - started
     feature_names = tuple(m for m in metrics if m != "memorization")
     extractor = _extractor(args, device=device) if feature_names else None

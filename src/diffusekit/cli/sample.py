@@ -14,11 +14,11 @@ import torch
 from ..cascade import sampling_condition
 from ..data import DATASETS
 from ..errors import BadFileError, TextEncoderNotInstalled, UsageError, UserError
-from ..generate import class_major_labels, generate
+from ..generate import class_major_labels, generate, load_model
 from ..images import make_grid, save_png, to_uint8
 from ..metrics.classifier import load_or_train_classifier
 from ..metrics.stats import open_npz
-from ..models import PRECISIONS, Execution, cascade_settings, load_model
+from ..models import PRECISIONS, Execution, cascade_settings
 from ..rejection import generate_with_rejection
 from ..sampling import same_sampler
 from .flags import (
@@ -147,7 +147,7 @@ def cmd_sample(args) -> int:
     classifier = _rejection_classifier(args, model) if args.reject else None
     started = time.perf_counter()
     common = dict(sampler=sampler, steps=steps, spacing=spacing, guidance=guidance, options=options,
-                  seed=args.seed, batch_size=args.batch_size, device=device)
+                  seed=args.seed, batch_size=args.batch_size, device=device, decode=model.decode)
     extra, rejection = {}, None
     with progress_bar(args.n, args.quiet) as bar:
         if classifier is None:
@@ -166,6 +166,8 @@ def cmd_sample(args) -> int:
     meta = {"checkpoint": str(model.checkpoint), "cur_nimg": model.cur_nimg, "weights": model.weights,
             "sampler": sampler, "steps": steps, "guidance": guidance.scale, "guidance_settings": guidance.describe(),
             "seed": args.seed, "options": options, "execution": execution.describe(device)}
+    if model.latent is not None:  # which autoencoder decoded the latents
+        meta["latent"] = {k: model.latent[k] for k in ("autoencoder", "weights", "digest")}
     if prompt_index is not None:
         meta["prompts"] = list(args.prompt)
     if rejection is not None:
@@ -198,9 +200,9 @@ def _rejection_classifier(args, model):
     if name not in DATASETS:
         raise UsageError(f"--reject classifies with a classifier of the run's built-in dataset; {name!r} is not one "
                          f"({', '.join(DATASETS)})")
-    if model.image_shape not in ((1, 28, 28), (1, 32, 32)):
+    if model.output_shape not in ((1, 28, 28), (1, 32, 32)):
         raise UsageError("--reject: the classifier (DigitCNN) reads one-channel 28x28 (or 32x32) images; this model "
-                         f"draws {'x'.join(map(str, model.image_shape))}")
+                         f"draws {'x'.join(map(str, model.output_shape))}")
     log = None if args.quiet else (lambda message: print(message, file=sys.stderr))
     try:
         classifier, info = load_or_train_classifier(name, log=log)

@@ -18,7 +18,7 @@ from ..data import load_training_data
 from ..errors import UsageError
 from ..models import latest_valid
 from ..monitor import ProgressBar
-from ..training.loop import Trainer
+from ..training.make import make_trainer
 from ..training.rundir import RunDirectory, peak_memory_mb, stored_config
 from .flags import positive_int, set_threads
 
@@ -149,7 +149,7 @@ def _train(args, config, context) -> int:
             shutil.rmtree(run_dir)
         distributed.barrier()
         say(f"--overwrite: removed the earlier run in {run_dir}")
-    trainer = Trainer(config, data, run_dir)
+    trainer = make_trainer(config, data, run_dir, log=say)
     resume_from = None if args.resume in ("auto", "never") else Path(args.resume)
     if args.resume != "never" and trainer.resume(resume_from):
         say(f"resumed from {resume_from or latest_valid(run_dir / 'checkpoints')} at {trainer.cur_nimg:,} images")

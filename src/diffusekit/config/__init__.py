@@ -10,11 +10,13 @@ from __future__ import annotations
 from .files import dump_yaml, read_file, write_yaml
 from .presets import PRESETS, preset
 from .schema import (
+    AutoencoderConfig,
     CascadeConfig,
     Config,
     DataConfig,
     EMAConfig,
     EvalConfig,
+    LatentConfig,
     NetworkConfig,
     ObjectiveConfig,
     OptimConfig,
@@ -25,8 +27,9 @@ from .typed import ConfigError, apply_override, from_dict, merge, parse_override
 from .validate import validate
 
 __all__ = ["Config", "DataConfig", "ObjectiveConfig", "NetworkConfig", "OptimConfig", "EMAConfig", "RunConfig",
-           "SampleConfig", "EvalConfig", "CascadeConfig", "ConfigError", "PRESETS", "preset", "resolve", "from_dict",
-           "to_dict", "merge", "apply_override", "parse_override", "read_file", "write_yaml", "dump_yaml", "validate"]
+           "SampleConfig", "EvalConfig", "CascadeConfig", "AutoencoderConfig", "LatentConfig", "ConfigError",
+           "PRESETS", "preset", "resolve", "from_dict", "to_dict", "merge", "apply_override", "parse_override",
+           "read_file", "write_yaml", "dump_yaml", "validate"]
 
 
 def resolve(preset_name: str | None = "tiny", files=(), overrides=()) -> Config:

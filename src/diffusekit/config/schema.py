@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = ["Config", "DataConfig", "ObjectiveConfig", "NetworkConfig", "OptimConfig", "EMAConfig", "RunConfig",
-           "SampleConfig", "EvalConfig", "CascadeConfig"]
+           "SampleConfig", "EvalConfig", "CascadeConfig", "AutoencoderConfig", "LatentConfig"]
 
 
 @dataclass
@@ -57,8 +57,9 @@ class ObjectiveConfig:
 
 @dataclass
 class NetworkConfig:
-    kind: Literal["unet", "dit"] = "unet"  # the network family
-    preset: str = "tiny"  # diffusekit.networks.unet.PRESETS / dit.PRESETS
+    # the network family; autoencoder: train an autoencoder (the `autoencoder` section) instead of a diffusion model
+    kind: Literal["unet", "dit", "autoencoder"] = "unet"
+    preset: str = "tiny"  # diffusekit.networks.unet.PRESETS / dit.PRESETS / autoencoder.PRESETS
     options: dict = field(default_factory=dict)  # constructor overrides, e.g. {model_channels: 64}
 
 
@@ -161,6 +162,40 @@ class CascadeConfig:
 
 
 @dataclass
+class AutoencoderConfig:
+    """Training an autoencoder (``network.kind: autoencoder``; LDM, Rombach et al. 2022; VQGAN, Esser et al. 2021):
+    reconstruction + KL (or the codebook's loss with ``network.options.quantizer``) + a perceptual term + a
+    patch-GAN term from ``gan_start_images`` on, with VQGAN's adaptive weight (diffusekit.training.autoencoder_loss)."""
+
+    reconstruction: Literal["l1", "l2"] = "l1"  # the pixel loss
+    kl_weight: float = 1e-6  # the KL term's weight (LDM's KL-reg)
+    perceptual: Literal["none", "inception", "ssim"] = "none"  # offline perceptual term
+    perceptual_weight: float = 1.0
+    gan_weight: float = 0.5  # the discriminator term's weight (0: no GAN, no discriminator)
+    gan_start_images: int = 50_000  # training images before the GAN terms switch on
+    gan_loss: Literal["hinge", "non_saturating"] = "hinge"
+    adaptive_weight: bool = True  # VQGAN's ratio of gradient norms at the decoder's last layer
+    disc_channels: int = 64  # the patch discriminator's first width
+    disc_layers: int = 3  # its stride-2 layers (receptive field 70 px at 3)
+    disc_lr: float | None = None  # the discriminator's peak learning rate (None: optim.lr)
+    # the latent statistics stored with the autoencoder at every checkpoint, from the first stats_images training
+    # images: channel = per-channel mean and std, scalar = LDM's scale_factor (one std, no shift)
+    latent_stats: Literal["channel", "scalar"] = "channel"
+    stats_images: int = 1024
+
+
+@dataclass
+class LatentConfig:
+    """Latent diffusion: the diffusion model is trained on, and samples, the latents of a frozen autoencoder."""
+
+    autoencoder: str | None = None  # our autoencoder's run directory or checkpoint, or a diffusers AutoencoderKL dir
+    ema: str | None = None  # which of our autoencoder's EMAs encodes and decodes ("model": raw weights; None: first)
+    flip: bool = True  # the latent cache also holds the latents of the x-flipped images (the dataset doubles)
+    cache_dir: str | None = None  # where latent caches live (None: $DIFFUSEKIT_CACHE/latents)
+    encode_batch: int = 64  # images per encoder call when building the cache
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -171,3 +206,5 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)

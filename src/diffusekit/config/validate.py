@@ -11,7 +11,7 @@ from ..data.augment import AugmentSettings
 from ..data.captions import CAPTIONED_DATASETS
 from ..data.intensity import check_intensity
 from ..guidance import GuidanceSettings
-from ..networks import dit, unet
+from ..networks import autoencoder, dit, unet
 from ..sampling import SPACINGS, sampler_name
 from .schema import Config
 from .typed import ConfigError
@@ -57,7 +57,7 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"objective.input_perturbation must be in [0, 1), got {o.input_perturbation}")
     _positive("objective.sigma_data", o.sigma_data)
 
-    presets = unet.PRESETS if config.network.kind == "unet" else dit.PRESETS
+    presets = {"unet": unet.PRESETS, "dit": dit.PRESETS, "autoencoder": autoencoder.PRESETS}[config.network.kind]
     if config.network.preset not in presets:
         raise ConfigError(f"network.preset: unknown {config.network.kind} preset {config.network.preset!r}; "
                           f"choose one of {', '.join(presets)}")
@@ -134,7 +134,11 @@ def validate(config: Config) -> Config:
                               f"{', '.join(CAPTIONED_DATASETS)}")
         if not d.conditional:
             raise ConfigError("data.captions picks each image's caption by its class: it needs data.conditional: true")
-    check_guidance(config, d.conditional or d.captions)
+    if config.network.kind == "autoencoder":
+        _validate_autoencoder(config)
+    else:
+        check_guidance(config, d.conditional or d.captions)
+    _validate_latent(config)
     if d.channels not in (None, 1, 3):
         raise ConfigError(f"data.channels must be 1, 3 or null, got {d.channels}")
     _positive("data.resolution", d.resolution)
@@ -144,3 +148,32 @@ def validate(config: Config) -> Config:
     if d.intensity is not None:
         _check("data.intensity", check_intensity, d.intensity)
     return config
+
+
+def _validate_autoencoder(config: Config) -> None:
+    a = config.autoencoder
+    for key in ("kl_weight", "perceptual_weight", "gan_weight", "gan_start_images"):
+        _positive(f"autoencoder.{key}", getattr(a, key), allow_zero=True)
+    for key in ("disc_channels", "disc_layers", "disc_lr", "stats_images"):
+        _positive(f"autoencoder.{key}", getattr(a, key))
+    if config.latent.autoencoder is not None:
+        raise ConfigError("latent.autoencoder: an autoencoder run (network.kind autoencoder) trains on pixels; "
+                          "set latent.autoencoder in the diffusion model's config instead")
+    if config.cascade.low_resolution is not None or config.data.captions or config.data.augment:
+        raise ConfigError("network.kind autoencoder: cascade, data.captions and data.augment are for diffusion "
+                          "models; an autoencoder trains on the plain images")
+
+
+def _validate_latent(config: Config) -> None:
+    latent = config.latent
+    _positive("latent.encode_batch", latent.encode_batch)
+    if latent.autoencoder is None:
+        return
+    if config.cascade.low_resolution is not None:
+        raise ConfigError("latent.autoencoder: a cascade stage works on pixels; latent cascades are not supported")
+    if config.data.augment:
+        raise ConfigError("latent.autoencoder: data.augment transforms pixels, but a latent run trains on cached "
+                          "latents (only latent.flip applies)")
+    if config.data.intensity is not None:
+        raise ConfigError("latent.autoencoder: data.intensity draws per-image pixel intensities; a latent run "
+                          "trains on cached latents")

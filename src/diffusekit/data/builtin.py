@@ -51,6 +51,12 @@ class ImageArrays:
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def item_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one item as :meth:`tensors` gives it."""
+        _, height, width, channels = self.images.shape
+        return int(channels), int(height), int(width)
+
     def tensors(self, indices=None) -> tuple[Tensor, Tensor]:
         """Images as float NCHW in [-1, 1] and labels, for the given indices (all by default)."""
         images = self.images if indices is None else self.images[np.asarray(indices)]

@@ -81,8 +81,9 @@ def shard_batches(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -
 
 def sample_for_evaluation(denoiser, image_shape: tuple[int, int, int], num_classes: int, n: int,
                           settings: SamplingSettings, *, device: str | torch.device = "cpu", rank: int = 0,
-                          world_size: int = 1, progress=None) -> tuple[Tensor, Tensor | None, Tensor]:
-    """This rank's share of the ``n`` evaluation samples: (uint8 NCHW images, labels or None, sample indices)."""
+                          world_size: int = 1, progress=None, decode=None) -> tuple[Tensor, Tensor | None, Tensor]:
+    """This rank's share of the ``n`` evaluation samples: (uint8 NCHW images, labels or None, sample indices).
+    ``decode``: a latent model's decoder (the images are the decoded ones; ``image_shape`` is the latent shape)."""
     if n < 1:
         raise UsageError(f"the number of samples must be >= 1, got {n}")
     labels = class_major_labels(n, num_classes) if num_classes else None
@@ -95,13 +96,17 @@ def sample_for_evaluation(denoiser, image_shape: tuple[int, int, int], num_class
         batch = generate(denoiser, count, image_shape, labels=None if labels is None else labels[first:first + count],
                          num_classes=num_classes, sampler=settings.sampler, steps=settings.steps,
                          spacing=settings.spacing, guidance=guidance, options=settings.options, seed=settings.seed,
-                         batch_size=count, device=device, first=first, guide=guide)
+                         batch_size=count, device=device, first=first, guide=guide, decode=decode)
         images.append(quantize(batch))
         indices.append(torch.arange(first, first + count))
         if progress is not None:
             progress(count)
     index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)
-    out = torch.cat(images) if images else torch.zeros((0, *image_shape), dtype=torch.uint8)
+    if images:
+        out = torch.cat(images)
+    else:  # a rank without samples: an empty batch of the images' shape (a latent model's decoded one)
+        shape = image_shape if decode is None else decode(torch.zeros((1, *image_shape), device=device)).shape[1:]
+        out = torch.zeros((0, *shape), dtype=torch.uint8)
     return out, (None if labels is None else labels[index]), index
 
 

@@ -14,6 +14,7 @@ from ..config import Config, ConfigError, NetworkConfig
 from ..data.augment import AUGMENT_DIM, AugmentSettings
 from ..denoiser import Denoiser
 from ..loss import DiffusionLoss
+from ..networks.autoencoder import Autoencoder
 from ..networks.dit import DiT
 from ..networks.unet import UNet
 
@@ -68,6 +69,14 @@ def build_network(network: NetworkConfig, image_shape: tuple[int, int, int], num
     common = {"img_resolution": height, "in_channels": channels, "num_classes": num_classes, **conditioning,
               **options}
     try:
+        if network.kind == "autoencoder":  # images in, the same images out: no classes, no conditioning
+            if num_classes or conditioning:
+                raise ConfigError("network.kind autoencoder takes no class labels or conditioning inputs")
+            model = Autoencoder.from_preset(network.preset, in_channels=channels, out_channels=channels, **options)
+            if height % model.downsample_factor:
+                raise ConfigError(f"network: {height}x{width} images do not divide by the autoencoder's downsampling "
+                                  f"factor {model.downsample_factor}; set data.resolution to a multiple of it")
+            return model
         if network.kind == "unet":
             common.setdefault("out_channels", channels)
             return UNet.from_preset(network.preset, **common)

@@ -7,6 +7,7 @@ loads an autoguidance model and checks that it draws the same images as the main
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,14 @@ class LoadedModel:
     cur_nimg: int
     checkpoint: Path
     weights: str  # the EMA name or "model"
+    latent: dict | None = None  # a latent model: its autoencoder (path, weights, digest) and the decoded image shape
+    decode: Callable | None = None  # a latent model: sampled latents -> images (diffusekit.generate.load_model sets it)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        """The shape of the images it makes: ``image_shape`` (what the network sees) or, for a latent model, the
+        decoded shape."""
+        return tuple(self.latent["image_shape"]) if self.latent else self.image_shape
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -56,6 +65,9 @@ def load_model(path: str | Path, ema: str | None = None, device: str | torch.dev
     cur_nimg, model_state, ema_states, state = load_checkpoint(checkpoint)
     config = from_dict(Config, state["config"])
     info = state["data_info"]
+    if config.network.kind == "autoencoder":
+        raise UsageError(f"{checkpoint} is an autoencoder, not a diffusion model: use it as latent.autoencoder of a "
+                         "latent diffusion run (or diffusekit.latent.load_autoencoder)")
     # the default is the config's first EMA, as in training; the checkpoint stores them sorted by name
     configured = [n for n in config.ema.half_lives if n in ema_states]
     name = ema or config.sample.ema or next(iter(configured or ema_states), "model")
@@ -80,7 +92,7 @@ def load_model(path: str | Path, ema: str | None = None, device: str | torch.dev
     if execution is not None and execution != Execution():
         network = ExecutedNetwork(network, execution, device)
     return LoadedModel(build_denoiser(config, network), config, tuple(info["image_shape"]), info["num_classes"],
-                       list(info["class_names"]), cur_nimg, checkpoint, name)
+                       list(info["class_names"]), cur_nimg, checkpoint, name, info.get("latent"))
 
 
 def load_guide(settings: GuidanceSettings, image_shape: tuple[int, int, int], num_classes: int,

@@ -134,8 +134,8 @@ class AutoencoderLoss(nn.Module):
         self._d_loss, self._g_loss = _GAN[gan_loss]
 
     def gan_active(self, cur_nimg: int) -> bool:
-        """Whether the GAN terms are on after ``cur_nimg`` training images."""
-        return cur_nimg >= self.gan_start_images
+        """Whether the GAN terms are on after ``cur_nimg`` training images (never with ``gan_weight`` 0)."""
+        return self.gan_weight > 0 and cur_nimg >= self.gan_start_images
 
     def reconstruction_loss(self, x: Tensor, reconstruction: Tensor) -> Tensor:
         diff = reconstruction - x

@@ -10,6 +10,10 @@
   (``eval.validation``: the dataset's test split) per log-SNR bin, and their gap (a rising validation
   loss is a necessary sign of memorization).
 
+A latent run evaluates what a user sees: its samples are decoded before the Inception scores them, the
+reference comes from the dataset's images, and the held-out loss is computed on the held-out images' latents
+(encoded through the same cache).
+
 The default extractor is ``inception-fast`` (not comparable to published FIDs, a few times cheaper); set
 ``eval.extractor: inception`` for the standard number.
 """
@@ -21,6 +25,7 @@ import math
 
 from ..config import Config
 from ..data import DATASETS, ImageArrays, load_training_data
+from ..latent import encode_dataset
 from ..metrics.evaluate import (
     SamplingSettings,
     distributed_evaluation_features,
@@ -37,8 +42,9 @@ __all__ = ["TrainingEvaluator"]
 
 
 class TrainingEvaluator:
-    def __init__(self, config: Config, data: ImageArrays, log=None):
+    def __init__(self, config: Config, data: ImageArrays, log=None, autoencoder=None):
         self.config, self.data, self.log = config, data, log
+        self.autoencoder = autoencoder  # a latent run's frozen autoencoder
         self.best_fid: float | None = None
         self.best_nimg: int | None = None
         self.since_best = 0
@@ -80,10 +86,14 @@ class TrainingEvaluator:
                 self.log(f"eval.validation: the image folder {d.name} has no {split} split; training loss only")
             return None
         data = load_training_data(dataclasses.replace(d, split=split, limit=None))
-        if data.images.shape[1:] != self.data.images.shape[1:]:
+        if self.autoencoder is not None:  # held-out latents, without flips
+            latent = self.config.latent
+            data = encode_dataset(self.autoencoder, data, flip=False, batch=latent.encode_batch, root=latent.cache_dir,
+                                  log=self.log)
+        if data.item_shape != self.data.item_shape:
             if self.log:
-                self.log(f"eval.validation: {d.name}:{split} images are {data.images.shape[1:]}, the training images "
-                         f"{self.data.images.shape[1:]}; training loss only")
+                self.log(f"eval.validation: {d.name}:{split} items are {data.item_shape}, the training items "
+                         f"{self.data.item_shape}; training loss only")
             return None
         return data
 
@@ -120,7 +130,7 @@ class TrainingEvaluator:
         ctx = trainer.dist  # several processes: each draws its share of the samples and their features
         images, _, index = sample_for_evaluation(denoiser, tuple(trainer.info["image_shape"]), trainer.num_classes,
                                                  e.num_samples, settings, device=trainer.device, rank=ctx.rank,
-                                                 world_size=ctx.world_size)
+                                                 world_size=ctx.world_size, decode=trainer.decode)
         images, features = distributed_evaluation_features(images, index, self._extractor)
         metrics = tuple(m.strip() for m in e.metrics.split(",") if m.strip())
         values, _ = feature_metrics(images, metrics, self._reference, self._extractor, features=features)

@@ -6,6 +6,11 @@ Both RNG states, the optimizer, every EMA, the time sampler's importance statist
 and the image count are in the checkpoint, so a run stopped and resumed ends bit-identical on the CPU to
 one that never stopped (tested). The learning rate is a function of the image count only.
 
+A latent run (``latent.autoencoder``) trains on the dataset encoded once by the frozen autoencoder
+(:mod:`diffusekit.latent`): ``data`` becomes a :class:`~diffusekit.latent.LatentArrays` of normalised latents,
+the network is built for the latent shape, and ``info["latent"]`` records the autoencoder (path, weights,
+digest) and the decoded image shape, so sampling decodes with the same one.
+
 A caption-conditioned run (``data.captions``) is text-only: the network is built with ``num_classes`` 0 and
 ``text_dim``, the train captions are encoded once (:mod:`diffusekit.training.captions`), and each image gets a
 caption of its class drawn with the trainer's generator; condition dropout sets ``text_null``.
@@ -34,6 +39,7 @@ from ..data import ImageArrays
 from ..data.augment import augment
 from ..errors import NonFiniteError
 from ..guidance import drop_conditions
+from ..latent import encode_dataset, load_autoencoder
 from ..models import (
     ExecutedNetwork,
     Execution,
@@ -55,13 +61,14 @@ from .ema import EMASet
 from .evaluation import TrainingEvaluator
 from .optim import LRSchedule, make_optimizer
 
-__all__ = ["Trainer", "train", "data_info", "NonFiniteError"]
+__all__ = ["Trainer", "data_info", "NonFiniteError"]
 
 
 def data_info(data: ImageArrays, conditional: bool, captions: bool = False) -> dict:
     """What rebuilding the network needs to know about the training data (stored in checkpoints). With
-    ``captions`` the labels only pick captions: the network is unconditional by label (num_classes 0)."""
-    _, height, width, channels = data.images.shape
+    ``captions`` the labels only pick captions: the network is unconditional by label (num_classes 0).
+    ``data`` may be a :class:`~diffusekit.latent.LatentArrays`: the shape is then the latents'."""
+    channels, height, width = data.item_shape
     num_classes = data.num_classes if conditional and not captions else 0
     return {"image_shape": [int(channels), int(height), int(width)], "num_classes": int(num_classes),
             "class_names": list(data.class_names) if num_classes else []}
@@ -74,14 +81,19 @@ def _crossed(before: int, after: int, every: int | None) -> bool:
 class Trainer:
     """Holds everything a training run is made of; ``run`` is the loop itself."""
 
-    def __init__(self, config: Config, data: ImageArrays, run_dir: str | Path, device: str | None = None):
-        self.config, self.data = config, data
+    def __init__(self, config: Config, data: ImageArrays, run_dir: str | Path, device: str | None = None, log=None):
         self.dist = distributed.context()
         self.device = torch.device(device or distributed.device_for(config.run.device))
+        self.autoencoder = None  # a latent run's frozen autoencoder (diffusekit.latent.LatentAutoencoder)
+        pixels = data
+        if config.latent.autoencoder is not None:
+            self.autoencoder, data = self._encode(config, data, log)
+        self.config, self.data = config, data
         self.checkpoint_dir = Path(run_dir) / "checkpoints"
-        self.info = data_info(data, config.data.conditional, config.data.captions)
+        self.info = self._data_info(data)
+        if self.autoencoder is not None:
+            self.info["latent"] = {**self.autoencoder.describe(), "image_shape": list(pixels.item_shape)}
         self.num_classes = self.info["num_classes"]
-        check_guidance(config, bool(self.num_classes) or config.data.captions)  # e.g. a folder without classes
         torch.manual_seed(config.run.seed)  # network initialisation and dropout
         image_shape = tuple(self.info["image_shape"])
         self.network = build_network(config.network, image_shape, self.num_classes,
@@ -103,8 +115,7 @@ class Trainer:
         if self.dist.distributed:
             torch.manual_seed(_rank_seed(config.run.seed, self.dist.rank, 0))
         module = self.ddp if self.ddp is not None else self.network
-        self.denoiser = build_denoiser(config, ExecutedNetwork(module, self.execution, self.device))
-        self.loss = build_loss(config)
+        self._build_objective(ExecutedNetwork(module, self.execution, self.device))
         opt = config.optim
         # fused (one kernel over all tensors) except under FSDP, whose sharded DTensor parameters take the foreach path
         self.optimizer = make_optimizer(self.network.parameters(), opt.optimizer, opt.lr,
@@ -119,7 +130,7 @@ class Trainer:
             if self.captions.num_classes != data.num_classes:
                 raise ValueError(f"{config.data.name} has {data.num_classes} classes but "
                                  f"{self.captions.num_classes} caption lists")
-        self.evaluator = TrainingEvaluator(config, data)
+        self.evaluator = self._make_evaluator()
         self.run_dir = Path(run_dir)
         self.cur_nimg = 0
         self._batches = None
@@ -134,13 +145,55 @@ class Trainer:
         self.stop_signal: str | None = None
         self.stop_requested: str | None = None
 
+    # -- what is trained (an autoencoder trainer overrides these) ------------------------------------
+    def _data_info(self, data) -> dict:
+        return data_info(data, self.config.data.conditional, self.config.data.captions)
+
+    def _build_objective(self, network: nn.Module) -> None:
+        """The denoiser around the (executed, possibly DDP-wrapped) network and the diffusion loss."""
+        check_guidance(self.config, bool(self.num_classes) or self.config.data.captions)  # a folder without classes
+        self.denoiser = build_denoiser(self.config, network)
+        self.loss = build_loss(self.config)
+
+    def _make_evaluator(self):
+        return TrainingEvaluator(self.config, self.data, autoencoder=self.autoencoder)
+
+    def _objective_state(self) -> dict:
+        """The objective's own resumable state (the time sampler's importance statistics)."""
+        return {"time_sampler": self.loss.time_sampler.state_dict()}
+
+    def _load_objective_state(self, state: dict) -> None:
+        self.loss.time_sampler.load_state_dict(state["time_sampler"])
+
+    def _encode(self, config: Config, pixels: ImageArrays, log):
+        """The frozen autoencoder and the training images as its latents (process 0 encodes and caches them, the
+        others read the cache)."""
+        latent = config.latent
+        autoencoder = load_autoencoder(latent.autoencoder, latent.ema, self.device)
+        shape = autoencoder.latent_shape(pixels.item_shape)
+        if not self.dist.main:
+            distributed.barrier()
+        data = encode_dataset(autoencoder, pixels, flip=latent.flip, batch=latent.encode_batch, root=latent.cache_dir,
+                              log=log if self.dist.main else None)
+        if self.dist.main:
+            distributed.barrier()
+        if data.item_shape != shape:
+            raise ValueError(f"the latent cache {data.path} holds {data.item_shape} latents, the autoencoder makes "
+                             f"{shape}")
+        return autoencoder, data
+
+    @property
+    def decode(self):
+        """A latent run's decoder of sampled (normalised) latents, else None."""
+        return None if self.autoencoder is None else self.autoencoder.decode_normalized
+
     # -- state --------------------------------------------------------------------------------------
     def training_state(self) -> dict:
         optimizer = (distributed.full_optimizer_state(self.network, self.optimizer) if self.fsdp
                      else self.optimizer.state_dict())
         state = {"optimizer": optimizer, "generator": self.generator.get_state(),
                  "torch_rng": torch.get_rng_state(), "data_position": self._data_position,
-                 "data_size": len(self.data), "time_sampler": self.loss.time_sampler.state_dict(),
+                 "data_size": len(self.data), **self._objective_state(),
                  "config": to_dict(self.config), "data_info": self.info,
                  "evaluation": self.evaluator.state_dict(),
                  "nonfinite": [self.nonfinite_total, self.nonfinite_streak]}
@@ -201,7 +254,7 @@ class Trainer:
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self._data_position = int(state["data_position"])
-        self.loss.time_sampler.load_state_dict(state["time_sampler"])
+        self._load_objective_state(state)
         self.evaluator.load_state_dict(state.get("evaluation", {}))
         self.nonfinite_total, self.nonfinite_streak = (int(v) for v in state.get("nonfinite", (0, 0)))
         self.cur_nimg, self._batches = cur_nimg, None
@@ -248,29 +301,11 @@ class Trainer:
         micro = opt.batch_size // opt.accumulation
         share = micro // self.dist.world_size
         part = slice(self.dist.rank * share, (self.dist.rank + 1) * share)
-        importance = self.loss.time_sampler.mode == "importance"
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for i in range(opt.accumulation):
             x0, cond = self._micro_batch(micro)
-            draw, noise = self.loss.draw(tuple(x0.shape), generator=self.generator, dtype=x0.dtype,
-                                         device=self.device)
-            xi = self.loss.draw_perturbation(tuple(x0.shape), generator=self.generator, dtype=x0.dtype,
-                                             device=self.device)
-            if self.dist.distributed:
-                x0, noise, cond = x0[part], noise[part], select(cond, part)
-                xi = xi[part] if xi is not None else None
-            mine = TimeDraw(draw.t[part], draw.weight[part], draw.u[part])
-            last = i == opt.accumulation - 1
-            if self.fsdp:
-                distributed.set_gradient_sync(self.network, last)
-            with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
-                loss = self.loss(self.denoiser.network_output, x0, noise=noise, time_draw=mine, cond=cond,
-                                 update_sampler=not self.dist.distributed, perturbation=xi)
-                (loss.loss.mean() / opt.accumulation).backward()
-            if self.dist.distributed and importance:  # the sampler's statistics see every process's losses
-                self.loss.time_sampler.update(draw.u, distributed.all_gather_cat(loss.unweighted.detach()))
-            total += loss.loss.detach().mean() / opt.accumulation
+            total += self._accumulate(x0, cond, part, i == opt.accumulation - 1) / opt.accumulation
         if self.dist.distributed:
             total = self._agree(total)
         elif self.stop_signal is not None:
@@ -291,7 +326,39 @@ class Trainer:
             group["lr"] = self.lr(self.cur_nimg)
         self.optimizer.step()
         self.emas.update(self.network, self.cur_nimg, opt.batch_size)
+        self._after_update()
         return total
+
+    def _accumulate(self, x0: torch.Tensor, cond: dict, part: slice, last: bool) -> torch.Tensor:
+        """Forward and backward of one global micro-batch (this process's ``part`` of it); returns its mean loss,
+        detached. ``last``: the step's last micro-batch (the gradients are synchronised then)."""
+        opt = self.config.optim
+        importance = self.loss.time_sampler.mode == "importance"
+        # the diffusion loss: times, noise and the perturbation drawn for the whole global micro-batch
+        draw, noise = self.loss.draw(tuple(x0.shape), generator=self.generator, dtype=x0.dtype,
+                                     device=self.device)
+        xi = self.loss.draw_perturbation(tuple(x0.shape), generator=self.generator, dtype=x0.dtype,
+                                         device=self.device)
+        if self.dist.distributed:
+            x0, noise, cond = x0[part], noise[part], select(cond, part)
+            xi = xi[part] if xi is not None else None
+        mine = TimeDraw(draw.t[part], draw.weight[part], draw.u[part])
+        if self.fsdp:
+            distributed.set_gradient_sync(self.network, last)
+        with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
+            loss = self.loss(self.denoiser.network_output, x0, noise=noise, time_draw=mine, cond=cond,
+                             update_sampler=not self.dist.distributed, perturbation=xi)
+            (loss.loss.mean() / opt.accumulation).backward()
+        if self.dist.distributed and importance:  # the sampler's statistics see every process's losses
+            self.loss.time_sampler.update(draw.u, distributed.all_gather_cat(loss.unweighted.detach()))
+        return loss.loss.detach().mean()
+
+    def _after_update(self) -> None:
+        """Work after the optimizer step and the EMA update (an autoencoder's discriminator step)."""
+
+    def log_extras(self) -> dict:
+        """More values for the next log record (means since the last one); none for a diffusion model."""
+        return {}
 
     def _agree(self, total: torch.Tensor) -> torch.Tensor:
         """The mean loss over processes, and a stop request (a signal seen by any process) shared by all, so that
@@ -353,6 +420,7 @@ class Trainer:
                           "skipped_steps": self.nonfinite_total}
                 if loss_count:  # no loss when every step of the interval was skipped
                     record["loss"] = float(loss_sum) / loss_count
+                record.update(self.log_extras())
                 loss_sum.zero_()
                 loss_count = 0
                 _call(hooks, "on_log", self, record)
@@ -396,16 +464,3 @@ def _call(hooks, name: str, *args) -> None:
     fn = getattr(hooks, name, None)
     if fn is not None:
         fn(*args)
-
-
-def train(config: Config, data: ImageArrays, run_dir: str | Path, resume: str = "auto", device: str | None = None,
-          until_images: int | None = None, hooks=None) -> Trainer:
-    """Build a trainer, resume it (``auto``: from the newest valid checkpoint if any; ``never``; or a
-    checkpoint path), and train until ``until_images`` (default: the configured total)."""
-    trainer = Trainer(config, data, run_dir, device)
-    if resume == "auto":
-        trainer.resume()
-    elif resume != "never":
-        trainer.resume(resume)
-    trainer.run(until_images, hooks)
-    return trainer

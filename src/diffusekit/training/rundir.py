@@ -214,6 +214,9 @@ class RunDirectory:
     # -- outputs ------------------------------------------------------------------------------------
     def write_grid(self, trainer) -> Path:
         config = self.config
+        if hasattr(trainer, "grid_images"):  # an autoencoder: held-out images above their reconstructions
+            images, columns = trainer.grid_images()
+            return self._save_grid(trainer, make_grid(images, columns))
         ema_name = config.sample.ema or next(iter(trainer.emas.emas))
         denoiser = build_denoiser(config, trainer.emas[ema_name].model)
         columns = config.sample.grid_columns
@@ -239,9 +242,12 @@ class RunDirectory:
         images = generate(denoiser, rows * columns, tuple(trainer.info["image_shape"]), labels=labels,
                           num_classes=trainer.num_classes, sampler=s.sampler, steps=s.steps, spacing=s.spacing,
                           guidance=guidance, options=s.options, condition=condition,
-                          seed=config.run.seed, device=trainer.device)
+                          seed=config.run.seed, device=trainer.device, decode=trainer.decode)
+        return self._save_grid(trainer, make_grid(images, columns))
+
+    def _save_grid(self, trainer, grid) -> Path:
         self.samples_dir.mkdir(parents=True, exist_ok=True)
-        path = save_png(make_grid(images, columns), self.samples_dir / f"grid-{trainer.cur_nimg:012d}.png")
+        path = save_png(grid, self.samples_dir / f"grid-{trainer.cur_nimg:012d}.png")
         shutil.copyfile(path, self.path / ".samples.png.tmp")
         os.replace(self.path / ".samples.png.tmp", self.path / "samples.png")
         return path

@@ -1,0 +1,33 @@
+"""The trainer a config asks for (a diffusion model on pixels or latents, or an autoencoder), and ``train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import Config
+from ..data import ImageArrays
+from .autoencoder import AutoencoderTrainer
+from .loop import Trainer
+
+__all__ = ["make_trainer", "train"]
+
+
+def make_trainer(config: Config, data: ImageArrays, run_dir: str | Path, device: str | None = None,
+                 log=None) -> Trainer:
+    """:class:`~diffusekit.training.autoencoder.AutoencoderTrainer` for ``network.kind: autoencoder``, else the
+    diffusion :class:`~diffusekit.training.loop.Trainer`. ``log``: messages while building (the latent cache)."""
+    kind = AutoencoderTrainer if config.network.kind == "autoencoder" else Trainer
+    return kind(config, data, run_dir, device, log)
+
+
+def train(config: Config, data: ImageArrays, run_dir: str | Path, resume: str = "auto", device: str | None = None,
+          until_images: int | None = None, hooks=None) -> Trainer:
+    """Build the trainer, resume it (``auto``: from the newest valid checkpoint if any; ``never``; or a
+    checkpoint path), and train until ``until_images`` (default: the configured total)."""
+    trainer = make_trainer(config, data, run_dir, device)
+    if resume == "auto":
+        trainer.resume()
+    elif resume != "never":
+        trainer.resume(resume)
+    trainer.run(until_images, hooks)
+    return trainer
