@@ -169,7 +169,8 @@ class AutoencoderConfig:
 
     reconstruction: Literal["l1", "l2"] = "l1"  # the pixel loss
     kl_weight: float = 1e-6  # the KL term's weight (LDM's KL-reg)
-    perceptual: Literal["none", "inception", "ssim"] = "none"  # offline perceptual term
+    # offline perceptual term: Inception-v3 features (LPIPS formula, no learned heads), 1 - SSIM, 1 - MS-SSIM (161+ px)
+    perceptual: Literal["none", "inception", "ssim", "ms_ssim"] = "none"
     perceptual_weight: float = 1.0
     gan_weight: float = 0.5  # the discriminator term's weight (0: no GAN, no discriminator)
     gan_start_images: int = 50_000  # training images before the GAN terms switch on

@@ -1,0 +1,255 @@
+"""Latent against pixel diffusion on 64x64 emoji: the autoencoders, the diffusion models, and their speed.
+
+Three subcommands append rows to ``benchmarks/results/latent_emoji.json`` (a row replaces an earlier one of the
+same kind and run) and print the table:
+
+``autoencoder RUN...``
+    Each autoencoder run's EMA reconstructs the 400 held-out emoji (``emoji`` test split, every 10th emoji, never
+    trained on): PSNR (dB, images in [-1, 1]), L1, and rFID / rKID of the reconstructions against those 400
+    images (standard Inception, pytorch-fid preprocessing; the floor of a 400-image FID is far above 0). Also
+    the run's latent shape, regulariser (KL or VQ with its codebook usage), images trained and wall time.
+``diffusion RUN...``
+    400 samples of each diffusion run (its own sampler settings, seeds 0..399; a latent run decodes them with its
+    autoencoder) scored against the same 400 held-out emoji: FID / KID, sampling images/s, images trained,
+    training wall time, peak RSS from the run's log, and for a latent run its autoencoder's training wall time
+    and rFID (the floor under its FID), the time to encode the latent cache and the cache's size on disk.
+``speed --autoencoder RUN``
+    Training images/s of the three presets (``emoji-ae``, ``emoji-latent`` on that autoencoder, ``emoji`` in
+    pixels) and sampling images/s of a latent and a pixel model, timed in interleaved rounds in one process
+    (each round runs every configuration for at least ``--chunk`` images, in a rotating order), so that host
+    load hits all of them alike. Nothing else should run on the machine meanwhile.
+
+Usage::
+
+    .venv/bin/python benchmarks/latent_emoji.py autoencoder runs/emoji-ae runs/emoji-ae-f8
+    .venv/bin/python benchmarks/latent_emoji.py diffusion runs/emoji-latent runs/emoji
+    .venv/bin/python benchmarks/latent_emoji.py speed --autoencoder runs/emoji-ae --threads 2
+    .venv/bin/python benchmarks/latent_emoji.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from diffusekit.config import from_dict, resolve
+from diffusekit.config.schema import Config
+from diffusekit.data import load_training_data
+from diffusekit.generate import generate, load_model
+from diffusekit.latent import encode_dataset, load_autoencoder
+from diffusekit.metrics.evaluate import SamplingSettings, feature_metrics, reference_for_data, sample_for_evaluation
+from diffusekit.metrics.inception import get_extractor, quantize
+from diffusekit.models import build_denoiser, load_checkpoint, resolve_checkpoint
+from diffusekit.training.autoencoder import psnr
+from diffusekit.training.make import make_trainer
+
+RESULTS = Path(__file__).resolve().parent / "results" / "latent_emoji.json"
+HELD_OUT = 400  # the emoji test split
+
+
+def _held_out(config: Config):
+    return load_training_data(dataclasses.replace(config.data, split="test", limit=None))
+
+
+def _run_log(run: Path) -> dict:
+    """Images trained, training wall time and peak RSS from the run's metrics log."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in records if "img_per_s" in r]
+    return {"images": max(r["cur_nimg"] for r in train), "train_wall_s": max(r["elapsed_s"] for r in train),
+            "train_img_per_s_logged": round(statistics.median(r["img_per_s"] for r in train), 2),
+            "peak_rss_mb": max(r.get("peak_rss_mb", 0) for r in train)}
+
+
+def _stored_config(run: Path) -> Config:
+    state = load_checkpoint(resolve_checkpoint(run))[3]
+    return from_dict(Config, state["config"])
+
+
+@torch.no_grad()
+def autoencoder_row(run: Path, extractor) -> dict:
+    config = _stored_config(run)
+    autoencoder = load_autoencoder(run)
+    held = _held_out(config)
+    x, _ = held.tensors()
+    reconstructions = torch.cat([autoencoder.decode(autoencoder.encode(x[i:i + 50])).float().cpu()
+                                 for i in range(0, len(x), 50)])
+    reference = reference_for_data(config.data, extractor, len(held), "test")
+    values, _ = feature_metrics(quantize(reconstructions), ("fid", "kid"), reference, extractor)
+    module = autoencoder.module
+    return {"kind": "autoencoder", "run": str(run), "preset": config.network.preset,
+            "latent_shape": list(autoencoder.latent_shape(held.item_shape)),
+            "regulariser": "vq" if module.is_quantized else "kl",
+            "perceptual": config.autoencoder.perceptual, "gan_weight": config.autoencoder.gan_weight,
+            "gan_start_images": config.autoencoder.gan_start_images,
+            "psnr": round(float(psnr(reconstructions, x).mean()), 3),
+            "l1": round(float((reconstructions.clamp(-1, 1) - x).abs().mean()), 5),
+            "rfid": round(values["fid"], 3), "rkid": round(values["kid"], 5), "n": len(held), **_run_log(run)}
+
+
+@torch.no_grad()
+def diffusion_row(run: Path, extractor, rows: list[dict]) -> dict:
+    model = load_model(run)
+    config = model.config
+    settings = SamplingSettings.from_config(config.sample, seed=0, batch_size=50)
+    started = time.perf_counter()
+    images, _, _ = sample_for_evaluation(model.denoiser, model.image_shape, model.num_classes, HELD_OUT, settings,
+                                         decode=model.decode)
+    sampling_s = time.perf_counter() - started
+    reference = reference_for_data(config.data, extractor, HELD_OUT, "test")
+    values, _ = feature_metrics(images, ("fid", "kid"), reference, extractor)
+    row = {"kind": "diffusion", "run": str(run), "space": "latent" if model.latent else "pixel",
+           "network_shape": list(model.image_shape), "parameters": sum(p.numel() for p in
+                                                                         model.denoiser.network.parameters()),
+           "sampler": settings.sampler, "steps": settings.steps, "fid": round(values["fid"], 3),
+           "kid": round(values["kid"], 5), "n": HELD_OUT, "sampling_img_per_s": round(HELD_OUT / sampling_s, 2),
+           **_run_log(run)}
+    if model.latent:
+        ae_path = Path(model.latent["autoencoder"])
+        ae_run = ae_path.parent.parent if ae_path.parent.name == "checkpoints" else ae_path
+        ae = next((r for r in rows if r["kind"] == "autoencoder" and Path(r["run"]).resolve() == ae_run.resolve()),
+                  None)
+        autoencoder = load_autoencoder(ae_path, None if model.latent["weights"] == "diffusers"
+                                       else model.latent["weights"])
+        pixels = load_training_data(config.data)
+        with tempfile.TemporaryDirectory() as tmp:  # a fresh cache: the encoding is timed
+            started = time.perf_counter()
+            cache = encode_dataset(autoencoder, pixels, flip=config.latent.flip, batch=config.latent.encode_batch,
+                                   root=tmp)
+            encode_s = time.perf_counter() - started
+            cache_bytes = sum(f.stat().st_size for f in cache.path.iterdir())
+        row.update({"autoencoder": str(ae_run), "cache_encode_s": round(encode_s, 1),
+                    "cache_mb": round(cache_bytes / 2**20, 2), "cache_items": len(cache),
+                    "autoencoder_rfid": ae and ae["rfid"],
+                    "autoencoder_train_wall_s": ae and ae["train_wall_s"],
+                    "total_wall_s": round(row["train_wall_s"] + encode_s + (ae["train_wall_s"] if ae else 0), 1)})
+    else:
+        row["total_wall_s"] = row["train_wall_s"]
+    return row
+
+
+def speed(autoencoder: Path, rounds: int, chunk: int, threads: int) -> dict:
+    """Interleaved training img/s of the three presets and sampling img/s of a latent and a pixel model."""
+    torch.set_num_threads(threads)
+    tmp = Path(tempfile.mkdtemp())
+    configs = {"emoji-ae": resolve("emoji-ae"),
+               "emoji-latent": resolve("emoji-latent", overrides=[f"latent.autoencoder={autoencoder}",
+                                                                  f"latent.cache_dir={tmp / 'cache'}"]),
+               "emoji": resolve("emoji")}
+    pixels = load_training_data(configs["emoji"].data)
+    trainers = {name: make_trainer(c, pixels, tmp / name) for name, c in configs.items()}
+    for t in trainers.values():
+        t.network.train()
+        for _ in range(2):
+            t.step()
+    timings: dict[str, list[float]] = {n: [] for n in trainers}
+    names = list(trainers)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t = trainers[name]
+            steps = max(1, chunk // t.config.optim.batch_size)
+            started = time.perf_counter()
+            for _ in range(steps):
+                t.step()
+            timings[name].append(steps * t.config.optim.batch_size / (time.perf_counter() - started))
+    out = {"threads": threads, "rounds": rounds, "chunk_images": chunk,
+           "train_img_per_s": {n: round(statistics.median(v), 2) for n, v in timings.items()}}
+    # sampling: the latent model (network + decoder) against the pixel one, same sampler and steps
+    sample = configs["emoji-latent"].sample
+    samplers = {}
+    for name in ("emoji-latent", "emoji"):
+        t = trainers[name]
+        t.network.eval()
+        shape = tuple(t.info["image_shape"])
+        samplers[name] = (t, shape)
+    sampled: dict[str, list[float]] = {n: [] for n in samplers}
+    for r in range(rounds):
+        for name in list(samplers)[r % 2:] + list(samplers)[:r % 2]:
+            t, shape = samplers[name]
+            denoiser = build_denoiser(t.config, t.network)
+            started = time.perf_counter()
+            generate(denoiser, 16, shape, sampler=sample.sampler, steps=sample.steps, options=sample.options,
+                     decode=t.decode, batch_size=16)
+            sampled[name].append(16 / (time.perf_counter() - started))
+    out["sample_img_per_s"] = {n: round(statistics.median(v), 3) for n, v in sampled.items()}
+    out["sample_steps"] = sample.steps
+    return {"kind": "speed", "run": "speed", "autoencoder": str(autoencoder), **out}
+
+
+def _load() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {"rows": []}
+
+
+def _table(rows: list[dict]) -> str:
+    lines = []
+    aes = [r for r in rows if r["kind"] == "autoencoder"]
+    if aes:
+        lines += ["| autoencoder | latent | reg. | perceptual | GAN | images | PSNR | rFID | rKID | train s |",
+                  "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['run']} | {'x'.join(map(str, r['latent_shape']))} | {r['regulariser']} | {r['perceptual']} | "
+                  f"{r['gan_weight'] if r['gan_weight'] else 'off'} | {r['images']:,} | {r['psnr']:.2f} | "
+                  f"{r['rfid']:.2f} | {r['rkid']:.4f} | {r['train_wall_s']:.0f} |" for r in aes]
+    diffusion = [r for r in rows if r["kind"] == "diffusion"]
+    if diffusion:
+        lines += ["", "| diffusion | space | images | FID | KID | sample img/s | train s | total s | peak RSS MB |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['run']} | {r['space']} {'x'.join(map(str, r['network_shape']))} | {r['images']:,} | "
+                  f"{r['fid']:.2f} | {r['kid']:.4f} | {r['sampling_img_per_s']:.2f} | {r['train_wall_s']:.0f} | "
+                  f"{r['total_wall_s']:.0f} | {r['peak_rss_mb']:.0f} |" for r in diffusion]
+    for r in rows:
+        if r["kind"] == "speed":
+            lines += ["", f"speed ({r['threads']} threads, {r['rounds']} interleaved rounds): training img/s "
+                      f"{r['train_img_per_s']}; sampling img/s ({r['sample_steps']} steps) {r['sample_img_per_s']}"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", choices=("autoencoder", "diffusion", "speed"))
+    parser.add_argument("runs", nargs="*", type=Path)
+    parser.add_argument("--autoencoder", type=Path, help="speed: the autoencoder run the latent preset uses")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--chunk", type=int, default=256, help="speed: images per configuration and round")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--table", action="store_true")
+    args = parser.parse_args(argv)
+    data = _load()
+    if args.table or args.command is None:
+        print(_table(data["rows"]))
+        return 0
+    torch.set_num_threads(args.threads)
+    new = []
+    if args.command == "speed":
+        if args.autoencoder is None:
+            parser.error("speed needs --autoencoder RUN")
+        new.append(speed(args.autoencoder, args.rounds, args.chunk, args.threads))
+    else:
+        extractor = get_extractor("inception")
+        for run in args.runs:
+            row = autoencoder_row(run, extractor) if args.command == "autoencoder" else \
+                diffusion_row(run, extractor, data["rows"])
+            new.append(row)
+            print(json.dumps(row), file=sys.stderr)
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    for row in new:
+        row.update({"date": date, "torch": torch.__version__})
+        data["rows"] = [r for r in data["rows"] if (r["kind"], r["run"]) != (row["kind"], row["run"])] + [row]
+    data["reference"] = ("the 400 emoji of diffusekit's emoji test split (every 10th Twemoji, never trained on), "
+                         "64x64 on white; standard Inception, pytorch-fid preprocessing")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(data, indent=1) + "\n")
+    print(_table(data["rows"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
