@@ -11,7 +11,8 @@ def diffusers_vae(tmp_path):
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
                                   latent_channels=4, norm_num_groups=4,
-                                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                                  down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2,
                                   scaling_factor=0.5, shift_factor=0.25)
     vae.save_pretrained(tmp_path / "vae")
     return vae.eval(), tmp_path / "vae"
