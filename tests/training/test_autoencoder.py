@@ -63,6 +63,21 @@ def test_the_gan_and_its_logs_start_at_gan_start_images(tmp_path):
     assert not any("ae/d" in r for r in records[:2]) and all("ae/d" in r for r in records[2:])
 
 
+def test_a_vq_run_logs_its_codebook_usage_and_perplexity(tmp_path):
+    records = []
+
+    class Hooks:
+        def on_log(self, trainer, record):
+            records.append(record)
+
+    train(_config("network.options={block_out_channels: [8, 8], norm_num_groups: 4, latent_channels: 2, "
+                  "quantizer: {num_codes: 8}}", "autoencoder.gan_weight=0", "run.total_images=32"), _data(), tmp_path,
+          hooks=Hooks())
+    for r in records:
+        assert 1 <= r["ae/perplexity"] <= 8 and 0 < r["ae/usage"] <= 1 and r["ae/codebook"] > 0
+        assert "ae/kl" not in r
+
+
 def test_checkpoints_store_the_latent_statistics_of_their_own_weights(tmp_path):
     trainer = train(_config(), _data(), tmp_path)
     _, model_state, ema_states, _ = load_checkpoint(latest_valid(tmp_path / "checkpoints"))

@@ -213,6 +213,8 @@ class AutoencoderTrainer(Trainer):
         loss, stats = self.ae_loss.generator_loss(x0, output, self.network.last_layer(),
                                                   self.discriminator if self._gan_on else None, self.cur_nimg)
         (loss / opt.accumulation).backward()
+        if output.quantization is not None:  # codebook health: perplexity of the batch's codes, fraction used
+            stats = {**stats, "perplexity": output.quantization.perplexity, "usage": output.quantization.usage}
         if self._gan_on:
             self._pending.append((x0, output.reconstruction.detach()))
         self._add_stats(stats)

@@ -166,7 +166,7 @@ class AutoencoderLoss(nn.Module):
             stats["perceptual"] = self.perceptual_loss(x, reconstruction)
             nll = nll + self.perceptual_weight * stats["perceptual"]
         loss = nll
-        if output.posterior is not None:
+        if output.posterior is not None and not getattr(output.posterior, "deterministic", False):  # VQ: no KL
             stats["kl"] = output.posterior.kl().mean()
             loss = loss + self.kl_weight * stats["kl"] / x[0].numel()
         if output.quantization is not None and output.quantization.loss is not None:
