@@ -1,6 +1,6 @@
 """Latent against pixel diffusion on 64x64 emoji: the autoencoders, the diffusion models, and their speed.
 
-Three subcommands append rows to ``benchmarks/results/latent_emoji.json`` (a row replaces an earlier one of the
+Four subcommands append rows to ``benchmarks/results/latent_emoji.json`` (a row replaces an earlier one of the
 same kind and run) and print the table:
 
 ``autoencoder RUN...``
@@ -13,16 +13,27 @@ same kind and run) and print the table:
     autoencoder) scored against the same 400 held-out emoji: FID / KID, sampling images/s, images trained,
     training wall time, peak RSS from the run's log, and for a latent run its autoencoder's training wall time
     and rFID (the floor under its FID), the time to encode the latent cache and the cache's size on disk.
+``floor``
+    The floor of a 400-image FID here: 400 training emoji (evenly spaced through the training split, never the
+    held-out ones) against the 400 held-out emoji. No model can be expected to score below it.
 ``speed --autoencoder RUN``
     Training images/s of the three presets (``emoji-ae``, ``emoji-latent`` on that autoencoder, ``emoji`` in
-    pixels) and sampling images/s of a latent and a pixel model, timed in interleaved rounds in one process
+    pixels; the autoencoder both before and after its GAN term starts) and sampling images/s of a latent and a
+    pixel model, timed in interleaved rounds in one process
     (each round runs every configuration for at least ``--chunk`` images, in a rotating order), so that host
     load hits all of them alike. Nothing else should run on the machine meanwhile.
+
+The table converts each run's images into minutes on the measured machine (``speed`` row, 2 threads): the
+budget a run used, whatever the load on the machine while it trained. A latent run's budget adds its
+autoencoder's images (before and after the GAN start at their own speeds) and the latent cache's encoding.
+``diffusion`` also writes an 8x8 grid of each run's first 64 samples, and ``floor`` one of 64 held-out emoji,
+to ``benchmarks/results/latent_emoji/``.
 
 Usage::
 
     .venv/bin/python benchmarks/latent_emoji.py autoencoder runs/emoji-ae runs/emoji-ae-f8
     .venv/bin/python benchmarks/latent_emoji.py diffusion runs/emoji-latent runs/emoji
+    .venv/bin/python benchmarks/latent_emoji.py floor
     .venv/bin/python benchmarks/latent_emoji.py speed --autoencoder runs/emoji-ae --threads 2
     .venv/bin/python benchmarks/latent_emoji.py --table
 """
@@ -45,6 +56,7 @@ from diffusekit.config import from_dict, resolve
 from diffusekit.config.schema import Config
 from diffusekit.data import load_training_data
 from diffusekit.generate import generate, load_model
+from diffusekit.images import make_grid, save_png
 from diffusekit.latent import encode_dataset, load_autoencoder
 from diffusekit.metrics.evaluate import SamplingSettings, feature_metrics, reference_for_data, sample_for_evaluation
 from diffusekit.metrics.inception import get_extractor, quantize
@@ -53,6 +65,7 @@ from diffusekit.training.autoencoder import psnr
 from diffusekit.training.make import make_trainer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latent_emoji.json"
+GRIDS = RESULTS.with_suffix("")
 HELD_OUT = 400  # the emoji test split
 
 
@@ -95,6 +108,25 @@ def autoencoder_row(run: Path, extractor) -> dict:
             "rfid": round(values["fid"], 3), "rkid": round(values["kid"], 5), "n": len(held), **_run_log(run)}
 
 
+def _save_grid(images: torch.Tensor, name: str) -> str:
+    """The first 64 images as an 8x8 grid PNG under benchmarks/results/latent_emoji/."""
+    path = save_png(make_grid(images[:64].float(), 8), GRIDS / f"{name}.png")
+    return str(path.relative_to(RESULTS.parent.parent.parent))
+
+
+@torch.no_grad()
+def floor_row(extractor) -> dict:
+    config = resolve("emoji")
+    train = load_training_data(config.data)
+    x, _ = train.tensors()
+    picked = x[torch.linspace(0, len(x) - 1, HELD_OUT).round().long()]
+    reference = reference_for_data(config.data, extractor, HELD_OUT, "test")
+    values, _ = feature_metrics(quantize(picked), ("fid", "kid"), reference, extractor)
+    held, _ = _held_out(config).tensors()
+    return {"kind": "floor", "run": "train-vs-held-out", "fid": round(values["fid"], 3),
+            "kid": round(values["kid"], 5), "n": HELD_OUT, "grid": _save_grid(held, "held_out")}
+
+
 @torch.no_grad()
 def diffusion_row(run: Path, extractor, rows: list[dict]) -> dict:
     model = load_model(run)
@@ -111,7 +143,8 @@ def diffusion_row(run: Path, extractor, rows: list[dict]) -> dict:
                                                                          model.denoiser.network.parameters()),
            "sampler": settings.sampler, "steps": settings.steps, "fid": round(values["fid"], 3),
            "kid": round(values["kid"], 5), "n": HELD_OUT, "sampling_img_per_s": round(HELD_OUT / sampling_s, 2),
-           **_run_log(run)}
+           "grid": _save_grid(images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images,
+                              run.name), **_run_log(run)}
     if model.latent:
         ae_path = Path(model.latent["autoencoder"])
         ae_run = ae_path.parent.parent if ae_path.parent.name == "checkpoints" else ae_path
@@ -128,7 +161,8 @@ def diffusion_row(run: Path, extractor, rows: list[dict]) -> dict:
             cache_bytes = sum(f.stat().st_size for f in cache.path.iterdir())
         row.update({"autoencoder": str(ae_run), "cache_encode_s": round(encode_s, 1),
                     "cache_mb": round(cache_bytes / 2**20, 2), "cache_items": len(cache),
-                    "autoencoder_rfid": ae and ae["rfid"],
+                    "autoencoder_rfid": ae and ae["rfid"], "autoencoder_images": ae and ae["images"],
+                    "autoencoder_gan_start_images": ae and (ae["gan_start_images"] if ae["gan_weight"] else None),
                     "autoencoder_train_wall_s": ae and ae["train_wall_s"],
                     "total_wall_s": round(row["train_wall_s"] + encode_s + (ae["train_wall_s"] if ae else 0), 1)})
     else:
@@ -141,6 +175,7 @@ def speed(autoencoder: Path, rounds: int, chunk: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     tmp = Path(tempfile.mkdtemp())
     configs = {"emoji-ae": resolve("emoji-ae"),
+               "emoji-ae-gan": resolve("emoji-ae", overrides=["autoencoder.gan_start_images=0"]),
                "emoji-latent": resolve("emoji-latent", overrides=[f"latent.autoencoder={autoencoder}",
                                                                   f"latent.cache_dir={tmp / 'cache'}"]),
                "emoji": resolve("emoji")}
@@ -188,8 +223,26 @@ def _load() -> dict:
     return json.loads(RESULTS.read_text()) if RESULTS.exists() else {"rows": []}
 
 
+def budget_minutes(row: dict, speed_row: dict | None) -> float | None:
+    """The minutes a diffusion run's images take on the measured machine (the speed row's training img/s), its
+    autoencoder's images and the cache's encoding included for a latent run."""
+    if speed_row is None:
+        return None
+    rate = speed_row["train_img_per_s"]
+    seconds = row["images"] / rate["emoji-latent" if row["space"] == "latent" else "emoji"]
+    if row["space"] == "latent":
+        if row.get("autoencoder_images") is None:
+            return None
+        start = row["autoencoder_gan_start_images"]
+        before = row["autoencoder_images"] if start is None else min(start, row["autoencoder_images"])
+        seconds += before / rate["emoji-ae"] + (row["autoencoder_images"] - before) / rate["emoji-ae-gan"]
+        seconds += row["cache_encode_s"]
+    return round(seconds / 60, 1)
+
+
 def _table(rows: list[dict]) -> str:
     lines = []
+    speed_row = next((r for r in rows if r["kind"] == "speed"), None)
     aes = [r for r in rows if r["kind"] == "autoencoder"]
     if aes:
         lines += ["| autoencoder | latent | reg. | perceptual | GAN | images | PSNR | rFID | rKID | train s |",
@@ -199,11 +252,16 @@ def _table(rows: list[dict]) -> str:
                   f"{r['rfid']:.2f} | {r['rkid']:.4f} | {r['train_wall_s']:.0f} |" for r in aes]
     diffusion = [r for r in rows if r["kind"] == "diffusion"]
     if diffusion:
-        lines += ["", "| diffusion | space | images | FID | KID | sample img/s | train s | total s | peak RSS MB |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", "| diffusion | space | images | budget min (2 cores) | FID | KID | AE rFID | sample img/s | "
+                  "cache MB | peak RSS MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['run']} | {r['space']} {'x'.join(map(str, r['network_shape']))} | {r['images']:,} | "
-                  f"{r['fid']:.2f} | {r['kid']:.4f} | {r['sampling_img_per_s']:.2f} | {r['train_wall_s']:.0f} | "
-                  f"{r['total_wall_s']:.0f} | {r['peak_rss_mb']:.0f} |" for r in diffusion]
+                  f"{budget_minutes(r, speed_row) or '-'} | {r['fid']:.2f} | {r['kid']:.4f} | "
+                  f"{r.get('autoencoder_rfid') or '-'} | {r['sampling_img_per_s']:.2f} | {r.get('cache_mb', '-')} | "
+                  f"{r['peak_rss_mb']:.0f} |" for r in diffusion]
+    for r in rows:
+        if r["kind"] == "floor":
+            lines += ["", f"floor: FID {r['fid']:.2f} (KID {r['kid']:.4f}) of {r['n']} training emoji against the "
+                      f"{r['n']} held-out ones"]
     for r in rows:
         if r["kind"] == "speed":
             lines += ["", f"speed ({r['threads']} threads, {r['rounds']} interleaved rounds): training img/s "
@@ -214,7 +272,7 @@ def _table(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", choices=("autoencoder", "diffusion", "speed"))
+    parser.add_argument("command", nargs="?", choices=("autoencoder", "diffusion", "floor", "speed"))
     parser.add_argument("runs", nargs="*", type=Path)
     parser.add_argument("--autoencoder", type=Path, help="speed: the autoencoder run the latent preset uses")
     parser.add_argument("--rounds", type=int, default=5)
@@ -232,6 +290,8 @@ def main(argv=None) -> int:
         if args.autoencoder is None:
             parser.error("speed needs --autoencoder RUN")
         new.append(speed(args.autoencoder, args.rounds, args.chunk, args.threads))
+    elif args.command == "floor":
+        new.append(floor_row(get_extractor("inception")))
     else:
         extractor = get_extractor("inception")
         for run in args.runs:
