@@ -12,6 +12,7 @@ from diffusekit.errors import CheckpointError
 from diffusekit.generate import generate, load_model
 from diffusekit.latent import NotAnAutoencoder, load_autoencoder
 from diffusekit.models.checkpoint import latest_valid, load_checkpoint, save_checkpoint
+from diffusekit.sampling import SAMPLERS
 from diffusekit.training.autoencoder import AutoencoderTrainer, latent_statistics, psnr
 from diffusekit.training.make import train
 
@@ -151,3 +152,61 @@ def test_bad_autoencoder_and_latent_configs_are_refused():
         resolve("tiny", overrides=["latent.autoencoder=somewhere", "data.augment=0.5"])
     with pytest.raises(ConfigError, match="set latent.autoencoder in the diffusion model's config"):
         _config("latent.autoencoder=somewhere")
+
+
+_LATENT = ["run.total_images=32", "optim.batch_size=8", "run.checkpoint_every=32", "eval.validation=none",
+           "network.options={model_channels: 16, channel_mult: [1], attn_resolutions: []}"]
+
+
+@pytest.fixture(scope="module")
+def autoencoders(tmp_path_factory):
+    """Two small trained autoencoders on the same images: f2 (2x8x8 latents of 16x16 images) and f4 (2x4x4)."""
+    root = tmp_path_factory.mktemp("aes")
+    train(_config("autoencoder.gan_weight=0"), _data(), root / "f2")
+    train(_config("autoencoder.gan_weight=0", "network.options={block_out_channels: [8, 8, 8], norm_num_groups: 4, "
+                  "latent_channels: 2}"), _data(), root / "f4")
+    return root
+
+
+def test_every_sampler_and_guidance_draw_latents_that_decode_to_images(tmp_path, autoencoders):
+    config = resolve("tiny", overrides=_LATENT + [f"latent.autoencoder={autoencoders / 'f2'}",
+                                                  f"latent.cache_dir={tmp_path / 'cache'}"])
+    train(config, _data(), tmp_path / "latent")
+    model = load_model(tmp_path / "latent")
+    labels = torch.tensor([0, 1])
+    for sampler in SAMPLERS:
+        for guidance in (1.0, 2.0):
+            options = dict(labels=labels, num_classes=2, sampler=sampler, steps=4, guidance=guidance)
+            latents = generate(model.denoiser, 2, model.image_shape, **options)
+            images = generate(model.denoiser, 2, model.image_shape, **options, decode=model.decode)
+            assert latents.shape == (2, 2, 8, 8) and images.shape == (2, 1, 16, 16)
+            # the images are the sampled latents, decoded: nothing else differs between the two calls
+            torch.testing.assert_close(images, model.decode(latents), atol=1e-5, rtol=0)
+
+
+def test_a_dit_trains_on_latents_with_patch_1_and_an_unfitting_patch_names_both_shapes(tmp_path, autoencoders):
+    dit = ["network.kind=dit", "network.preset=tiny", f"latent.cache_dir={tmp_path / 'cache'}"]
+    config = resolve("tiny", overrides=_LATENT + dit + ["network.options={patch_size: 1}",
+                                                        f"latent.autoencoder={autoencoders / 'f4'}"])
+    trainer = train(config, _data(), tmp_path / "dit")
+    assert trainer.network.patch_size == 1 and trainer.info["image_shape"] == [2, 4, 4]
+    config = resolve("tiny", overrides=_LATENT + dit + ["network.options={patch_size: 8}",
+                                                        f"latent.autoencoder={autoencoders / 'f4'}"])
+    with pytest.raises(ConfigError, match=r"turns the 1x16x16 images into 2x4x4 latents.*not divisible by the patch"):
+        train(config, _data(), tmp_path / "dit8")
+
+
+def test_a_latent_run_resumes_only_with_the_autoencoder_it_was_trained_on(tmp_path, autoencoders):
+    def config(autoencoder, total):
+        return resolve("tiny", overrides=_LATENT + [f"latent.autoencoder={autoencoders / autoencoder}",
+                                                    f"latent.cache_dir={tmp_path / 'cache'}",
+                                                    f"run.total_images={total}"])
+
+    train(config("f2", 32), _data(), tmp_path / "latent")
+    with pytest.raises(ValueError, match=r"trained on 2x8x8 latents of the autoencoder .*f2.*this config gives 2x4x4 "
+                                         r"latents of the autoencoder .*f4"):
+        train(config("f4", 64), _data(), tmp_path / "latent")
+    # a pixel config on the latent run's checkpoints: refused the same way
+    with pytest.raises(ValueError, match=r"trained on 2x8x8 latents .* this config gives 1x16x16 images"):
+        train(resolve("tiny", overrides=_LATENT + ["run.total_images=64"]), _data(), tmp_path / "latent")
+    assert train(config("f2", 64), _data(), tmp_path / "latent").cur_nimg == 64  # the right one resumes

@@ -201,10 +201,11 @@ class DiT(nn.Module):
 
     @classmethod
     def from_name(cls, name: str, **kwargs) -> DiT:
-        """``DiT.from_name("DiT-XL/2", img_resolution=32, in_channels=4, num_classes=1000)``."""
+        """``DiT.from_name("DiT-XL/2", img_resolution=32, in_channels=4, num_classes=1000)``; ``kwargs`` override
+        the preset's own values (e.g. ``patch_size=1`` on a small latent grid)."""
         if name not in PRESETS:
             raise ValueError(f"unknown DiT preset {name!r}; choose from {sorted(PRESETS)}")
-        return cls(**PRESETS[name], **kwargs)
+        return cls(**{**PRESETS[name], **kwargs})
 
     def reset_parameters(self) -> None:
         """The initialisation of the DiT reference code (Sec. 3.2 for the zero parts)."""

@@ -33,7 +33,7 @@ from torch import nn
 from .. import distributed
 from ..cascade import training_condition
 from ..conditions import select
-from ..config import Config, to_dict
+from ..config import Config, ConfigError, to_dict
 from ..config.validate import check_guidance
 from ..data import ImageArrays
 from ..data.augment import augment
@@ -96,8 +96,16 @@ class Trainer:
         self.num_classes = self.info["num_classes"]
         torch.manual_seed(config.run.seed)  # network initialisation and dropout
         image_shape = tuple(self.info["image_shape"])
-        self.network = build_network(config.network, image_shape, self.num_classes,
-                                     **network_conditioning(config, image_shape))
+        try:
+            self.network = build_network(config.network, image_shape, self.num_classes,
+                                         **network_conditioning(config, image_shape))
+        except ConfigError as e:
+            if self.autoencoder is None:
+                raise
+            pixels_shape = "x".join(map(str, pixels.item_shape))
+            raise ConfigError(f"the autoencoder {self.autoencoder.source} turns the {pixels_shape} images into "
+                              f"{'x'.join(map(str, image_shape))} latents, which this network config does not "
+                              f"take: {e}") from None
         self.augment, self.cascade = augment_settings(config), cascade_settings(config)
         self.network.to(self.device, torch.float32)  # float32 weights whatever the default dtype; bf16 via autocast
         run = config.run
@@ -226,12 +234,28 @@ class Trainer:
     def _model_state(self) -> dict:
         return distributed.full_model_state(self.network) if self.fsdp else self.network.state_dict()
 
+    def _check_same_inputs(self, path: Path, stored: dict) -> None:
+        """A checkpoint resumes only on the inputs it was trained on: the same image (or latent) shape and, for a
+        latent model, the same autoencoder (another one's latents would mean something else to the network)."""
+        def describe(info: dict) -> str:
+            latent = info.get("latent")
+            shape = "x".join(map(str, info.get("image_shape", ())))
+            return (f"{shape} latents of the autoencoder {latent['autoencoder']} (digest {latent['digest'][:12]})"
+                    if latent else f"{shape} images")
+
+        old, new = stored.get("latent"), self.info.get("latent")
+        if stored.get("image_shape", self.info["image_shape"]) != self.info["image_shape"] or \
+                (old or {}).get("digest") != (new or {}).get("digest"):
+            raise ValueError(f"{path} was trained on {describe(stored)}, this config gives {describe(self.info)}: "
+                             "resume with the inputs it was trained on or start a new run")
+
     def resume(self, path: str | Path | None = None) -> bool:
         """Load ``path`` or the newest valid checkpoint of this run; False when there is none."""
         path = Path(path) if path is not None else latest_valid(self.checkpoint_dir)
         if path is None:
             return False
         cur_nimg, model_state, ema_states, state = load_checkpoint(path)
+        self._check_same_inputs(path, state.get("data_info", {}))
         if state.get("data_size", len(self.data)) != len(self.data):
             raise ValueError(f"{path} was trained on {state['data_size']} images, this dataset has {len(self.data)}: "
                              "resume with the same data or start a new run")
