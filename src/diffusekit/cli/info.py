@@ -27,7 +27,8 @@ def cmd_presets(args) -> int:
             descriptions[name] = text.strip()
     for name in PRESETS:
         c = preset(name)
-        print(f"{name:14s} {c.data.name:14s} {c.network.kind}:{c.network.preset:16s} "
+        network = f"{c.network.kind}:{c.network.preset}"
+        print(f"{name:14s} {c.data.name:14s} {network:26s} "
               f"{c.run.total_images:>12,} img  {descriptions.get(name, '')}")
     print("\nshow one in full: diffusekit presets --show NAME", file=sys.stderr)
     return 0

@@ -9,8 +9,8 @@
 - ``tiles``: 32x32 RGB Dungeon Crawl sprites (Debian crawl-tiles-data), class = sprite sheet.
 - ``mnist-dit``: a DiT-S/2 on MNIST padded to 32x32 (a GPU-sized run).
 - ``emoji-ae``: an f = 4 KL autoencoder with a patch-GAN for 64x64 emoji (docs/latent.md).
-- ``emoji-latent``: a U-Net on that autoencoder's 4x16x16 latents (latent diffusion); ``emoji``: the same
-  recipe on 64x64 pixels, its baseline.
+- ``emoji-latent``: a U-Net on that autoencoder's 4x16x16 latents (latent diffusion).
+- ``emoji``: the same recipe on 64x64 pixels, the latent preset's baseline at equal CPU time.
 """
 
 from __future__ import annotations
