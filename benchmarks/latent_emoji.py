@@ -83,6 +83,14 @@ def _run_log(run: Path) -> dict:
             "peak_rss_mb": max(r.get("peak_rss_mb", 0) for r in train)}
 
 
+def _codebook(run: Path) -> dict:
+    """A VQ run's last logged codebook usage (fraction of codes used in the log interval) and perplexity."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    last = next((r for r in reversed(records) if "ae/usage" in r), None)
+    return {} if last is None else {"codebook_usage": round(last["ae/usage"], 4),
+                                    "codebook_perplexity": round(last["ae/perplexity"], 1)}
+
+
 def _stored_config(run: Path) -> Config:
     state = load_checkpoint(resolve_checkpoint(run))[3]
     return from_dict(Config, state["config"])
@@ -106,7 +114,8 @@ def autoencoder_row(run: Path, extractor) -> dict:
             "gan_start_images": config.autoencoder.gan_start_images,
             "psnr": round(float(psnr(reconstructions, x).mean()), 3),
             "l1": round(float((reconstructions.clamp(-1, 1) - x).abs().mean()), 5),
-            "rfid": round(values["fid"], 3), "rkid": round(values["kid"], 5), "n": len(held), **_run_log(run)}
+            "rfid": round(values["fid"], 3), "rkid": round(values["kid"], 5), "n": len(held),
+            **_codebook(run), **_run_log(run)}
 
 
 def _save_grid(images: torch.Tensor, name: str) -> str:
@@ -239,6 +248,12 @@ def budget_minutes(row: dict, speed_row: dict | None) -> float | None:
     return round(seconds / 60, 1)
 
 
+def _regulariser(row: dict) -> str:
+    if "codebook_usage" not in row:
+        return row["regulariser"]
+    return f"{row['regulariser']} (usage {row['codebook_usage']:.0%}, perplexity {row['codebook_perplexity']:.0f})"
+
+
 def _table(rows: list[dict]) -> str:
     lines = []
     speed_row = next((r for r in rows if r["kind"] == "speed"), None)
@@ -246,7 +261,7 @@ def _table(rows: list[dict]) -> str:
     if aes:
         lines += ["| autoencoder | latent | reg. | perceptual | GAN | images | PSNR | rFID | rKID |",
                   "|---|---|---|---|---|---:|---:|---:|---:|"]
-        lines += [f"| {r['run']} | {'x'.join(map(str, r['latent_shape']))} | {r['regulariser']} | {r['perceptual']} | "
+        lines += [f"| {r['run']} | {'x'.join(map(str, r['latent_shape']))} | {_regulariser(r)} | {r['perceptual']} | "
                   f"{r['gan_weight'] if r['gan_weight'] else 'off'} | {r['images']:,} | {r['psnr']:.2f} | "
                   f"{r['rfid']:.2f} | {r['rkid']:.4f} |" for r in aes]
     diffusion = [r for r in rows if r["kind"] == "diffusion"]
