@@ -262,14 +262,16 @@ def _table(rows: list[dict]) -> str:
     if aes:
         lines += ["| autoencoder | latent | reg. | perceptual | GAN | images | PSNR | rFID | rKID |",
                   "|---|---|---|---|---|---:|---:|---:|---:|"]
-        lines += [f"| {r['run']} | {'x'.join(map(str, r['latent_shape']))} | {_regulariser(r)} | {r['perceptual']} | "
+        lines += [f"| {Path(r['run']).name} | {'x'.join(map(str, r['latent_shape']))} | {_regulariser(r)} | "
+                  f"{r['perceptual']} | "
                   f"{r['gan_weight'] if r['gan_weight'] else 'off'} | {r['images']:,} | {r['psnr']:.2f} | "
                   f"{r['rfid']:.2f} | {r['rkid']:.4f} |" for r in aes]
     diffusion = [r for r in rows if r["kind"] == "diffusion"]
     if diffusion:
         lines += ["", "| diffusion | space | images | budget min (2 cores) | FID | KID | AE rFID | "
                   "cache MB | peak RSS MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['run']} | {r['space']} {'x'.join(map(str, r['network_shape']))} | {r['images']:,} | "
+        lines += [f"| {Path(r['run']).name} | {r['space']} {'x'.join(map(str, r['network_shape']))}"
+                  f"{' of ' + Path(r['autoencoder']).name if r.get('autoencoder') else ''} | {r['images']:,} | "
                   f"{budget_minutes(r, speed_row) or '-'} | {r['fid']:.2f} | {r['kid']:.4f} | "
                   f"{r.get('autoencoder_rfid') or '-'} | {r.get('cache_mb', '-')} | "
                   f"{r['peak_rss_mb']:.0f} |" for r in diffusion]
