@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffusekit.cli import main as cli_main
 from diffusekit.config import ConfigError, resolve
 from diffusekit.data import ImageArrays
 from diffusekit.errors import CheckpointError
@@ -196,13 +197,15 @@ def test_a_dit_trains_on_latents_with_patch_1_and_an_unfitting_patch_names_both_
         train(config, _data(), tmp_path / "dit8")
 
 
-def test_a_latent_run_resumes_only_with_the_autoencoder_it_was_trained_on(tmp_path, autoencoders):
+def test_a_latent_run_resumes_only_with_the_autoencoder_it_was_trained_on(tmp_path, autoencoders, capsys):
     def config(autoencoder, total):
         return resolve("tiny", overrides=_LATENT + [f"latent.autoencoder={autoencoders / autoencoder}",
                                                     f"latent.cache_dir={tmp_path / 'cache'}",
                                                     f"run.total_images={total}"])
 
     train(config("f2", 32), _data(), tmp_path / "latent")
+    assert cli_main(["info", str(tmp_path / "latent")]) == 0
+    assert f"latent diffusion on the latents of the autoencoder {autoencoders / 'f2'}" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"trained on 2x8x8 latents of the autoencoder .*f2.*this config gives 2x4x4 "
                                          r"latents of the autoencoder .*f4"):
         train(config("f4", 64), _data(), tmp_path / "latent")

@@ -59,12 +59,15 @@ def cmd_info(args) -> int:
             "last_metrics": next((r for r in reversed(metrics) if "loss" in r), None),
             "last_evaluation": next((r for r in reversed(metrics) if "fid" in r), None),
             "sessions": len(env.get("sessions", [])),
-            "samples": sorted(str(p) for p in (run_dir / "samples").glob("*.png"))[-3:]}
+            "samples": sorted(str(p) for p in (run_dir / "samples").glob("*.png"))[-3:],
+            "latent_autoencoder": config.latent.autoencoder}
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
     print(f"run {run_dir}: {info['network']} on {info['data']}, {info['objective']}, "
           f"{config.run.total_images:,} images planned, {info['sessions']} session(s)")
+    if config.latent.autoencoder is not None:
+        print(f"  latent diffusion on the latents of the autoencoder {config.latent.autoencoder}")
     last = info["last_metrics"]
     if last:
         print(f"  last log: {last.get('cur_nimg', 0):,} images, loss {last.get('loss')}, "
