@@ -8,6 +8,7 @@ import torch
 
 from diffusekit.cli import main as cli_main
 from diffusekit.config import ConfigError, resolve
+from diffusekit.config.files import write_yaml
 from diffusekit.data import ImageArrays
 from diffusekit.errors import CheckpointError
 from diffusekit.generate import generate, load_model
@@ -204,6 +205,7 @@ def test_a_latent_run_resumes_only_with_the_autoencoder_it_was_trained_on(tmp_pa
                                                     f"run.total_images={total}"])
 
     train(config("f2", 32), _data(), tmp_path / "latent")
+    write_yaml(config("f2", 32), tmp_path / "latent" / "config.yaml")  # as `diffusekit train` writes it
     assert cli_main(["info", str(tmp_path / "latent")]) == 0
     assert f"latent diffusion on the latents of the autoencoder {autoencoders / 'f2'}" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"trained on 2x8x8 latents of the autoencoder .*f2.*this config gives 2x4x4 "
