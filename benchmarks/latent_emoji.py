@@ -166,6 +166,10 @@ def diffusion_row(run: Path, extractor, rows: list[dict]) -> dict:
             cache = encode_dataset(autoencoder, pixels, flip=config.latent.flip, batch=config.latent.encode_batch,
                                    root=tmp)
             cache_bytes = sum(f.stat().st_size for f in cache.path.iterdir())
+            z, _ = cache.tensors()  # what the diffusion model saw: normalised by the stored latent statistics
+            dims = (0, 2, 3)
+            row["latent_channel_mean"] = [round(float(v), 3) for v in z.mean(dims)]
+            row["latent_channel_std"] = [round(float(v), 3) for v in z.std(dims)]
         row.update({"autoencoder": str(ae_run), "cache_mb": round(cache_bytes / 2**20, 2), "cache_items": len(cache),
                     "autoencoder_rfid": ae and ae["rfid"], "autoencoder_images": ae and ae["images"],
                     "autoencoder_gan_start_images": ae and (ae["gan_start_images"] if ae["gan_weight"] else None)})
