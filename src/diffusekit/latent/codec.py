@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..config import Config, from_dict
 from ..errors import CheckpointError, UsageError
-from ..models import build_network, load_checkpoint, resolve_checkpoint
+from ..models import build_network, load_checkpoint, resolve_checkpoint, select_weights
 from ..networks.autoencoder import Autoencoder
 from ..networks.autoencoder_diffusers import load_diffusers_autoencoder
 
@@ -139,13 +139,7 @@ def load_autoencoder(path: str | Path, ema: str | None = None, device: str | tor
         raise NotAnAutoencoder(f"{checkpoint} is a {config.network.kind} diffusion model "
                                f"({tuple(info['image_shape'])} images), not an autoencoder")
     name = ema or next(iter([n for n in config.ema.half_lives if n in ema_states] or ema_states), "model")
-    if name == "model":
-        weights = model_state
-    elif name in ema_states:
-        weights = ema_states[name]
-    else:
-        raise UsageError(f"{checkpoint} has no EMA named {name!r}; it has {', '.join(ema_states) or 'none'} "
-                         "(or 'model' for the raw weights)")
+    weights = select_weights(checkpoint, name, model_state, ema_states)
     module = build_network(config.network, tuple(info["image_shape"]), 0)
     try:
         module.load_state_dict(weights)

@@ -29,9 +29,10 @@ from .checkpoint import (
     verify_checkpoint,
 )
 from .execution import PRECISIONS, ExecutedNetwork, Execution, native_bf16, resolve_precision
-from .load import LoadedModel, load_guide, load_model, resolve_checkpoint
+from .load import LoadedModel, load_guide, load_model, resolve_checkpoint, select_weights
 
 __all__ = ["TEXT_DIM", "augment_settings", "build_denoiser", "build_loss", "build_network", "cascade_settings",
            "network_conditioning", "CheckpointError", "latest_valid", "load_checkpoint", "prune",
            "remove_partial_writes", "save_checkpoint", "verify_checkpoint", "LoadedModel", "load_guide", "load_model",
-           "resolve_checkpoint", "PRECISIONS", "Execution", "ExecutedNetwork", "native_bf16", "resolve_precision"]
+           "resolve_checkpoint", "select_weights", "PRECISIONS", "Execution", "ExecutedNetwork", "native_bf16",
+           "resolve_precision"]

@@ -21,7 +21,17 @@ from .build import build_denoiser, build_network, network_conditioning
 from .checkpoint import CheckpointError, latest_valid, load_checkpoint
 from .execution import ExecutedNetwork, Execution
 
-__all__ = ["LoadedModel", "load_model", "load_guide", "resolve_checkpoint"]
+__all__ = ["LoadedModel", "load_model", "load_guide", "resolve_checkpoint", "select_weights"]
+
+
+def select_weights(checkpoint: Path, name: str, model_state: dict, ema_states: dict) -> dict:
+    """The weights named ``name`` in a checkpoint: one of its EMAs, or ``"model"`` for the raw weights."""
+    if name == "model":
+        return model_state
+    if name in ema_states:
+        return ema_states[name]
+    raise UsageError(f"{checkpoint} has no EMA named {name!r}; it has {', '.join(ema_states) or 'none'} "
+                     "(or 'model' for the raw weights)")
 
 
 @dataclass
@@ -71,13 +81,7 @@ def load_model(path: str | Path, ema: str | None = None, device: str | torch.dev
     # the default is the config's first EMA, as in training; the checkpoint stores them sorted by name
     configured = [n for n in config.ema.half_lives if n in ema_states]
     name = ema or config.sample.ema or next(iter(configured or ema_states), "model")
-    if name == "model":
-        weights = model_state
-    elif name in ema_states:
-        weights = ema_states[name]
-    else:
-        raise UsageError(f"{checkpoint} has no EMA named {name!r}; it has {', '.join(ema_states) or 'none'} "
-                         "(or 'model' for the raw weights)")
+    weights = select_weights(checkpoint, name, model_state, ema_states)
     image_shape = tuple(info["image_shape"])
     network = build_network(config.network, image_shape, info["num_classes"],
                             **network_conditioning(config, image_shape))
