@@ -33,6 +33,7 @@ Usage::
 
     .venv/bin/python benchmarks/latent_emoji.py autoencoder runs/emoji-ae runs/emoji-ae-f8
     .venv/bin/python benchmarks/latent_emoji.py diffusion runs/emoji-latent runs/emoji
+    .venv/bin/python benchmarks/latent_emoji.py diffusion runs/emoji-latent --seed 400   # another sample set
     .venv/bin/python benchmarks/latent_emoji.py floor
     .venv/bin/python benchmarks/latent_emoji.py speed --autoencoder runs/emoji-ae --threads 2
     .venv/bin/python benchmarks/latent_emoji.py --table
@@ -139,10 +140,10 @@ def floor_row(extractor) -> dict:
 
 
 @torch.no_grad()
-def diffusion_row(run: Path, extractor, rows: list[dict]) -> dict:
+def diffusion_row(run: Path, extractor, rows: list[dict], seed: int = 0) -> dict:
     model = load_model(run)
     config = model.config
-    settings = SamplingSettings.from_config(config.sample, seed=0, batch_size=50)
+    settings = SamplingSettings.from_config(config.sample, seed=seed, batch_size=50)
     images, _, _ = sample_for_evaluation(model.denoiser, model.image_shape, model.num_classes, HELD_OUT, settings,
                                          decode=model.decode)
     reference = reference_for_data(config.data, extractor, HELD_OUT, "test")
@@ -151,9 +152,9 @@ def diffusion_row(run: Path, extractor, rows: list[dict]) -> dict:
            "network_shape": list(model.image_shape), "parameters": sum(p.numel() for p in
                                                                          model.denoiser.network.parameters()),
            "sampler": settings.sampler, "steps": settings.steps, "fid": round(values["fid"], 3),
-           "kid": round(values["kid"], 5), "n": HELD_OUT,
+           "kid": round(values["kid"], 5), "n": HELD_OUT, "seed": seed,
            "grid": _save_grid(images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images,
-                              run.name), **_run_log(run)}
+                              run.name if seed == 0 else f"{run.name}-seed{seed}"), **_run_log(run)}
     if model.latent:
         ae_path = Path(model.latent["autoencoder"])
         ae_run = ae_path.parent.parent if ae_path.parent.name == "checkpoints" else ae_path
@@ -232,6 +233,10 @@ def speed(autoencoder: Path, rounds: int, chunk: int, threads: int) -> dict:
     return {"kind": "speed", "run": "speed", "autoencoder": str(autoencoder), **out}
 
 
+def _key(row: dict) -> tuple:
+    return row["kind"], row["run"], row.get("seed", 0)
+
+
 def _load() -> dict:
     return json.loads(RESULTS.read_text()) if RESULTS.exists() else {"rows": []}
 
@@ -251,6 +256,11 @@ def budget_minutes(row: dict, speed_row: dict | None) -> float | None:
         seconds += before / rate["emoji-ae"] + (row["autoencoder_images"] - before) / rate["emoji-ae-gan"]
         seconds += speed_row["cache_encode_s"]
     return round(seconds / 60, 1)
+
+
+def _name(row: dict) -> str:
+    """The run directory's name, with the sample seed where it is not 0."""
+    return Path(row["run"]).name + (f" (seed {row['seed']})" if row.get("seed") else "")
 
 
 def _regulariser(row: dict) -> str:
@@ -274,7 +284,7 @@ def _table(rows: list[dict]) -> str:
     if diffusion:
         lines += ["", "| diffusion | space | images | budget min (2 cores) | FID | KID | AE rFID | "
                   "cache MB | peak RSS MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {Path(r['run']).name} | {r['space']} {'x'.join(map(str, r['network_shape']))}"
+        lines += [f"| {_name(r)} | {r['space']} {'x'.join(map(str, r['network_shape']))}"
                   f"{' of ' + Path(r['autoencoder']).name if r.get('autoencoder') else ''} | {r['images']:,} | "
                   f"{budget_minutes(r, speed_row) or '-'} | {r['fid']:.2f} | {r['kid']:.4f} | "
                   f"{r.get('autoencoder_rfid') or '-'} | {r.get('cache_mb', '-')} | "
@@ -299,6 +309,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--chunk", type=int, default=256, help="speed: images per configuration and round")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="diffusion: the noise seed of the 400 samples (another seed: a second row per run, "
+                             "the spread of FID over sample sets)")
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args(argv)
     data = _load()
@@ -317,13 +330,13 @@ def main(argv=None) -> int:
         extractor = get_extractor("inception")
         for run in args.runs:
             row = autoencoder_row(run, extractor) if args.command == "autoencoder" else \
-                diffusion_row(run, extractor, data["rows"])
+                diffusion_row(run, extractor, data["rows"], args.seed)
             new.append(row)
             print(json.dumps(row), file=sys.stderr)
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     for row in new:
         row.update({"date": date, "torch": torch.__version__})
-        data["rows"] = [r for r in data["rows"] if (r["kind"], r["run"]) != (row["kind"], row["run"])] + [row]
+        data["rows"] = [r for r in data["rows"] if _key(r) != _key(row)] + [row]
     data["reference"] = ("the 400 emoji of diffusekit's emoji test split (every 10th Twemoji, never trained on), "
                          "64x64 on white; standard Inception, pytorch-fid preprocessing")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
