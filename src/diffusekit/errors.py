@@ -57,6 +57,11 @@ class FeatureExtractorNotInstalled(NotInstalledError):
     """The Inception-v3 weights of the FID feature extractor are not installed."""
 
 
+class InverseProblemError(UserError, ValueError):
+    """An inverse problem that cannot be posed: a mask or measurement that does not fit the model's samples, a
+    factor that does not divide the resolution, an empty mask, or a method the model cannot run."""
+
+
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, truncated, altered, or does not fit the config stored with it."""
 

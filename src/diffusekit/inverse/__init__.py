@@ -1,0 +1,1 @@
+"""Inverse problems with a diffusion prior."""
