@@ -4,6 +4,7 @@
 - :mod:`~diffusekit.cli.sample`: ``sample``;
 - :mod:`~diffusekit.cli.info`: ``presets`` and ``info``;
 - :mod:`~diffusekit.cli.evaluation`: ``fid``, ``ref-stats`` and ``eval``;
+- :mod:`~diffusekit.cli.restore`: ``restore`` (inverse problems; its files in :mod:`~diffusekit.cli.restore_io`);
 - :mod:`~diffusekit.cli.flags`: what several commands share (guidance flags, ``--option``, threads, progress).
 
 :func:`main` is the error boundary: a :class:`~diffusekit.errors.UserError` is printed as one line and exits with
@@ -17,7 +18,7 @@ import errno
 import sys
 
 from ..errors import UserError
-from . import evaluation, info, sample, train
+from . import evaluation, info, restore, sample, train
 
 __all__ = ["main", "build_parser"]
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_parser(sub)
     info.add_parsers(sub)
     evaluation.add_parsers(sub)
+    restore.add_parser(sub)
     return parser
 
 

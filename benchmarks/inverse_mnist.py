@@ -1,0 +1,352 @@
+"""Inverse problems on held-out MNIST digits with the demo model as the prior: every method against the baselines.
+
+``restore`` (the default subcommand)
+    The first --n MNIST *test* digits (never trained on) are measured by three operators: the centre square
+    missing (``inpaint-box``: the h/2 x w/2 box), the bottom half missing (``inpaint-half``) and x4 box
+    downsampling (``sr4``: 28x28 -> 7x7), noiseless unless --sigma-y. Every method of
+    :data:`diffusekit.inverse.METHODS` restores them (--steps steps of --sampler, image i from noise seeded by
+    (seed, i), the null class unless --class-conditional, which gives the true label), beside a baseline that
+    needs no model: bicubic upsampling for super-resolution, the missing pixels filled with the image's mean
+    observed value for inpainting. Per task and method:
+
+    - PSNR (dB, images in [-1, 1]) and SSIM (Wang et al. 2004, 11x11 Gaussian window) against the truth;
+    - the measurement residual ``||A x - y||`` (0 for a method that keeps the measurements exactly);
+    - the accuracy of the MNIST classifier (``diffusekit.metrics.classifier``, trained and cached on first use)
+      on the uint8 restorations against the digits' true labels;
+    - FID of the restorations against --fid-reference other held-out test digits (from index 5000; standard
+      Inception, pytorch-fid preprocessing); with n = 100 an FID is far above its large-n value: compare rows
+      with each other and with the ``truth`` row (the clean digits themselves), not with published FIDs;
+    - network evaluations (NFE) and seconds per image, with the baseline's seconds beside them.
+
+``ccdf``
+    Quality against NFE for CCDF (Chung et al. 2022, "Come-Closer-Diffuse-Faster") started at t0 in --t0 from the
+    baseline's estimate, against the same consistency step (POCS) run the full length, and run from t = 1 with
+    as many steps as CCDF spends (equal NFE). Task --task (default sr4).
+
+Results go to ``benchmarks/results/inverse_mnist.json`` (each subcommand replaces its own section) and the table
+is printed; grids of the first 8 digits (rows: the measurement shown as an image, the baseline, each method,
+the truth) go to ``benchmarks/results/inverse_mnist/`` for the default output, else to a folder named after
+--output, so that a trial run never replaces the published figures.
+
+Usage::
+
+    .venv/bin/python benchmarks/inverse_mnist.py restore --run runs/demo        # ~20 min on 2 cores
+    .venv/bin/python benchmarks/inverse_mnist.py restore --n 10 --output /tmp/inverse.json   # a quick check
+    .venv/bin/python benchmarks/inverse_mnist.py ccdf --run runs/demo --t0 0.2,0.4,0.6,0.8
+    .venv/bin/python benchmarks/inverse_mnist.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diffusekit.cli.flags import parse_options
+from diffusekit.cli.restore import CountingDenoiser, scores, start_noise
+from diffusekit.data import load
+from diffusekit.data.transform import resize_arrays
+from diffusekit.errors import InverseProblemError
+from diffusekit.generate import load_model
+from diffusekit.images import make_grid, save_png
+from diffusekit.inverse import METHODS, solve
+from diffusekit.inverse.masks import box_mask, half_mask
+from diffusekit.inverse.operators import Downsample, Inpaint
+from diffusekit.metrics import classify, load_or_train_classifier
+from diffusekit.metrics.evaluate import as_json, feature_metrics
+from diffusekit.metrics.features import dataset_reference_stats
+from diffusekit.metrics.inception import get_extractor, quantize
+from diffusekit.sampling import timesteps
+
+RESULTS = Path(__file__).resolve().parent / "results"
+OUTPUT = RESULTS / "inverse_mnist.json"
+TASKS = ("inpaint-box", "inpaint-half", "sr4")
+REFERENCE_START = 5000  # FID reference digits: held out, and apart from the restored ones
+SHOWN = 8
+
+
+def operator_for(task: str, h: int, w: int, sigma_y: float):
+    if task == "inpaint-box":
+        return Inpaint(box_mask(h, w), sigma_y=sigma_y)
+    if task == "inpaint-half":
+        return Inpaint(half_mask(h, w), sigma_y=sigma_y)
+    if task == "sr4":
+        return Downsample(4, "box", sigma_y=sigma_y)
+    raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+
+
+def baseline(task: str, operator, y: torch.Tensor) -> torch.Tensor:
+    """Bicubic upsampling (super-resolution) or the image's mean observed value in the missing pixels."""
+    if task == "sr4":
+        return F.interpolate(y, scale_factor=operator.factor, mode="bicubic", align_corners=False).clamp(-1, 1)
+    mask = operator.mask.to(y).expand_as(y)
+    mean = (y * mask).flatten(1).sum(1) / mask.flatten(1).sum(1)
+    return torch.where(mask.bool(), y, mean.view(-1, 1, 1, 1))
+
+
+def held_out(model, n: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST test digits start..start+n at the model's size: float images in [-1, 1] and labels."""
+    data = load("mnist", "test")
+    c, h, _ = model.output_shape
+    if (c, h) != (1, 28):
+        data = resize_arrays(data, h, c, model.config.data.resize)
+    images = torch.from_numpy(np.ascontiguousarray(data.images[start:start + n])).permute(0, 3, 1, 2).float()
+    return images / 127.5 - 1, torch.from_numpy(np.asarray(data.labels[start:start + n], dtype=np.int64))
+
+
+class Judges:
+    """The classifier and the FID reference, each optional (--no-classifier, --no-fid)."""
+
+    def __init__(self, args, model):
+        log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+        self.classifier = self.extractor = self.reference = None
+        self.meta: dict = {}
+        if not args.no_classifier:
+            self.classifier, info = load_or_train_classifier("mnist", log=log)
+            self.meta["classifier_test_accuracy"] = info["test_accuracy"]
+        if not args.no_fid:
+            self.extractor = get_extractor("inception", "pytorch")
+            count = args.fid_reference
+            self.reference = dataset_reference_stats(
+                self.extractor, "mnist", "test", count, start=REFERENCE_START,
+                resolution=model.config.data.resolution, channels=model.config.data.channels,
+                resize=model.config.data.resize, log=log)
+            self.meta["fid_reference"] = f"mnist test[{REFERENCE_START}:{REFERENCE_START + count}], standard Inception"
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
+        out = {}
+        pixels = quantize(images)  # uint8 NCHW, what a PNG holds
+        if self.classifier is not None:
+            x = pixels.float() / 127.5 - 1
+            if x.shape[-1] not in (28, 32):  # the classifier reads 28x28 digits
+                x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
+            out["accuracy"] = float((classify(self.classifier, x) == labels).float().mean())
+        if self.reference is not None and len(images) >= 2:
+            values, _ = feature_metrics(pixels, ("fid",), self.reference, self.extractor)
+            out["fid"] = values["fid"]
+        return out
+
+
+def method_settings(args) -> dict[str, dict]:
+    """Each method's options: the sizes' flags, then --option METHOD.KEY=VALUE."""
+    settings: dict[str, dict] = {m: {} for m in METHODS}
+    settings.setdefault("repaint", {}).update(resamples=args.resamples, jump_length=args.jump_length)
+    settings.setdefault("smc", {}).update(particles=args.particles)
+    for key, value in parse_options(args.option).items():
+        method, _, name = key.partition(".")
+        if method not in METHODS or not name:
+            raise SystemExit(f"--option {key}: write METHOD.KEY=VALUE with METHOD one of {', '.join(METHODS)}")
+        settings[method][name] = value
+    return settings
+
+
+def run_method(args, model, operator, y, method: str, options: dict, cond, steps: int | None = None):
+    """(restorations, NFE per image, seconds per image) of one method on every measurement, batch by batch."""
+    schedule = model.denoiser.schedule
+    ts = timesteps(schedule, steps or args.steps, args.spacing or model.config.sample.spacing)
+    noise = start_noise(model.image_shape, args.seed, len(y))
+    counting = CountingDenoiser(model.denoiser)
+    out, started = [], time.perf_counter()
+    for start in range(0, len(y), args.batch_size):
+        stop = min(start + args.batch_size, len(y))
+        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + start + 7_919)
+        batch_cond = None if cond is None else {k: v[start:stop] for k, v in cond.items()}
+        x = solve(counting, schedule, operator, y[start:stop], noise[start:stop], ts, method, generator,
+                  cond=batch_cond, sampler=args.sampler, decode=model.decode, **options)
+        out.append(x.detach().float().cpu())
+    seconds = time.perf_counter() - started
+    return torch.cat(out), counting.images / len(y), seconds / len(y)
+
+
+def condition(args, model, labels: torch.Tensor) -> dict | None:
+    if not model.num_classes:
+        return None
+    if args.class_conditional:
+        return {"labels": labels}
+    return {"labels": torch.full_like(labels, model.num_classes)}  # the null class: unconditional
+
+
+def _row(kind, task, method, images, y, truth, labels, operator, judges, **extra) -> dict:
+    row = {"kind": kind, "task": task, "method": method, **scores(images, y, truth, operator),
+           **judges(images, labels), **extra}
+    print(json.dumps(as_json(row)), file=sys.stderr, flush=True)
+    return row
+
+
+def figures_dir(output: Path) -> Path:
+    return RESULTS / "inverse_mnist" if output.resolve() == OUTPUT.resolve() else output.with_suffix("")
+
+
+def save_grid(path: Path, rows: list[torch.Tensor]) -> None:
+    save_png(make_grid(torch.cat([r[:SHOWN] for r in rows]), min(SHOWN, len(rows[0]))), path)
+
+
+def restore_section(args, model, judges) -> dict:
+    truth, labels = held_out(model, args.n)
+    _, h, w = model.output_shape
+    cond = condition(args, model, labels)
+    settings = method_settings(args)
+    rows = [{"kind": "truth", "task": None, "method": "truth", **judges(truth, labels)}]  # the ceiling and floor
+    section = {"settings": settings, "rows": rows}
+    methods = [m for m in args.methods.split(",") if m] if args.methods else list(METHODS)
+    for task in args.tasks.split(","):
+        operator = operator_for(task, h, w, args.sigma_y)
+        y = operator.measure(truth, generator=torch.Generator().manual_seed(args.seed + 1))
+        started = time.perf_counter()
+        base = baseline(task, operator, y)
+        base_s = (time.perf_counter() - started) / len(y)
+        name = "bicubic" if task == "sr4" else "mean-fill"
+        rows.append(_row("baseline", task, name, base, y, truth, labels, operator, judges, nfe=0, s_per_image=base_s))
+        shown = [operator.lift(y), base]
+        for method in methods:
+            try:
+                images, nfe, seconds = run_method(args, model, operator, y, method, settings[method], cond)
+            except InverseProblemError as e:  # a method that does not apply to this task
+                rows.append({"kind": "method", "task": task, "method": method, "skipped": str(e)})
+                continue
+            rows.append(_row("method", task, method, images, y, truth, labels, operator, judges, nfe=nfe,
+                             s_per_image=seconds, baseline_s_per_image=base_s))
+            shown.append(images)
+            write(args, model, judges, "restore", section)
+        save_grid(figures_dir(args.output) / f"{task}.png", [*shown, truth])
+    write(args, model, judges, "restore", section)
+    return section
+
+
+def ccdf_section(args, model, judges) -> dict:
+    truth, labels = held_out(model, args.n)
+    _, h, w = model.output_shape
+    cond = condition(args, model, labels)
+    operator = operator_for(args.task, h, w, args.sigma_y)
+    y = operator.measure(truth, generator=torch.Generator().manual_seed(args.seed + 1))
+    rows = []
+    section = {"task": args.task, "consistency": "pocs", "rows": rows}
+    base = baseline(args.task, operator, y)
+    rows.append(_row("baseline", args.task, "bicubic" if args.task == "sr4" else "mean-fill", base, y, truth,
+                     labels, operator, judges, nfe=0))
+    images, nfe, seconds = run_method(args, model, operator, y, "pocs", {}, cond)
+    rows.append(_row("full", args.task, "pocs", images, y, truth, labels, operator, judges, nfe=nfe,
+                     s_per_image=seconds, steps=args.steps))
+    shown = [operator.lift(y), base, images]
+    for t0 in (float(v) for v in args.t0.split(",")):
+        images, nfe, seconds = run_method(args, model, operator, y, "ccdf", {"t0": t0, "consistency": "pocs"}, cond)
+        rows.append(_row("ccdf", args.task, "ccdf", images, y, truth, labels, operator, judges, nfe=nfe,
+                         s_per_image=seconds, t0=t0))
+        shown.append(images)
+        steps = max(1, round(nfe))  # the same network evaluations, spent from t = 1
+        images, nfe, seconds = run_method(args, model, operator, y, "pocs", {}, cond, steps=steps)
+        rows.append(_row("equal-nfe", args.task, "pocs", images, y, truth, labels, operator, judges, nfe=nfe,
+                         s_per_image=seconds, steps=steps, t0=t0))
+        write(args, model, judges, "ccdf", section)
+    save_grid(figures_dir(args.output) / f"ccdf-{args.task}.png", [*shown, truth])
+    write(args, model, judges, "ccdf", section)
+    return section
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write(args, model, judges, name: str, section: dict) -> None:
+    data = _load(args.output)
+    data[name] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "run": str(args.run), "checkpoint": str(model.checkpoint), "cur_nimg": model.cur_nimg,
+                  "n": args.n, "steps": args.steps, "sampler": args.sampler, "seed": args.seed,
+                  "sigma_y": args.sigma_y, "class_conditional": args.class_conditional, **judges.meta,
+                  "threads": torch.get_num_threads(),
+                  "versions": {"python": platform.python_version(), "torch": torch.__version__}, **section}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(as_json(data), indent=1) + "\n")
+
+
+def _cell(row: dict, key: str, spec: str) -> str:
+    value = row.get(key)
+    return "-" if value is None else format(value, spec)
+
+
+def table(data: dict) -> str:
+    lines = []
+    restore = data.get("restore")
+    if restore:
+        lines.append(f"restore: n = {restore['n']} MNIST test digits, {restore['steps']} steps of "
+                     f"{restore['sampler']}, sigma_y = {restore['sigma_y']}")
+        lines += ["| task | method | PSNR | SSIM | residual | accuracy | FID | NFE | s / image (baseline) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in restore["rows"]:
+            if "skipped" in r:
+                lines.append(f"| {r['task']} | {r['method']} | skipped: {r['skipped']} ||||||||")
+                continue
+            seconds = _cell(r, "s_per_image", ".3f")
+            if r.get("baseline_s_per_image") is not None:
+                seconds += f" ({r['baseline_s_per_image']:.4f})"
+            lines.append(f"| {r['task'] or '-'} | {r['method']} | {_cell(r, 'psnr', '.2f')} | "
+                         f"{_cell(r, 'ssim', '.3f')} | {_cell(r, 'residual', '.3f')} | {_cell(r, 'accuracy', '.0%')} | "
+                         f"{_cell(r, 'fid', '.1f')} | {_cell(r, 'nfe', 'g')} | {seconds} |")
+    ccdf = data.get("ccdf")
+    if ccdf:
+        lines += ["", f"ccdf: {ccdf['task']}, n = {ccdf['n']}, full length {ccdf['steps']} steps",
+                  "| row | t0 | PSNR | SSIM | residual | accuracy | FID | NFE | s / image |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in ccdf["rows"]:
+            lines.append(f"| {r['kind']} {r['method']} | {_cell(r, 't0', 'g')} | {_cell(r, 'psnr', '.2f')} | "
+                         f"{_cell(r, 'ssim', '.3f')} | {_cell(r, 'residual', '.3f')} | {_cell(r, 'accuracy', '.0%')} | "
+                         f"{_cell(r, 'fid', '.1f')} | {_cell(r, 'nfe', 'g')} | {_cell(r, 's_per_image', '.3f')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", choices=("restore", "ccdf"))
+    parser.add_argument("--run", default="runs/demo", help="the prior: a class-conditional MNIST run")
+    parser.add_argument("--n", type=int, default=100, help="held-out test digits restored")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--spacing", help="time grid spacing (default: the run's)")
+    parser.add_argument("--sampler", default="ddpm")
+    parser.add_argument("--sigma-y", type=float, default=0.0, help="measurement noise std (images in [-1, 1])")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="restore: comma-separated tasks")
+    parser.add_argument("--methods", help="restore: comma-separated methods (default: all of METHODS)")
+    parser.add_argument("--task", default="sr4", choices=TASKS, help="ccdf: the task")
+    parser.add_argument("--t0", default="0.2,0.4,0.6,0.8", help="ccdf: comma-separated start times")
+    parser.add_argument("--resamples", type=int, default=3, help="repaint: resamplings per jump (paper: 10)")
+    parser.add_argument("--jump-length", type=int, default=5, help="repaint: steps per jump (paper: 10)")
+    parser.add_argument("--particles", type=int, default=4, help="smc: particles per image")
+    parser.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                        help="another method option, e.g. dps.scale=0.5")
+    parser.add_argument("--class-conditional", action="store_true",
+                        help="condition on the true labels (default: the null class, unconditional)")
+    parser.add_argument("--fid-reference", type=int, default=1000, help="held-out digits in the FID reference")
+    parser.add_argument("--no-fid", action="store_true")
+    parser.add_argument("--no-classifier", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    parser.add_argument("--table", action="store_true", help="print the stored table and stop")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(table(_load(args.output)))
+        return 0
+    torch.set_num_threads(args.threads)
+    model = load_model(args.run)
+    if model.config.data.name != "mnist" or model.output_shape[0] != 1:
+        raise SystemExit(f"{args.run} is not an MNIST model")
+    judges = Judges(args, model)
+    if (args.command or "restore") == "restore":
+        restore_section(args, model, judges)
+    else:
+        ccdf_section(args, model, judges)
+    print(table(_load(args.output)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
