@@ -80,7 +80,7 @@ def same_sampler(a: str, b: str) -> bool:
     return DEPRECATED_SAMPLERS.get(a, a) == DEPRECATED_SAMPLERS.get(b, b)
 
 
-def _options_of(fn) -> dict[str, inspect.Parameter]:
+def options_of(fn) -> dict[str, inspect.Parameter]:
     return {name: p for name, p in inspect.signature(fn).parameters.items()
             if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in _FRAMEWORK_ARGS}
 
@@ -97,7 +97,7 @@ def sample(denoise, noise: Tensor, ts: Tensor, schedule: Schedule, sampler: str 
     returns the sample at t = 0."""
     sampler = sampler_name(sampler, stacklevel=3)
     fn = SAMPLERS[sampler]
-    allowed = _options_of(fn)
+    allowed = options_of(fn)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         listed = ", ".join(allowed) or "none"
