@@ -1,4 +1,4 @@
-"""Pieces shared by the samplers: calling the denoiser on a grid time, drawing noise, the Heun step, the hook after a step."""
+"""Pieces shared by the samplers: the denoiser on a grid time, drawing noise, the Heun step, the hook after a step."""
 
 from __future__ import annotations
 
