@@ -9,6 +9,20 @@ For data ``x0 ~ sum_k w_k N(mu_k, diag(s_k^2))`` and ``x_t = alpha x0 + sigma no
 This is the ideal denoiser a network tries to learn, so a sampler run on it isolates the sampler's own
 error. The formulas stay finite at alpha = 0 (pure noise: x0_hat is the data mean) and at sigma = 0
 (for s_k > 0: x0_hat = x_t / alpha).
+
+Exact posterior under a linear-Gaussian measurement (``GaussianMixture.posterior``). For
+``y = A x0 + sigma_y n`` with ``A`` of shape ``[m, D]`` and ``S_k = diag(s_k^2)``, each component is conditioned
+as a linear-Gaussian model (Bishop, PRML 2006, eq. 2.113-2.117; the gain form below is eq. 2.116-2.117 rewritten
+with the Woodbury identity, i.e. one Kalman update):
+
+- ``S_y,k = A S_k A^T + sigma_y^2 I`` (the evidence covariance, eq. 2.115),
+- ``K_k = S_k A^T S_y,k^{-1}``, ``mu'_k = mu_k + K_k (y - A mu_k)``,
+- ``S'_k = S_k - K_k A S_k``, evaluated in the Joseph form ``(I - K_k A) S_k (I - K_k A)^T + sigma_y^2 K_k K_k^T``
+  (positive semi-definite by construction, which matters at sigma_y = 0 where ``S'_k`` is singular),
+- ``w'_k ∝ w_k N(y; A mu_k, S_y,k)`` (normalised by a log-sum-exp).
+
+The posterior is again a mixture, now of full-covariance Gaussians (``MixturePosterior``). At sigma_y = 0 the
+measurement pins ``A x0 = y`` exactly; ``S_y,k`` is then invertible only when ``A`` has full row rank.
 """
 
 from __future__ import annotations
@@ -20,7 +34,7 @@ from torch import Tensor
 
 from .schedules import Schedule
 
-__all__ = ["GaussianMixture", "sliced_wasserstein"]
+__all__ = ["GaussianMixture", "MixturePosterior", "sliced_wasserstein"]
 
 
 def _all_equal(v: Tensor) -> bool:
@@ -132,6 +146,52 @@ class GaussianMixture:
 
         return denoise
 
+    # -- posterior under a linear measurement ------------------------------------------------------
+    def posterior(self, matrix, y, sigma_y: float) -> MixturePosterior:
+        """The exact posterior of x0 given one measurement ``y = A x0 + sigma_y n`` (formulas: module docstring).
+
+        Args:
+            matrix: ``A``, ``[m, D]`` (tensor or array); at sigma_y = 0 it must have full row rank.
+            y: ``[m]``, one measurement.
+            sigma_y: the measurement noise std, >= 0.
+        """
+        A = torch.as_tensor(matrix, dtype=torch.float64, device=self.means.device)
+        y = torch.as_tensor(y, dtype=torch.float64, device=self.means.device)
+        if A.ndim != 2 or A.shape[1] != self.dim:
+            raise ValueError(f"matrix must be [m, D] with D = {self.dim}, got shape {tuple(A.shape)}")
+        m = A.shape[0]
+        if y.shape != (m,):
+            raise ValueError(f"y must be one measurement of shape [m] = [{m}], got shape {tuple(y.shape)}")
+        sigma_y = float(sigma_y)
+        if not (math.isfinite(sigma_y) and sigma_y >= 0):
+            raise ValueError(f"sigma_y must be finite and >= 0, got {sigma_y}")
+        if sigma_y == 0:
+            rank = int(torch.linalg.matrix_rank(A))
+            if rank < m:
+                raise ValueError(f"with sigma_y = 0 the matrix [{m}, {self.dim}] needs full row rank {m} but has "
+                                 f"rank {rank}: drop the dependent rows or use sigma_y > 0")
+        var = self.stds**2  # [K, D], the diagonals of S_k
+        AS = A * var[:, None, :]  # A S_k: [K, m, D]
+        S_y = AS @ A.T + sigma_y**2 * torch.eye(m, dtype=torch.float64, device=A.device)  # [K, m, m]
+        chol, info = torch.linalg.cholesky_ex(S_y)
+        if bool((info > 0).any()):
+            raise ValueError("A S_k A^T + sigma_y^2 I is numerically singular: the matrix is too close to "
+                             "rank-deficient for sigma_y = 0; use sigma_y > 0")
+        gain = torch.cholesky_solve(AS, chol).transpose(-1, -2)  # K_k = S_k A^T S_y^{-1}: [K, D, m]
+        resid = y - self.means @ A.T  # y - A mu_k: [K, m]
+        means = self.means + (gain @ resid[..., None])[..., 0]
+        # Joseph form: a sum of two PSD terms, so rounding cannot make S'_k indefinite
+        eye = torch.eye(self.dim, dtype=torch.float64, device=A.device)
+        reduce = eye - gain @ A  # I - K_k A: [K, D, D]
+        cov = (reduce * var[:, None, :]) @ reduce.transpose(-1, -2) + sigma_y**2 * gain @ gain.transpose(-1, -2)
+        cov = 0.5 * (cov + cov.transpose(-1, -2))
+        # log N(y; A mu_k, S_y,k) through the Cholesky factor
+        white = torch.linalg.solve_triangular(chol, resid[..., None], upper=False)[..., 0]
+        log_det = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        log_evidence = -0.5 * ((white**2).sum(-1) + log_det + m * math.log(2 * math.pi))
+        weights = torch.softmax(torch.log(self.weights) + log_evidence, dim=0)
+        return MixturePosterior(weights, means, cov)
+
     # -- ready-made targets -----------------------------------------------------------------------
     @classmethod
     def ring2d(cls, seed: int = 0) -> GaussianMixture:
@@ -153,6 +213,68 @@ class GaussianMixture:
         stds = torch.exp(lo + (hi - lo) * torch.rand(components, dim, generator=g, dtype=torch.float64))
         weights = 0.5 + torch.rand(components, generator=g, dtype=torch.float64)
         return cls(means, stds, weights)
+
+
+class MixturePosterior:
+    """A mixture of K full-covariance Gaussians in D dimensions (float64), e.g. ``GaussianMixture.posterior``.
+
+    Covariances may be singular (a noiseless measurement pins some directions): ``sample`` handles that through an
+    eigendecomposition, ``log_prob`` needs them non-singular.
+
+    Args:
+        weights: ``[K]``, non-negative, summing to 1 (normalised here).
+        means: ``[K, D]``.
+        covariances: ``[K, D, D]``, symmetric positive semi-definite.
+    """
+
+    def __init__(self, weights, means, covariances):
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        means = torch.as_tensor(means, dtype=torch.float64)
+        covariances = torch.as_tensor(covariances, dtype=torch.float64)
+        if means.ndim != 2 or weights.shape != means.shape[:1] or covariances.shape != means.shape + means.shape[1:]:
+            raise ValueError(f"need weights [K], means [K, D] and covariances [K, D, D], got {tuple(weights.shape)}, "
+                             f"{tuple(means.shape)} and {tuple(covariances.shape)}")
+        self.weights, self.means, self.covariances = weights / weights.sum(), means, covariances
+        self._factors: Tensor | None = None  # sampling factors F_k with F_k F_k^T = S_k, built on first use
+        self._cholesky: Tensor | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[0]
+
+    def mean(self) -> Tensor:
+        """The mixture mean ``sum_k w_k mu_k``, ``[D]``."""
+        return self.weights @ self.means
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n exact draws ``[n, D]`` (float64)."""
+        if self._factors is None:
+            # eigh rather than Cholesky: singular covariances are expected at sigma_y = 0, and rounding can leave
+            # eigenvalues slightly below zero, which are clamped
+            evals, evecs = torch.linalg.eigh(self.covariances)
+            self._factors = evecs * evals.clamp(min=0).sqrt()[:, None, :]
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        noise = torch.randn(n, self.dim, dtype=torch.float64, generator=generator, device=self.means.device)
+        return self.means[k] + (self._factors[k] @ noise[..., None])[..., 0]
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """The mixture log-density of ``x`` (``[N, D]``) -> ``[N]``; needs non-singular covariances."""
+        if self._cholesky is None:
+            chol, info = torch.linalg.cholesky_ex(self.covariances)
+            if bool((info > 0).any()):
+                k = int((info > 0).nonzero()[0])
+                raise ValueError(f"covariance of component {k} is singular, so the density does not exist "
+                                 "(a noiseless measurement pins it): use sigma_y > 0 for log_prob")
+            self._cholesky = chol
+        diff = x.to(torch.float64)[:, None, :] - self.means  # [N, K, D]
+        white = torch.linalg.solve_triangular(self._cholesky, diff[..., None], upper=False)[..., 0]
+        log_det = 2 * torch.log(torch.diagonal(self._cholesky, dim1=-2, dim2=-1)).sum(-1)
+        log_comp = -0.5 * ((white**2).sum(-1) + log_det + self.dim * math.log(2 * math.pi))
+        return torch.logsumexp(log_comp + torch.log(self.weights), -1).to(x.dtype)
 
 
 def sliced_wasserstein(a: Tensor, b: Tensor, num_directions: int = 256, seed: int = 0) -> float:

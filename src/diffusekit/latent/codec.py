@@ -89,12 +89,11 @@ class LatentAutoencoder:
         """The posterior mean (unscaled) of images ``x`` in [-1, 1], NCHW; on the autoencoder's device."""
         return self.module.encode(x.to(self.device, torch.float32)).mode()
 
-    @torch.no_grad()
     def decode(self, z: Tensor) -> Tensor:
-        """Unscaled latents -> images (about [-1, 1])."""
+        """Unscaled latents -> images (about [-1, 1]). The weights are frozen, so this records a graph only for a
+        ``z`` that requires gradients (an inverse-problem solver differentiating through the decoder)."""
         return self.module.decode(z.to(self.device, torch.float32))
 
-    @torch.no_grad()
     def decode_normalized(self, z: Tensor) -> Tensor:
         """What a latent diffusion model samples -> images: undo the scaling, then decode."""
         return self.decode(self.denormalize(z.to(self.device, torch.float32)))

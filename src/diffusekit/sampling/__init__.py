@@ -18,6 +18,9 @@ their options:
 | ``ddpm``         | ancestral (DDIM, eta = 1)    |                                           | N             |
 
 The callback receives ``{"i", "t", "x", "x0_hat"}`` after each denoiser call of the main sequence.
+``measure(x, j) -> x``, when given, is called on the state after every step, j being the grid index the step
+reached (1..N): an inverse-problem solver's measurement-consistency step (:mod:`diffusekit.inverse`), so every
+sampler runs every such method. A multistep sampler keeps its x0_hat history across it.
 
 ``edm`` is the former name of ``edm_churn``, kept for one release: it still samples, with a
 ``DeprecationWarning`` (:func:`sampler_name`).
@@ -55,7 +58,7 @@ SAMPLERS = {
 }
 # former name -> current name; an old name still works for one release, with a DeprecationWarning
 DEPRECATED_SAMPLERS = {"edm": "edm_churn"}
-_FRAMEWORK_ARGS = {"cond", "callback", "generator", "schedule"}
+_FRAMEWORK_ARGS = {"cond", "callback", "generator", "schedule", "measure"}
 
 
 def sampler_name(name: str, stacklevel: int = 2) -> str:
@@ -77,7 +80,7 @@ def same_sampler(a: str, b: str) -> bool:
     return DEPRECATED_SAMPLERS.get(a, a) == DEPRECATED_SAMPLERS.get(b, b)
 
 
-def _options_of(fn) -> dict[str, inspect.Parameter]:
+def options_of(fn) -> dict[str, inspect.Parameter]:
     return {name: p for name, p in inspect.signature(fn).parameters.items()
             if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in _FRAMEWORK_ARGS}
 
@@ -89,21 +92,22 @@ def nfe(sampler: str, steps: int) -> int:
 
 def sample(denoise, noise: Tensor, ts: Tensor, schedule: Schedule, sampler: str = "heun",
            generator: torch.Generator | None = None, callback=None, cond: Conditions | None = None,
-           **options) -> Tensor:
-    """Run ``sampler`` from ``sigma(ts[0]) * noise`` down the grid ``ts``; returns the sample at t = 0."""
+           measure=None, start: Tensor | None = None, **options) -> Tensor:
+    """Run ``sampler`` from ``sigma(ts[0]) * noise`` (or from the state ``start`` at ``ts[0]``) down the grid ``ts``;
+    returns the sample at t = 0."""
     sampler = sampler_name(sampler, stacklevel=3)
     fn = SAMPLERS[sampler]
-    allowed = _options_of(fn)
+    allowed = options_of(fn)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         listed = ", ".join(allowed) or "none"
         raise TypeError(f"sampler {sampler!r} got unknown option(s) {', '.join(unknown)}; its options: {listed}")
     grid = evaluate_grid(schedule, ts)
-    kwargs = {"cond": as_conditions(cond), "callback": callback}
+    kwargs = {"cond": as_conditions(cond), "callback": callback, "measure": measure}
     parameters = inspect.signature(fn).parameters
     if "generator" in parameters:
         kwargs["generator"] = generator
     if "schedule" in parameters:
         kwargs["schedule"] = schedule
-    x = grid.sigma[0] * noise
+    x = grid.sigma[0] * noise if start is None else start
     return fn(denoise, x, grid, **kwargs, **options)

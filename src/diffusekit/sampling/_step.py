@@ -1,4 +1,4 @@
-"""Pieces shared by the samplers: calling the denoiser on a grid time, drawing noise, the Heun step."""
+"""Pieces shared by the samplers: the denoiser on a grid time, drawing noise, the Heun step, the hook after a step."""
 
 from __future__ import annotations
 
@@ -15,6 +15,12 @@ DenoiseFn = Callable[[Tensor, Tensor, Conditions], Tensor]
 def call_denoise(denoise: DenoiseFn, x: Tensor, t: float, cond: Conditions) -> Tensor:
     """``denoise(x_t, t[batch], cond)``."""
     return denoise(x, torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device), cond)
+
+
+def after_step(measure, x: Tensor, i: int) -> Tensor:
+    """The state after step i (at grid point i + 1), passed through ``measure(x, i + 1) -> x`` when one is given:
+    the measurement-consistency step of an inverse-problem solver (:mod:`diffusekit.inverse`)."""
+    return x if measure is None else measure(x, i + 1)
 
 
 def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 
-from ._step import call_denoise, randn_like
+from ._step import after_step, call_denoise, randn_like
 from .grid import Grid
 
-__all__ = ["ddim", "ddpm"]
+__all__ = ["ddim", "ddpm", "ddim_coefficients"]
 
 
-def _ddim_coefficients(grid: Grid, i: int, eta: float) -> tuple[float, float, float]:
+def ddim_coefficients(grid: Grid, i: int, eta: float) -> tuple[float, float, float]:
     """(coef_x, coef_x0, noise_std) with x_s = coef_x x_t + coef_x0 x0_hat + noise_std z."""
     a_t, s_t, a_s, s_s = grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1]
     c2 = eta**2 * s_s**2 * (1 - (a_t * s_s / (a_s * s_t)) ** 2) if s_s > 0 else 0.0
@@ -28,19 +28,20 @@ def _ddim_coefficients(grid: Grid, i: int, eta: float) -> tuple[float, float, fl
     return coef_x, a_s - coef_x * a_t, math.sqrt(c2)
 
 
-def ddim(denoise, x, grid: Grid, *, cond, callback, generator, eta: float = 0.0):
+def ddim(denoise, x, grid: Grid, *, cond, callback, generator, measure=None, eta: float = 0.0):
     if not 0.0 <= eta:
         raise ValueError(f"eta must be >= 0, got {eta}")
     for i in range(grid.steps):
         x0_hat = call_denoise(denoise, x, grid.t[i], cond)
         if callback is not None:
             callback({"i": i, "t": grid.t[i], "x": x, "x0_hat": x0_hat})
-        coef_x, coef_x0, noise_std = _ddim_coefficients(grid, i, eta)
+        coef_x, coef_x0, noise_std = ddim_coefficients(grid, i, eta)
         x = coef_x * x + coef_x0 * x0_hat
         if noise_std > 0:
             x = x + noise_std * randn_like(x, generator)
+        x = after_step(measure, x, i)
     return x
 
 
-def ddpm(denoise, x, grid: Grid, *, cond, callback, generator):
-    return ddim(denoise, x, grid, cond=cond, callback=callback, generator=generator, eta=1.0)
+def ddpm(denoise, x, grid: Grid, *, cond, callback, generator, measure=None):
+    return ddim(denoise, x, grid, cond=cond, callback=callback, generator=generator, measure=measure, eta=1.0)

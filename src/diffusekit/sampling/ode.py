@@ -28,22 +28,23 @@ import math
 
 import numpy as np
 
-from ._step import call_denoise, heun_step, velocity
+from ._step import after_step, call_denoise, heun_step, velocity
 from .grid import Grid
 
 __all__ = ["euler", "heun", "dpmpp_2m", "multistep"]
 
 
-def euler(denoise, x, grid: Grid, *, cond, callback):
+def euler(denoise, x, grid: Grid, *, cond, callback, measure=None):
     for i in range(grid.steps):
         x0_hat = call_denoise(denoise, x, grid.t[i], cond)
         if callback is not None:
             callback({"i": i, "t": grid.t[i], "x": x, "x0_hat": x0_hat})
         x = x + (grid.t[i + 1] - grid.t[i]) * velocity(x, x0_hat, grid.velocity_coefficients(i))
+        x = after_step(measure, x, i)
     return x
 
 
-def heun(denoise, x, grid: Grid, *, cond, callback):
+def heun(denoise, x, grid: Grid, *, cond, callback, measure=None):
     for i in range(grid.steps):
         x0_hat = call_denoise(denoise, x, grid.t[i], cond)
         if callback is not None:
@@ -51,6 +52,7 @@ def heun(denoise, x, grid: Grid, *, cond, callback):
         last = grid.t[i + 1] == 0.0
         coef_to = None if last else grid.velocity_coefficients(i + 1)
         x = heun_step(denoise, x, x0_hat, grid.t[i], grid.t[i + 1], grid.velocity_coefficients(i), coef_to, cond)
+        x = after_step(measure, x, i)
     return x
 
 
@@ -64,7 +66,7 @@ def _first_order(grid: Grid, i: int) -> tuple[float, float]:
     return ratio, grid.alpha[i + 1] - ratio * grid.alpha[i]
 
 
-def dpmpp_2m(denoise, x, grid: Grid, *, cond, callback):
+def dpmpp_2m(denoise, x, grid: Grid, *, cond, callback, measure=None):
     previous = None  # (x0_hat, lambda step that led to it)
     for i in range(grid.steps):
         x0_hat = call_denoise(denoise, x, grid.t[i], cond)
@@ -76,7 +78,7 @@ def dpmpp_2m(denoise, x, grid: Grid, *, cond, callback):
         if previous is not None and grid.t[i + 1] > 0.0 and math.isfinite(previous[1]):
             r = previous[1] / h
             d = (1 + 1 / (2 * r)) * x0_hat - (1 / (2 * r)) * previous[0]
-        x = ratio * x + weight * d
+        x = after_step(measure, ratio * x + weight * d, i)
         previous = (x0_hat, h)
     return x
 
@@ -98,7 +100,7 @@ def _multistep_weights(lams: list[float], h: float, origin: float | None = None)
     return weights
 
 
-def multistep(denoise, x, grid: Grid, *, cond, callback, order: int = 3, corrector: bool = False,
+def multistep(denoise, x, grid: Grid, *, cond, callback, measure=None, order: int = 3, corrector: bool = False,
               lower_order_final: bool = True):
     if not isinstance(order, int) or not 1 <= order <= 6:
         raise ValueError(f"multistep order must be an integer in 1..6, got {order!r}")
@@ -124,11 +126,11 @@ def multistep(denoise, x, grid: Grid, *, cond, callback, order: int = 3, correct
         ratio, weight = _first_order(grid, i)
         step = (x, lam, history[:k]) if math.isfinite(lam) else None
         if k < 2 or not math.isfinite(lam_next):  # start, restart after t = 1, or the final denoising step
-            x = ratio * x + weight * x0_hat
+            x = after_step(measure, ratio * x + weight * x0_hat, i)
             continue
         nodes = history[:k]
         w = _multistep_weights([p[0] for p in nodes], lam_next - lam) * grid.alpha[i + 1]
-        x = _combine(ratio, x, w, nodes)
+        x = after_step(measure, _combine(ratio, x, w, nodes), i)
     return x
 
 

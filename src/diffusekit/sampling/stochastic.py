@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import math
 
-from ._step import call_denoise, heun_step, randn_like
+from ._step import after_step, call_denoise, heun_step, randn_like
 from .grid import Grid
 
 __all__ = ["edm_churn", "euler_maruyama"]
 
 
-def edm_churn(denoise, x, grid: Grid, *, cond, callback, generator, schedule,
+def edm_churn(denoise, x, grid: Grid, *, cond, callback, generator, schedule, measure=None,
         S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = math.inf, S_noise: float = 1.0):
     if S_churn < 0 or S_noise < 0:
         raise ValueError(f"S_churn and S_noise must be >= 0, got {S_churn}, {S_noise}")
@@ -55,6 +55,7 @@ def edm_churn(denoise, x, grid: Grid, *, cond, callback, generator, schedule,
             callback({"i": i, "t": t_hat, "x": x, "x0_hat": x0_hat})
         coef_to = None if grid.t[i + 1] == 0.0 else grid.velocity_coefficients(i + 1)
         x = heun_step(denoise, x, x0_hat, t_hat, grid.t[i + 1], coef_hat, coef_to, cond)
+        x = after_step(measure, x, i)
     return x
 
 
@@ -65,7 +66,7 @@ def _forward_g2(grid: Grid, i: int) -> float:
     return 2 * s * ds - 2 * s * s * da / a
 
 
-def euler_maruyama(denoise, x, grid: Grid, *, cond, callback, generator, g="forward"):
+def euler_maruyama(denoise, x, grid: Grid, *, cond, callback, generator, measure=None, g="forward"):
     if callable(g):
         g2_at = lambda i: float(g(grid.t[i])) ** 2  # noqa: E731
     elif g == "forward" or isinstance(g, (int, float)):
@@ -80,7 +81,7 @@ def euler_maruyama(denoise, x, grid: Grid, *, cond, callback, generator, g="forw
         if callback is not None:
             callback({"i": i, "t": grid.t[i], "x": x, "x0_hat": x0_hat})
         if grid.t[i + 1] == 0.0:
-            x = x0_hat
+            x = after_step(measure, x0_hat, i)
             continue
         h = grid.t[i + 1] - grid.t[i]  # negative
         g2 = g2_at(i)
@@ -94,4 +95,5 @@ def euler_maruyama(denoise, x, grid: Grid, *, cond, callback, generator, g="forw
         x = x + h * (c_x0 * x0_hat + c_x * x)
         if g2 > 0:
             x = x + math.sqrt(g2 * -h) * randn_like(x, generator)
+        x = after_step(measure, x, i)
     return x
