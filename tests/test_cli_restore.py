@@ -4,11 +4,16 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diffusekit.cli import main
-from diffusekit.data import load
+from diffusekit.cli.restore import check_gradients
+from diffusekit.config import resolve
+from diffusekit.data import ImageArrays, load
 from diffusekit.data.transform import resize_arrays
+from diffusekit.errors import InverseProblemError
+from diffusekit.training.make import train
 
 from .assets import require_mnist
 
@@ -124,10 +129,13 @@ def test_existing_outputs_are_replaced(run, digits, tmp_path):
     (["--task", "super-resolution", "--factor", "3"], "3"),  # 3 does not divide 16
     (["--task", "super-resolution"], "1x16x16 images, but the model's super-resolution measurements are 1x4x4"),
     (["--task", "inpaint", "--factor", "2"], "--factor does not apply to --task inpaint"),
-    (["--task", "inpaint", "--option", "jump_length=3"], "not an option of method pocs"),
-    (["--task", "inpaint", "--guidance", "2"], "method pocs has no step size"),
-    (["--task", "inpaint", "--particles", "2"], "method pocs draws no particles"),
-], ids=["factor", "measurement-shape", "stray-flag", "unknown-option", "guidance", "particles"])
+    (["--task", "inpaint", "--option", "jump_length=3"], "--option jump_length: method pocs has no option jump_length"),
+    (["--task", "inpaint", "--option", "dps.scale=3"], "--option dps.scale: dps is not a --method of this command"),
+    (["--task", "inpaint", "--guidance", "2"], "--guidance: method pocs has no step size or weight"),
+    (["--task", "inpaint", "--particles", "2"], "--particles: method pocs has no option particles"),
+    (["--task", "inpaint", "--method", "magic"], "--method 'magic': unknown; choose from replacement,"),
+], ids=["factor", "measurement-shape", "stray-flag", "unknown-option", "other-method", "guidance", "particles",
+        "method"])
 def test_bad_requests_are_one_line_errors(run, digits, tmp_path, capsys, flags, message):
     path, _ = digits
     out = tmp_path / "x.npz"
@@ -149,3 +157,65 @@ def test_a_mask_of_another_shape_and_an_empty_mask_are_refused(run, digits, tmp_
     assert restore(run, "--task", "inpaint", "--mask", str(empty), "--method", "pocs", "--input", str(path),
                    "--out", str(tmp_path / "x.npz")) == 2
     assert "observes nothing" in _error(capsys)
+
+
+def test_every_kind_of_method_option_reaches_its_method(run, digits, tmp_path, capsys):
+    path, _ = digits
+    out = tmp_path / "all.npz"
+    assert restore(run, "--task", "inpaint", "--degrade", "--input", str(path), "--out", str(out),
+                   "--method", "dps,smc,ccdf,repaint", "--guidance", "0.5", "--particles", "2",
+                   "--option", "t0=0.5", "--option", "repaint.resamples=2", "--option", "repaint.jump_length=1") == 0
+    data = np.load(out)
+    meta = json.loads(str(data["meta"]))
+    assert meta["options"] == {"dps": {"scale": 0.5}, "smc": {"particles": 2}, "ccdf": {"t0": 0.5},
+                               "repaint": {"resamples": 2, "jump_length": 1}}
+    for method in ("dps", "smc", "ccdf", "repaint"):
+        assert data[f"images_{method}"].shape == (4, 16, 16, 1)
+    np.testing.assert_array_equal(data["images"], data["images_dps"])  # the first method
+    scores = meta["scores"]
+    # NFE per image: 3 steps; smc runs 2 particles per image; ccdf starts halfway down the grid; repaint
+    # resamples each one-step jump twice
+    assert scores["dps"]["nfe_per_image"] == 3 and scores["smc"]["nfe_per_image"] == 6
+    assert scores["ccdf"]["nfe_per_image"] < 3 and scores["repaint"]["nfe_per_image"] > 3
+    printed = capsys.readouterr().out
+    assert all(f"| {m} |" in printed for m in ("dps", "smc", "ccdf", "repaint", "(measurement, lifted)"))
+
+
+def test_a_gradient_method_on_a_model_without_gradients_is_refused():
+    def frozen(x, t, cond):  # a denoiser run without autograd, e.g. one compiled for inference only
+        with torch.no_grad():
+            return x * 0.5
+    with pytest.raises(InverseProblemError, match="method dps differentiates .* gives no gradients"):
+        check_gradients(frozen, None, (1, 4, 4), None, "dps")
+    check_gradients(lambda x, t, cond: x * 0.5, None, (1, 4, 4), None, "dps")  # one that does is let through
+
+
+@pytest.fixture(scope="module")
+def latent_run(tmp_path_factory, digits):
+    """A tiny latent model (2x8x8 latents of a 16x16 autoencoder), trained for a few seconds."""
+    root = tmp_path_factory.mktemp("latent")
+    data = resize_arrays(load("mnist", "test"), 16, 1)
+    data = ImageArrays(data.images[:24], data.labels[:24], 10, data.class_names)
+    train(resolve("tiny", overrides=[
+        "network.kind=autoencoder", "network.preset=f4", "autoencoder.gan_weight=0",
+        "network.options={block_out_channels: [8, 8], norm_num_groups: 4, latent_channels: 2}",
+        "run.total_images=16", "optim.batch_size=8", "run.checkpoint_every=16", "eval.validation=none",
+        "ema.half_lives={ema: 64}", "autoencoder.stats_images=16"]), data, root / "ae")
+    train(resolve("tiny", overrides=[
+        f"latent.autoencoder={root / 'ae'}", f"latent.cache_dir={root / 'cache'}", "run.total_images=16",
+        "optim.batch_size=8", "run.checkpoint_every=16", "eval.validation=none",
+        "network.options={model_channels: 16, channel_mult: [1], attn_resolutions: []}"]), data, root / "latent")
+    return root / "latent"
+
+
+def test_a_latent_model_restores_through_its_decoder_and_refuses_pixel_methods(latent_run, digits, tmp_path, capsys):
+    path, _ = digits
+    out = tmp_path / "latent.npz"
+    common = ["--task", "super-resolution", "--factor", "2", "--degrade", "--input", str(path)]
+    assert restore(latent_run, *common, "--method", "dps", "--out", str(out)) == 0
+    images = np.load(out)["images"]
+    assert images.shape == (4, 16, 16, 1)  # decoded: the operator measured images, not latents
+    capsys.readouterr()
+    assert restore(latent_run, *common, "--method", "pocs", "--out", str(tmp_path / "no.npz")) == 2
+    assert "method 'pocs' acts on the pixels of the sample itself" in _error(capsys)
+    assert not (tmp_path / "no.npz").exists()

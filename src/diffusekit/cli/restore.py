@@ -8,7 +8,6 @@ start noise; the outputs are a PNG grid (measurement, one row per method, truth)
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 import time
@@ -18,7 +17,7 @@ import torch
 
 from ..errors import InverseProblemError, UsageError
 from ..generate import load_model
-from ..inverse import METHODS, solve
+from ..inverse import METHODS, method_options, solve
 from ..inverse.masks import box_mask, half_mask, load_mask, random_pixel_mask, stroke_mask
 from ..inverse.operators import Blur, Downsample, Inpaint
 from ..metrics.perceptual import SSIM_MIN_SIZE, ssim_distance
@@ -28,24 +27,15 @@ from ..training.autoencoder import psnr
 from .flags import parse_options, positive_int, progress_bar, set_threads
 from .restore_io import check_outputs, read_images, write_grid, write_npz
 
-__all__ = ["add_parser", "cmd_restore", "build_operator", "method_options", "start_noise", "CountingDenoiser",
+__all__ = ["add_parser", "cmd_restore", "build_operator", "check_gradients", "start_noise", "CountingDenoiser",
            "scores"]
 
 TASKS = ("inpaint", "super-resolution", "deblur")
 MASKS = ("box", "half", "random", "strokes")
 # the option --guidance sets, per method: the step size of the gradient methods, the weight of reconstruction
-# guidance
+# guidance (also through ccdf's consistency step)
 GUIDANCE_OPTION = {"dps": "scale", "mcg": "scale", "reconstruction": "weight"}
-# what solve() itself passes to every method: never a user option
-_SHARED = {"denoise", "schedule", "operator", "y", "noise", "ts", "generator", "cond", "sampler", "sampler_options",
-           "decode", "self"}
-
-
-def method_options(method: str) -> set[str]:
-    """The keyword options a method takes (``--option``, ``--guidance``, ``--particles``), read off its signature."""
-    parameters = inspect.signature(METHODS[method]).parameters.values()
-    return {p.name for p in parameters if p.name not in _SHARED
-            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty}
+GRADIENT_METHODS = tuple(GUIDANCE_OPTION)  # they differentiate the residual through the denoiser (and decoder)
 
 
 def _mask(args, h: int, w: int) -> torch.Tensor:
@@ -114,25 +104,82 @@ def measurements(args, operator, images: torch.Tensor, image_shape: tuple[int, i
     return operator.measure(images, generator=generator), images
 
 
-def _method_settings(args, method: str) -> dict:
-    """The keyword options of one method from --option, --guidance and --particles; unknown ones refused."""
-    known = method_options(method)
-    options = {k: v for k, v in parse_options(args.option).items() if not k.startswith("sampler.")}
-    if args.guidance is not None:
-        key = GUIDANCE_OPTION.get(method, "scale" if "scale" in known else None)
-        if key is None or key not in known:
-            raise UsageError(f"--guidance: method {method} has no step size or weight (the gradient methods "
-                             f"{', '.join(sorted(GUIDANCE_OPTION))} have)")
-        options[key] = args.guidance
+def _consistency(method: str, options: dict) -> str:
+    """The method whose steps run: ccdf's consistency step, else the method itself."""
+    return options.get("consistency", method_options("ccdf")["consistency"]) if method == "ccdf" else method
+
+
+def _known(method: str, options: dict) -> set[str]:
+    inner = _consistency(method, options)
+    if inner not in METHODS:
+        raise UsageError(f"--option consistency={inner}: not a method; choose from {', '.join(METHODS)}")
+    return set(method_options(method)) | (set(method_options(inner)) if inner != method else set())
+
+
+def _takes(methods: list[str], known: dict[str, set[str]]) -> str:
+    return "; ".join(f"{m} takes {', '.join(sorted(known[m])) or 'none'}" for m in methods)
+
+
+def method_settings(args, methods: list[str]) -> dict[str, dict]:
+    """Each method's keyword options, refused before the model is loaded where no method takes them.
+
+    ``--option METHOD.KEY=VALUE`` sets one method's option; a plain ``--option KEY=VALUE``, ``--guidance`` (the
+    step size or weight, :data:`GUIDANCE_OPTION`) and ``--particles`` go to every method that takes them, and
+    must be taken by one."""
+    parsed = {k: v for k, v in parse_options(args.option).items() if not k.startswith("sampler.")}
+    settings: dict[str, dict] = {m: {} for m in methods}
+    plain = {}
+    for key, value in parsed.items():
+        method, _, name = key.rpartition(".")
+        if not method:
+            plain[key] = value
+        elif method not in settings:
+            raise UsageError(f"--option {key}: {method} is not a --method of this command ({', '.join(methods)})")
+        else:
+            settings[method][name] = value
+    for options in settings.values():  # ccdf's consistency step decides which options it takes
+        if "consistency" in plain and "consistency" not in options:
+            options["consistency"] = plain["consistency"]
+    known = {m: _known(m, settings[m]) for m in methods}
+    for m in methods:
+        unknown = sorted(set(settings[m]) - known[m])
+        if unknown:
+            raise UsageError(f"--option {', '.join(unknown)}: not an option of method {m} ({_takes([m], known)})")
+    extra = {**plain}
     if args.particles is not None:
-        if "particles" not in known:
-            raise UsageError(f"--particles: method {method} draws no particles (smc does)")
-        options["particles"] = args.particles
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise UsageError(f"--option {', '.join(unknown)}: not an option of method {method} (it takes "
-                         f"{', '.join(sorted(known)) or 'none'})")
-    return options
+        extra["particles"] = args.particles
+    # "method pocs has no ...", or with several methods "none of the methods has ..."
+    no = f"method {methods[0]} has no" if len(methods) == 1 else "none of the methods has"
+    for key, value in extra.items():
+        takers = [m for m in methods if key in known[m]]
+        if not takers:
+            flag = "--particles" if key == "particles" else f"--option {key}"
+            raise UsageError(f"{flag}: {no} option {key} ({_takes(methods, known)})")
+        for m in takers:
+            settings[m].setdefault(key, value)
+    if args.guidance is not None:
+        takers = [m for m in methods if GUIDANCE_OPTION.get(_consistency(m, settings[m])) is not None]
+        if not takers:
+            raise UsageError(f"--guidance: {no} step size or weight (the gradient methods "
+                             f"{', '.join(GRADIENT_METHODS)} have)")
+        for m in takers:
+            settings[m].setdefault(GUIDANCE_OPTION[_consistency(m, settings[m])], args.guidance)
+    return settings
+
+
+def check_gradients(denoise, decode, shape, cond, method: str) -> None:
+    """Refuse a gradient method (--method or ccdf's consistency) when the denoiser, or a latent model's decoder,
+    gives no gradient with respect to its input: one network call on one sample, before any sampling."""
+    x = torch.zeros(1, *shape, requires_grad=True)
+    with torch.enable_grad():
+        out = denoise(x, torch.full((1,), 0.5), None if cond is None else {k: v[:1] for k, v in cond.items()})
+        if decode is not None:
+            out = decode(out)
+    if not out.requires_grad:
+        part = "denoiser or decoder" if decode is not None else "denoiser"
+        raise InverseProblemError(f"method {method} differentiates the measurement residual through the model, but "
+                                  f"this model's {part} gives no gradients: use a method without gradients "
+                                  f"({', '.join(m for m in METHODS if m not in GRADIENT_METHODS)})")
 
 
 def _sampler_options(args) -> dict:
@@ -201,7 +248,7 @@ def restore(args, model, operator, y, method: str, options: dict, cond, bar) -> 
             x = solve(counting, schedule, operator, y[start:stop].to(device), noise[start:stop].to(device),
                       ts, method, generator, cond=_select(cond, start, stop, device), sampler=args.sampler,
                       sampler_options=_sampler_options(args), decode=model.decode, **options)
-        except TypeError as e:  # an option of the wrong type, caught by the method itself
+        except TypeError as e:  # an option value of the wrong type
             raise UsageError(f"--method {method}: {e}") from None
         out.append(x.detach().float().cpu())
         bar.update(stop - start)
@@ -236,7 +283,7 @@ def cmd_restore(args) -> int:
     for method in methods:
         if method not in METHODS:
             raise UsageError(f"--method {method!r}: unknown; choose from {', '.join(METHODS)}")
-    settings = {m: _method_settings(args, m) for m in methods}
+    settings = method_settings(args, methods)
     outs = check_outputs(args.out, [args.input, args.mask if args.mask not in MASKS else None])
     model = load_model(args.source, ema=args.ema, device=args.device or "cpu")
     shape = tuple(model.output_shape)  # the operator measures images: a latent model's decoded ones
@@ -244,6 +291,9 @@ def cmd_restore(args) -> int:
     images = read_images(args.input, shape[0])
     y, truth = measurements(args, operator, images, shape)
     cond = _condition(args, model, len(y))
+    for method in methods:
+        if _consistency(method, settings[method]) in GRADIENT_METHODS:
+            check_gradients(model.denoiser, model.decode, model.image_shape, cond, method)
     restored, rows = {}, {}
     if truth is not None:  # the measurement itself, shown as an image: what a restoration must beat
         rows["(measurement, lifted)"] = scores(operator.lift(y), y, truth, operator)

@@ -111,6 +111,7 @@ def check_outputs(outs: list[str], inputs: list[str]) -> list[Path]:
 def write_grid(path: Path, rows: list[Tensor], columns: int) -> None:
     """A PNG grid: for each block of ``columns`` images, one row per entry of ``rows`` (each [N, C, H, W])."""
     n = len(rows[0])
+    columns = min(columns, n)
     tiles = []
     for start in range(0, n, columns):
         for row in rows:
