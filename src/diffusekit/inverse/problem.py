@@ -119,6 +119,11 @@ class ResidualGradient:
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
             x0_hat = p.denoise(x, t, cond)
+            if not x0_hat.requires_grad:
+                raise InverseProblemError(
+                    "this method differentiates the measurement residual through the denoiser, but the model's "
+                    "output carries no gradient (a denoiser run under torch.no_grad or inference mode, or not made of "
+                    "differentiable operations): use replacement, repaint, pocs, ilvr, ccdf or smc, which need none")
             residual = p.y - p.operator.forward(p.image(x0_hat))
             norm2 = residual.flatten(1).pow(2).sum(1)
             norm = norm2.sqrt()
