@@ -19,9 +19,10 @@
     - network evaluations (NFE) and seconds per image, with the baseline's seconds beside them.
 
 ``ccdf``
-    Quality against NFE for CCDF (Chung et al. 2022, "Come-Closer-Diffuse-Faster") started at t0 in --t0 from the
-    baseline's estimate, against the same consistency step (POCS) run the full length, and run from t = 1 with
-    as many steps as CCDF spends (equal NFE). Task --task (default sr4).
+    Quality against NFE for CCDF (Chung et al. 2022, "Come-Closer-Diffuse-Faster") started at each t0 of --t0
+    from the forward-noised pseudo-inverse ``A^+ y`` (its default initial estimate) with POCS as the consistency
+    step, against POCS run the full length (--steps) and POCS run from t = 1 with as many steps as CCDF spends
+    (equal NFE). Task --task (default sr4).
 
 Results go to ``benchmarks/results/inverse_mnist.json`` (each subcommand replaces its own section) and the table
 is printed; grids of the first 8 digits (rows: the measurement shown as an image, the baseline, each method,
