@@ -167,12 +167,12 @@ def method_settings(args, methods: list[str]) -> dict[str, dict]:
     return settings
 
 
-def check_gradients(denoise, decode, shape, cond, method: str) -> None:
+def check_gradients(denoise, decode, shape, cond, method: str, device="cpu") -> None:
     """Refuse a gradient method (--method or ccdf's consistency) when the denoiser, or a latent model's decoder,
     gives no gradient with respect to its input: one network call on one sample, before any sampling."""
-    x = torch.zeros(1, *shape, requires_grad=True)
+    x = torch.zeros(1, *shape, device=device, requires_grad=True)
     with torch.enable_grad():
-        out = denoise(x, torch.full((1,), 0.5), None if cond is None else {k: v[:1] for k, v in cond.items()})
+        out = denoise(x, torch.full((1,), 0.5, device=device), _select(cond, 0, 1, device))
         if decode is not None:
             out = decode(out)
     if not out.requires_grad:
@@ -266,14 +266,15 @@ def scores(x: torch.Tensor, y: torch.Tensor, truth: torch.Tensor | None, operato
     return out
 
 
+_COLUMNS = (("PSNR", "psnr", ".2f"), ("SSIM", "ssim", ".4f"), ("residual", "residual", ".4f"),
+            ("NFE / image", "nfe_per_image", "g"), ("s / image", "s_per_image", ".3f"))
+
+
 def _table(rows: dict[str, dict]) -> str:
-    lines = ["| method | PSNR | SSIM | residual | NFE / image | s / image |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| method | " + " | ".join(c[0] for c in _COLUMNS) + " |", "|---|" + "---:|" * len(_COLUMNS)]
     for name, r in rows.items():
-        cell = [f"{r[k]:.2f}" if k in r else "-" for k in ("psnr",)] + \
-               [f"{r[k]:.4f}" if k in r else "-" for k in ("ssim", "residual")] + \
-               [f"{r[k]:g}" if k in r else "-" for k in ("nfe_per_image",)] + \
-               [f"{r[k]:.3f}" if k in r else "-" for k in ("s_per_image",)]
-        lines.append(f"| {name} | {' | '.join(cell)} |")
+        cells = [format(r[key], spec) if key in r else "-" for _, key, spec in _COLUMNS]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -293,7 +294,7 @@ def cmd_restore(args) -> int:
     cond = _condition(args, model, len(y))
     for method in methods:
         if _consistency(method, settings[method]) in GRADIENT_METHODS:
-            check_gradients(model.denoiser, model.decode, model.image_shape, cond, method)
+            check_gradients(model.denoiser, model.decode, model.image_shape, cond, method, args.device or "cpu")
     restored, rows = {}, {}
     if truth is not None:  # the measurement itself, shown as an image: what a restoration must beat
         rows["(measurement, lifted)"] = scores(operator.lift(y), y, truth, operator)
