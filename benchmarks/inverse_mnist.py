@@ -99,7 +99,7 @@ def held_out(model, n: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]
     c, h, _ = model.output_shape
     if (c, h) != (1, 28):
         data = resize_arrays(data, h, c, model.config.data.resize)
-    images = torch.from_numpy(np.ascontiguousarray(data.images[start:start + n])).permute(0, 3, 1, 2).float()
+    images = torch.from_numpy(np.array(data.images[start:start + n])).permute(0, 3, 1, 2).float()  # a copy
     return images / 127.5 - 1, torch.from_numpy(np.asarray(data.labels[start:start + n], dtype=np.int64))
 
 
@@ -121,6 +121,7 @@ class Judges:
                 resolution=model.config.data.resolution, channels=model.config.data.channels,
                 resize=model.config.data.resize, log=log)
             self.meta["fid_reference"] = f"mnist test[{REFERENCE_START}:{REFERENCE_START + count}], standard Inception"
+        self.ready = time.perf_counter()
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
         out = {}
@@ -257,7 +258,10 @@ def _load(path: Path) -> dict:
 
 
 def write(args, model, judges, name: str, section: dict) -> None:
+    """Replace section ``name`` of the output JSON (the other sections kept), with the settings and the wall time
+    since the judges were ready (the classifier's training and the FID reference's statistics not counted)."""
     data = _load(args.output)
+    section["wall_s"] = round(time.perf_counter() - judges.ready, 1)
     data[name] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "run": str(args.run), "checkpoint": str(model.checkpoint), "cur_nimg": model.cur_nimg,
                   "n": args.n, "steps": args.steps, "sampler": args.sampler, "seed": args.seed,
@@ -278,28 +282,32 @@ def table(data: dict) -> str:
     restore = data.get("restore")
     if restore:
         lines.append(f"restore: n = {restore['n']} MNIST test digits, {restore['steps']} steps of "
-                     f"{restore['sampler']}, sigma_y = {restore['sigma_y']}")
+                     f"{restore['sampler']}, sigma_y = {restore['sigma_y']}, {restore['threads']} threads, "
+                     f"{restore.get('wall_s', 0) / 60:.1f} min in all")
         lines += ["| task | method | PSNR | SSIM | residual | accuracy | FID | NFE | s / image (baseline) |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in restore["rows"]:
             if "skipped" in r:
                 lines.append(f"| {r['task']} | {r['method']} | skipped: {r['skipped']} ||||||||")
                 continue
-            seconds = _cell(r, "s_per_image", ".3f")
+            seconds = _cell(r, "s_per_image", ".3g")
             if r.get("baseline_s_per_image") is not None:
-                seconds += f" ({r['baseline_s_per_image']:.4f})"
+                seconds += f" ({r['baseline_s_per_image']:.2g})"
             lines.append(f"| {r['task'] or '-'} | {r['method']} | {_cell(r, 'psnr', '.2f')} | "
                          f"{_cell(r, 'ssim', '.3f')} | {_cell(r, 'residual', '.3f')} | {_cell(r, 'accuracy', '.0%')} | "
                          f"{_cell(r, 'fid', '.1f')} | {_cell(r, 'nfe', 'g')} | {seconds} |")
     ccdf = data.get("ccdf")
     if ccdf:
-        lines += ["", f"ccdf: {ccdf['task']}, n = {ccdf['n']}, full length {ccdf['steps']} steps",
+        lines += ["", f"ccdf: {ccdf['task']}, n = {ccdf['n']}, full length {ccdf['steps']} steps, "
+                  f"{ccdf.get('wall_s', 0) / 60:.1f} min in all",
                   "| row | t0 | PSNR | SSIM | residual | accuracy | FID | NFE | s / image |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        names = {"baseline": "{method}", "full": "pocs, {steps} steps", "ccdf": "ccdf (pocs from t0)",
+                 "equal-nfe": "pocs, {steps} steps (CCDF's NFE)"}
         for r in ccdf["rows"]:
-            lines.append(f"| {r['kind']} {r['method']} | {_cell(r, 't0', 'g')} | {_cell(r, 'psnr', '.2f')} | "
+            lines.append(f"| {names[r['kind']].format(**r)} | {_cell(r, 't0', 'g')} | {_cell(r, 'psnr', '.2f')} | "
                          f"{_cell(r, 'ssim', '.3f')} | {_cell(r, 'residual', '.3f')} | {_cell(r, 'accuracy', '.0%')} | "
-                         f"{_cell(r, 'fid', '.1f')} | {_cell(r, 'nfe', 'g')} | {_cell(r, 's_per_image', '.3f')} |")
+                         f"{_cell(r, 'fid', '.1f')} | {_cell(r, 'nfe', 'g')} | {_cell(r, 's_per_image', '.3g')} |")
     return "\n".join(lines)
 
 

@@ -134,8 +134,12 @@ def test_existing_outputs_are_replaced(run, digits, tmp_path):
     (["--task", "inpaint", "--guidance", "2"], "--guidance: method pocs has no step size or weight"),
     (["--task", "inpaint", "--particles", "2"], "--particles: method pocs has no option particles"),
     (["--task", "inpaint", "--method", "magic"], "--method 'magic': unknown; choose from replacement,"),
+    (["--task", "inpaint", "--method", "smc", "--option", "particles=many"],
+     "--option particles=many: smc's particles must be an integer"),
+    (["--task", "inpaint", "--method", "ccdf", "--option", "init=0"], "ccdf's init is an array"),
+    (["--task", "inpaint", "--method", "dps", "--guidance", "nan"], "--guidance must be a finite number"),
 ], ids=["factor", "measurement-shape", "stray-flag", "unknown-option", "other-method", "guidance", "particles",
-        "method"])
+        "method", "option-type", "tensor-option", "non-finite-guidance"])
 def test_bad_requests_are_one_line_errors(run, digits, tmp_path, capsys, flags, message):
     path, _ = digits
     out = tmp_path / "x.npz"

@@ -99,7 +99,7 @@ def _flags(command: str) -> list[argparse.Action]:
 # positional arguments that lead somewhere (names of `world` paths)
 GOOD = {("sample", "source"): ["run", "checkpoint"], ("eval", "source"): ["run", "checkpoint"],
         ("info", "run_dir"): ["run"], ("fid", "a"): ["samples"], ("fid", "b"): ["samples"],
-        ("ref-stats", "dataset"): ["folder", "samples"]}
+        ("ref-stats", "dataset"): ["folder", "samples"], ("restore", "source"): ["run", "checkpoint"]}
 JUNK = st.sampled_from(["", "-1", "0", "1", "2", "3", "nan", "inf", "-inf", "1e9", "abc", "--", "-", "x=y", "=",
                         "a.b=1", "optim.lr=1e-3", "run.total_images=-5", "network.kind=vit", "data.name=../..",
                         "0.5", "[1, 2]", "{", "ema", "model", "cuda", "cpu", "fid,kid", "memorization", "7", "dogs",
@@ -142,6 +142,14 @@ def command_lines(draw, world):
         argv += ["--n", str(draw(st.integers(1, 6)))]
     if command == "sample" and "--out" not in argv:
         argv += ["--out", str(world["out"] / draw(st.sampled_from(["s.png", "s.npz", "dir"])))]
+    if command == "restore":  # its required flags, mostly with values that work, so that restorations run
+        for flag, values in (("--task", ["inpaint", "super-resolution", "deblur"]),
+                             ("--method", ["pocs", "dps", "ilvr", "smc", "ccdf", "repaint"]),
+                             ("--input", [str(world["samples"])]),
+                             ("--out", [str(world["out"] / "r.png"), str(world["out"] / "r.npz")]),
+                             ("--steps", ["2"])):
+            if flag not in argv and draw(st.integers(0, 9)) > 0:
+                argv += [flag, draw(st.sampled_from(values))]
     if draw(st.integers(0, 19)) == 0:
         argv.append(draw(st.sampled_from(["--no-such-flag", "-z", "--n=-1"])))
     return argv
@@ -158,7 +166,7 @@ def _run(argv) -> tuple[int, str]:
 
 
 def test_the_grammar_covers_every_command_and_flag():
-    assert set(COMMANDS) >= {"train", "sample", "eval", "fid", "ref-stats", "info", "presets"}
+    assert set(COMMANDS) >= {"train", "sample", "eval", "fid", "ref-stats", "info", "presets", "restore"}
     assert any("--guidance-interval" in a.option_strings for a in _flags("sample"))  # nargs=2 flags too
 
 

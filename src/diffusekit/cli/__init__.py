@@ -8,7 +8,8 @@
 - :mod:`~diffusekit.cli.flags`: what several commands share (guidance flags, ``--option``, threads, progress).
 
 :func:`main` is the error boundary: a :class:`~diffusekit.errors.UserError` is printed as one line and exits with
-its status (2, or 1 for a run that diverged or lost a process); anything else is a bug and keeps its traceback.
+its status (2, or 1 for a run that diverged or lost a process), and so is a path too long for the file system (2)
+or a full disk (1); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def main(argv=None) -> int:
         print(f"diffusekit {args.command}: error: {e}", file=sys.stderr)
         return e.exit_status
     except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:  # a path the user gave that no file system can hold
+            name = str(e.filename)
+            print(f"diffusekit {args.command}: error: a file name is too long for the file system: "
+                  f"{name if len(name) <= 80 else name[:77] + '...'}", file=sys.stderr)
+            return 2
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         print(f"diffusekit {args.command}: error: no space left on the device writing {e.filename or 'a file'}; "

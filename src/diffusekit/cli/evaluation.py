@@ -31,6 +31,7 @@ from ..metrics.stats import load_stats
 from .flags import (
     add_guidance_arguments,
     check_sampling,
+    device_name,
     guidance_from_args,
     parse_options,
     positive_int,
@@ -211,7 +212,7 @@ def _extractor_arguments(parser, default_extractor: str = "inception") -> None:
                         help="pytorch: pytorch-fid's bilinear resize and [-1, 1] (default); tf: NVlabs/clean-fid "
                              "legacy TF resize and range")
     parser.add_argument("--resolution", type=positive_int, help="input size of inception-fast")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N")
+    parser.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -13,7 +13,7 @@ from ..monitor import ProgressBar
 from ..sampling import sample, timesteps
 
 __all__ = ["add_guidance_arguments", "guidance_from_args", "parse_options", "check_sampling", "positive_int",
-           "set_threads", "progress_bar"]
+           "device_name", "set_threads", "progress_bar"]
 
 
 def positive_int(text: str) -> int:
@@ -25,6 +25,20 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def device_name(text: str) -> str:
+    """An argparse type: a torch device this machine has (cpu, cuda, cuda:N, mps), checked before any loading."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a device: {text!r}; write cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine (torch "
+                                         f"{torch.__version__}); use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return text
 
 
 def set_threads(args) -> None:

@@ -9,6 +9,7 @@ start noise; the outputs are a PNG grid (measurement, one row per method, truth)
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 
@@ -24,7 +25,7 @@ from ..metrics.perceptual import SSIM_MIN_SIZE, ssim_distance
 from ..models import cascade_settings
 from ..sampling import timesteps
 from ..training.autoencoder import psnr
-from .flags import parse_options, positive_int, progress_bar, set_threads
+from .flags import device_name, parse_options, positive_int, progress_bar, set_threads
 from .restore_io import check_outputs, read_images, write_grid, write_npz
 
 __all__ = ["add_parser", "cmd_restore", "build_operator", "check_gradients", "start_noise", "CountingDenoiser",
@@ -109,11 +110,31 @@ def _consistency(method: str, options: dict) -> str:
     return options.get("consistency", method_options("ccdf")["consistency"]) if method == "ccdf" else method
 
 
-def _known(method: str, options: dict) -> set[str]:
+def _known(method: str, options: dict) -> dict:
+    """The options ``method`` takes and their defaults (ccdf: its consistency method's too)."""
     inner = _consistency(method, options)
     if inner not in METHODS:
         raise UsageError(f"--option consistency={inner}: not a method; choose from {', '.join(METHODS)}")
-    return set(method_options(method)) | (set(method_options(inner)) if inner != method else set())
+    return {**(method_options(inner) if inner != method else {}), **method_options(method)}
+
+
+def _check_value(method: str, key: str, value, default) -> None:
+    """An option's value of its default's type (a float option also takes an integer); a tensor option (ccdf's
+    init) cannot be written on the command line."""
+    if default is None:
+        raise UsageError(f"--option {key}: {method}'s {key} is an array, which the command line does not set")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = number and isinstance(value, int)
+    elif isinstance(default, float):
+        ok = number and math.isfinite(value)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        kind = {bool: "true or false", int: "an integer", float: "a finite number"}.get(type(default), "a name")
+        raise UsageError(f"--option {key}={value}: {method}'s {key} must be {kind} (default {default})")
 
 
 def _takes(methods: list[str], known: dict[str, set[str]]) -> str:
@@ -142,7 +163,7 @@ def method_settings(args, methods: list[str]) -> dict[str, dict]:
             options["consistency"] = plain["consistency"]
     known = {m: _known(m, settings[m]) for m in methods}
     for m in methods:
-        unknown = sorted(set(settings[m]) - known[m])
+        unknown = sorted(set(settings[m]) - set(known[m]))
         if unknown:
             raise UsageError(f"--option {', '.join(unknown)}: not an option of method {m} ({_takes([m], known)})")
     extra = {**plain}
@@ -158,12 +179,17 @@ def method_settings(args, methods: list[str]) -> dict[str, dict]:
         for m in takers:
             settings[m].setdefault(key, value)
     if args.guidance is not None:
+        if not math.isfinite(args.guidance):
+            raise UsageError(f"--guidance must be a finite number, got {args.guidance}")
         takers = [m for m in methods if GUIDANCE_OPTION.get(_consistency(m, settings[m])) is not None]
         if not takers:
             raise UsageError(f"--guidance: {no} step size or weight (the gradient methods "
                              f"{', '.join(GRADIENT_METHODS)} have)")
         for m in takers:
             settings[m].setdefault(GUIDANCE_OPTION[_consistency(m, settings[m])], args.guidance)
+    for m in methods:
+        for key, value in settings[m].items():
+            _check_value(m, key, value, known[m][key])
     return settings
 
 
@@ -360,7 +386,7 @@ def add_parser(sub) -> None:
     s.add_argument("--ema", help="EMA name, or 'model' for the raw weights (default: the run's sample.ema)")
     s.add_argument("--batch-size", type=positive_int, default=50)
     s.add_argument("--columns", type=positive_int, default=10, help="images per row of the .png grid")
-    s.add_argument("--device", help="cpu, cuda or cuda:N")
+    s.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N")
     s.add_argument("--threads", type=positive_int)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_restore)

@@ -24,6 +24,7 @@ from ..sampling import same_sampler
 from .flags import (
     add_guidance_arguments,
     check_sampling,
+    device_name,
     guidance_from_args,
     parse_options,
     positive_int,
@@ -273,7 +274,7 @@ def add_parser(sub) -> None:
     s.add_argument("--batch-size", type=positive_int, default=250)
     s.add_argument("--columns", type=positive_int,
                    help="grid columns for .png output (per class row: at most this many, default 10)")
-    s.add_argument("--device", help="cpu, cuda or cuda:N")
+    s.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N")
     s.add_argument("--threads", type=positive_int)
     s.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default); bf16: autocast of the network; auto: bf16 where the device computes it "
