@@ -244,3 +244,31 @@ def test_rectified_flow_schedule_starts_from_pure_noise():
     for method in ("replacement", "smc", "dps"):
         x = _solve(method, op, y, g, steps=40, schedule=RectifiedFlow())
         assert torch.isfinite(x).all(), method
+
+
+def test_dps_and_reconstruction_guide_through_a_real_autoencoder_decoder():
+    from diffusekit.inverse.masks import box_mask
+    from diffusekit.latent.codec import LatentAutoencoder
+    from diffusekit.networks.autoencoder import Autoencoder
+
+    torch.manual_seed(0)
+    ae = LatentAutoencoder(Autoencoder(block_out_channels=(8, 8), layers_per_block=1, latent_channels=2,
+                                       norm_num_groups=4), "test", "model")
+    prior = GaussianMixture.random(2 * 4 * 4, 3, seed=2, mean_std=1.0)
+    flat = prior.denoiser(SCHEDULE)
+
+    def den(z, t, cond):
+        return flat(z.reshape(z.shape[0], -1), t, cond).reshape(z.shape).float()
+    g = torch.Generator().manual_seed(0)
+    truth = prior.sample(1, g).reshape(1, 2, 4, 4).float()
+    op = Inpaint(box_mask(8, 8))
+    y = op.forward(ae.decode_normalized(truth)).expand(16, 3, 8, 8).clone()
+    noise = torch.randn(16, 2, 4, 4, generator=g)
+    ts = timesteps(SCHEDULE, 30, "uniform")
+    plain = ae.decode_normalized(sample(den, noise, ts, SCHEDULE, "ddpm", generator=torch.Generator().manual_seed(1)))
+    base = float(op.residual(plain, y).mean())
+    for method, options in (("dps", {"scale": 0.3}), ("reconstruction", {"weight": 1.0})):
+        out = solve(den, SCHEDULE, op, y, noise, ts, method=method, generator=torch.Generator().manual_seed(1),
+                    decode=ae.decode_normalized, **options)
+        assert out.shape == (16, 3, 8, 8)
+        assert float(op.residual(out, y).mean()) < 0.7 * base, method
