@@ -15,8 +15,8 @@ from diffusekit.inverse.masks import box_mask
 
 from .assets import require_mnist
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "inverse_mnist.py"
-_spec = importlib.util.spec_from_file_location("benchmark_inverse_mnist", PATH)
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "inverse_images.py"
+_spec = importlib.util.spec_from_file_location("benchmark_inverse_images", PATH)
 bench = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = bench
 _spec.loader.exec_module(bench)
@@ -41,12 +41,20 @@ def test_the_mean_fill_baseline_fills_the_missing_pixels_with_the_observed_mean(
     torch.testing.assert_close(filled[0, 0], expected)
 
 
-def test_restore_and_ccdf_on_a_tiny_model(run, tmp_path, capsys):
+def test_tune_restore_and_ccdf_on_a_tiny_model(run, tmp_path, capsys):
     output = tmp_path / "inverse.json"
     common = ["--run", str(run), "--n", "2", "--steps", "2", "--no-fid", "--no-classifier", "--threads", "1",
               "--resamples", "1", "--jump-length", "1", "--particles", "2", "--output", str(output)]
+    assert bench.main(["tune", *common, "--n-validation", "2", "--tune-grid", "0.1,1", "--tasks", "sr4"]) == 0
+    tuning = json.loads(output.read_text())["tuning"]
+    assert tuning["images"] == "mnist test[6000:6002]"  # apart from the restored test[0:2]
+    chosen = tuning["chosen"]["sr4"]
+    assert set(chosen) == {"dps", "mcg", "reconstruction"} and set(chosen.values()) <= {0.1, 1.0}
     assert bench.main(["restore", *common]) == 0
-    rows = json.loads(output.read_text())["restore"]["rows"]
+    data = json.loads(output.read_text())
+    assert data["restore"]["settings"]["sr4"]["dps"]["scale"] == chosen["dps"]  # the tuned value is used
+    assert "scale" not in data["restore"]["settings"]["inpaint-box"]["dps"]  # untuned: the method's default
+    rows = data["restore"]["rows"]
     done = {(r["task"], r["method"]) for r in rows if "skipped" not in r}
     for task in bench.TASKS:
         assert (task, "bicubic" if task == "sr4" else "mean-fill") in done

@@ -1,9 +1,22 @@
-"""Inverse problems on held-out MNIST digits with the demo model as the prior: every method against the baselines.
+"""Inverse problems on held-out images with a trained model as the prior: every method against the baselines.
+
+The model's own dataset gives the images, from its *test* split (never trained on), in three disjoint parts:
+
+| dataset | restored (--n) | validation (tune) | FID reference |
+|---|---|---|---|
+| mnist (the demo model, 28x28) | test[0:n] | test[6000:6000+--n-validation] | test[5000:6000] |
+| emoji (64x64 RGB) | test[0:n] | test[300:300+--n-validation] | test[n:300] |
+
+``tune``
+    The step sizes of the gradient methods (dps and mcg: scale; reconstruction: weight) are chosen per task on the
+    validation images from the grid --tune-grid (the same grid and budget for each method), by mean PSNR; the
+    choice is stored in the output's ``tuning`` section, and ``restore`` uses it (the paper defaults otherwise).
+    Figures are never reported on the images they were tuned on.
 
 ``restore`` (the default subcommand)
-    The first --n MNIST *test* digits (never trained on) are measured by three operators: the centre square
-    missing (``inpaint-box``: the h/2 x w/2 box), the bottom half missing (``inpaint-half``) and x4 box
-    downsampling (``sr4``: 28x28 -> 7x7), noiseless unless --sigma-y. Every method of
+    The first --n held-out images are measured by three operators: the centre square missing (``inpaint-box``:
+    the h/2 x w/2 box), the bottom half missing (``inpaint-half``) and x4 box downsampling (``sr4``: 28x28 -> 7x7,
+    64x64 -> 16x16), noiseless unless --sigma-y. Every method of
     :data:`diffusekit.inverse.METHODS` restores them (--steps steps of --sampler, image i from noise seeded by
     (seed, i), the null class unless --class-conditional, which gives the true label), beside a baseline that
     needs no model: bicubic upsampling for super-resolution, the missing pixels filled with the image's mean
@@ -11,11 +24,11 @@
 
     - PSNR (dB, images in [-1, 1]) and SSIM (Wang et al. 2004, 11x11 Gaussian window) against the truth;
     - the measurement residual ``||A x - y||`` (0 for a method that keeps the measurements exactly);
-    - the accuracy of the MNIST classifier (``diffusekit.metrics.classifier``, trained and cached on first use)
-      on the uint8 restorations against the digits' true labels;
-    - FID of the restorations against --fid-reference other held-out test digits (from index 5000; standard
-      Inception, pytorch-fid preprocessing); with n = 100 an FID is far above its large-n value: compare rows
-      with each other and with the ``truth`` row (the clean digits themselves), not with published FIDs;
+    - MNIST only: the accuracy of the MNIST classifier (``diffusekit.metrics.classifier``, trained and cached on
+      first use) on the uint8 restorations against the digits' true labels (does the digit survive?);
+    - FID of the restorations against the FID reference images (standard Inception, pytorch-fid
+      preprocessing); with n = 100 an FID is far above its large-n value: compare rows with each other and with
+      the ``truth`` row (the clean images themselves), not with published FIDs;
     - network evaluations (NFE) and seconds per image, with the baseline's seconds beside them.
 
 ``ccdf``
@@ -24,17 +37,18 @@
     step, against POCS run the full length (--steps) and POCS run from t = 1 with as many steps as CCDF spends
     (equal NFE). Task --task (default sr4).
 
-Results go to ``benchmarks/results/inverse_mnist.json`` (each subcommand replaces its own section) and the table
-is printed; grids of the first 8 digits (rows: the measurement shown as an image, the baseline, each method,
-the truth) go to ``benchmarks/results/inverse_mnist/`` for the default output, else to a folder named after
+Results go to ``benchmarks/results/inverse_<dataset>.json`` (each subcommand replaces its own section) and the
+table is printed; grids of the first 8 images (rows: the measurement shown as an image, the baseline, each method,
+the truth) go to ``benchmarks/results/inverse_<dataset>/`` for the default output, else to a folder named after
 --output, so that a trial run never replaces the published figures.
 
 Usage::
 
-    .venv/bin/python benchmarks/inverse_mnist.py restore --run runs/demo        # ~20 min on 2 cores
-    .venv/bin/python benchmarks/inverse_mnist.py restore --n 10 --output /tmp/inverse.json   # a quick check
-    .venv/bin/python benchmarks/inverse_mnist.py ccdf --run runs/demo --t0 0.2,0.4,0.6,0.8
-    .venv/bin/python benchmarks/inverse_mnist.py --table
+    .venv/bin/python benchmarks/inverse_images.py tune --run runs/demo
+    .venv/bin/python benchmarks/inverse_images.py restore --run runs/demo        # ~20 min on 2 cores
+    .venv/bin/python benchmarks/inverse_images.py restore --n 10 --output /tmp/inverse.json   # a quick check
+    .venv/bin/python benchmarks/inverse_images.py ccdf --run runs/demo --t0 0.2,0.4,0.6,0.8
+    .venv/bin/python benchmarks/inverse_images.py --table --run runs/demo
 """
 
 from __future__ import annotations
@@ -68,10 +82,23 @@ from diffusekit.metrics.inception import get_extractor, quantize
 from diffusekit.sampling import timesteps
 
 RESULTS = Path(__file__).resolve().parent / "results"
-OUTPUT = RESULTS / "inverse_mnist.json"
 TASKS = ("inpaint-box", "inpaint-half", "sr4")
-REFERENCE_START = 5000  # FID reference digits: held out, and apart from the restored ones
 SHOWN = 8
+# the held-out (test) split's parts: validation images for tuning and the FID reference, apart from the restored
+# images test[0:n]; the emoji FID reference takes what lies between the restored and the validation images
+VALIDATION_START = {"mnist": 6000, "emoji": 300}
+GUIDANCE_OPTION = {"dps": "scale", "mcg": "scale", "reconstruction": "weight"}
+
+
+def default_output(dataset: str) -> Path:
+    return RESULTS / f"inverse_{dataset}.json"
+
+
+def fid_reference(dataset: str, n: int, count: int) -> tuple[int, int]:
+    """(start, count) of the FID reference images in the test split."""
+    if dataset == "mnist":
+        return 5000, count
+    return n, min(count, VALIDATION_START[dataset] - n)
 
 
 def operator_for(task: str, h: int, w: int, sigma_y: float):
@@ -94,11 +121,13 @@ def baseline(task: str, operator, y: torch.Tensor) -> torch.Tensor:
 
 
 def held_out(model, n: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST test digits start..start+n at the model's size: float images in [-1, 1] and labels."""
-    data = load("mnist", "test")
-    c, h, _ = model.output_shape
-    if (c, h) != (1, 28):
+    """Test images start..start+n of the model's dataset at the model's size: float images in [-1, 1], labels."""
+    data = load(model.config.data.name, "test")
+    c, h, w = model.output_shape
+    if tuple(data.images.shape[1:]) != (h, w, c):
         data = resize_arrays(data, h, c, model.config.data.resize)
+    if start + n > len(data.images):
+        raise SystemExit(f"{model.config.data.name}'s test split has {len(data.images)} images, not {start + n}")
     images = torch.from_numpy(np.array(data.images[start:start + n])).permute(0, 3, 1, 2).float()  # a copy
     return images / 127.5 - 1, torch.from_numpy(np.asarray(data.labels[start:start + n], dtype=np.int64))
 
@@ -110,17 +139,18 @@ class Judges:
         log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
         self.classifier = self.extractor = self.reference = None
         self.meta: dict = {}
-        if not args.no_classifier:
+        if not args.no_classifier and model.config.data.name == "mnist":
             self.classifier, info = load_or_train_classifier("mnist", log=log)
             self.meta["classifier_test_accuracy"] = info["test_accuracy"]
         if not args.no_fid:
             self.extractor = get_extractor("inception", "pytorch")
-            count = args.fid_reference
+            dataset = model.config.data.name
+            start, count = fid_reference(dataset, args.n, args.fid_reference)
             self.reference = dataset_reference_stats(
-                self.extractor, "mnist", "test", count, start=REFERENCE_START,
+                self.extractor, dataset, "test", count, start=start,
                 resolution=model.config.data.resolution, channels=model.config.data.channels,
                 resize=model.config.data.resize, log=log)
-            self.meta["fid_reference"] = f"mnist test[{REFERENCE_START}:{REFERENCE_START + count}], standard Inception"
+            self.meta["fid_reference"] = f"{dataset} test[{start}:{start + count}], standard Inception"
         self.ready = time.perf_counter()
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -184,7 +214,7 @@ def _row(kind, task, method, images, y, truth, labels, operator, judges, **extra
 
 
 def figures_dir(output: Path) -> Path:
-    return RESULTS / "inverse_mnist" if output.resolve() == OUTPUT.resolve() else output.with_suffix("")
+    return RESULTS / output.stem if output.resolve().parent == RESULTS.resolve() else output.with_suffix("")
 
 
 def save_grid(path: Path, rows: list[torch.Tensor]) -> None:
@@ -195,11 +225,15 @@ def restore_section(args, model, judges) -> dict:
     truth, labels = held_out(model, args.n)
     _, h, w = model.output_shape
     cond = condition(args, model, labels)
-    settings = method_settings(args)
+    tuning = _load(args.output).get("tuning", {}).get("chosen", {})
     rows = [{"kind": "truth", "task": None, "method": "truth", **judges(truth, labels)}]  # the ceiling and floor
-    section = {"settings": settings, "rows": rows}
+    section = {"settings": {}, "tuned_on": _load(args.output).get("tuning", {}).get("images"), "rows": rows}
     methods = [m for m in args.methods.split(",") if m] if args.methods else list(METHODS)
     for task in args.tasks.split(","):
+        settings = method_settings(args)
+        for method, value in tuning.get(task, {}).items():  # chosen on the validation images, never these
+            settings[method].setdefault(GUIDANCE_OPTION[method], value)
+        section["settings"][task] = settings
         operator = operator_for(task, h, w, args.sigma_y)
         y = operator.measure(truth, generator=torch.Generator().manual_seed(args.seed + 1))
         started = time.perf_counter()
@@ -220,6 +254,31 @@ def restore_section(args, model, judges) -> dict:
             write(args, model, judges, "restore", section)
         save_grid(figures_dir(args.output) / f"{task}.png", [*shown, truth])
     write(args, model, judges, "restore", section)
+    return section
+
+
+def tune_section(args, model, judges) -> dict:
+    """The gradient methods' step sizes chosen per task by mean PSNR on the validation images."""
+    start = VALIDATION_START[model.config.data.name]
+    truth, labels = held_out(model, args.n_validation, start)
+    _, h, w = model.output_shape
+    cond = condition(args, model, labels)
+    grid = [float(v) for v in args.tune_grid.split(",")]
+    section = {"images": f"{model.config.data.name} test[{start}:{start + args.n_validation}]", "grid": grid,
+               "psnr": {}, "chosen": {}}
+    for task in args.tasks.split(","):
+        operator = operator_for(task, h, w, args.sigma_y)
+        y = operator.measure(truth, generator=torch.Generator().manual_seed(args.seed + 1))
+        for method, option in GUIDANCE_OPTION.items():
+            curve = {}
+            for value in grid:
+                images, _, _ = run_method(args, model, operator, y, method, {option: value}, cond)
+                curve[value] = float(scores(images, y, truth, operator).get("psnr", float("nan")))
+                print(json.dumps({"task": task, "method": method, option: value, "psnr": curve[value]}),
+                      file=sys.stderr, flush=True)
+            section["psnr"].setdefault(task, {})[method] = curve
+            section["chosen"].setdefault(task, {})[method] = max(curve, key=lambda v: curve[v])
+            write(args, model, judges, "tuning", section)
     return section
 
 
@@ -279,6 +338,12 @@ def _cell(row: dict, key: str, spec: str) -> str:
 
 def table(data: dict) -> str:
     lines = []
+    tuning = data.get("tuning")
+    if tuning:
+        lines.append(f"tuned on {tuning['images']} by PSNR over {tuning['grid']}:")
+        lines += [f"  {task}: " + ", ".join(f"{m} {GUIDANCE_OPTION[m]}={v:g}" for m, v in chosen.items())
+                  for task, chosen in tuning["chosen"].items()]
+        lines.append("")
     restore = data.get("restore")
     if restore:
         lines.append(f"restore: n = {restore['n']} MNIST test digits, {restore['steps']} steps of "
@@ -314,9 +379,11 @@ def table(data: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", choices=("restore", "ccdf"))
-    parser.add_argument("--run", default="runs/demo", help="the prior: a class-conditional MNIST run")
-    parser.add_argument("--n", type=int, default=100, help="held-out test digits restored")
+    parser.add_argument("command", nargs="?", choices=("tune", "restore", "ccdf"))
+    parser.add_argument("--run", default="runs/demo", help="the prior: an MNIST or emoji run (pixel or latent)")
+    parser.add_argument("--n", type=int, default=100, help="held-out test images restored")
+    parser.add_argument("--n-validation", type=int, default=20, help="tune: validation images")
+    parser.add_argument("--tune-grid", default="0.03,0.1,0.3,1,3", help="tune: step sizes / weights tried")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--spacing", help="time grid spacing (default: the run's)")
     parser.add_argument("--sampler", default="ddpm")
@@ -332,27 +399,29 @@ def main(argv=None) -> int:
                         help="another method option, e.g. dps.scale=0.5")
     parser.add_argument("--class-conditional", action="store_true",
                         help="condition on the true labels (default: the null class, unconditional)")
-    parser.add_argument("--fid-reference", type=int, default=1000, help="held-out digits in the FID reference")
+    parser.add_argument("--fid-reference", type=int, default=1000,
+                        help="FID reference images (mnist: test[5000:6000]; emoji: at most those between the "
+                             "restored and the validation images)")
     parser.add_argument("--no-fid", action="store_true")
     parser.add_argument("--no-classifier", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=OUTPUT)
+    parser.add_argument("--output", type=Path, help="results JSON (default: benchmarks/results/inverse_<dataset>.json)")
     parser.add_argument("--table", action="store_true", help="print the stored table and stop")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = load_model(args.run)
+    if model.config.data.name not in VALIDATION_START:
+        raise SystemExit(f"{args.run} is a {model.config.data.name} model; this benchmark knows the held-out splits "
+                         f"of {', '.join(VALIDATION_START)}")
+    args.output = args.output or default_output(model.config.data.name)
     if args.table:
         print(table(_load(args.output)))
         return 0
-    torch.set_num_threads(args.threads)
-    model = load_model(args.run)
-    if model.config.data.name != "mnist" or model.output_shape[0] != 1:
-        raise SystemExit(f"{args.run} is not an MNIST model")
     judges = Judges(args, model)
-    if (args.command or "restore") == "restore":
-        restore_section(args, model, judges)
-    else:
-        ccdf_section(args, model, judges)
+    sections = {"tune": tune_section, "restore": restore_section, "ccdf": ccdf_section}
+    sections[args.command or "restore"](args, model, judges)
     print(table(_load(args.output)))
     return 0
 
