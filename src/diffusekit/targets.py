@@ -41,7 +41,26 @@ def _all_equal(v: Tensor) -> bool:
     return v.numel() == 1 or bool((v == v.reshape(-1)[0]).all())
 
 
-class GaussianMixture:
+class _Mixture:
+    """What every mixture here has: ``weights [K]`` and ``means [K, D]``."""
+
+    weights: Tensor
+    means: Tensor
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[0]
+
+    def mean(self) -> Tensor:
+        """The mixture mean ``sum_k w_k mu_k``, ``[D]``."""
+        return self.weights @ self.means
+
+
+class GaussianMixture(_Mixture):
     """A mixture of K diagonal Gaussians in D dimensions.
 
     Args:
@@ -67,23 +86,12 @@ class GaussianMixture:
             raise ValueError(f"weights must be non-negative with shape [K] = [{K}] and a positive sum")
         self.means, self.stds, self.weights = means, stds.contiguous(), weights / weights.sum()
 
-    @property
-    def dim(self) -> int:
-        return self.means.shape[1]
-
-    @property
-    def num_components(self) -> int:
-        return self.means.shape[0]
-
     def sample(self, n: int, generator: torch.Generator | None = None, return_components: bool = False):
         """n exact draws ``[n, D]`` (float64), optionally with their component indices."""
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         noise = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
         x = self.means[k] + self.stds[k] * noise
         return (x, k) if return_components else x
-
-    def mean(self) -> Tensor:
-        return self.weights @ self.means
 
     # -- noisy marginal ---------------------------------------------------------------------------
     def _posterior(self, x: Tensor, alpha, sigma):
@@ -215,7 +223,7 @@ class GaussianMixture:
         return cls(means, stds, weights)
 
 
-class MixturePosterior:
+class MixturePosterior(_Mixture):
     """A mixture of K full-covariance Gaussians in D dimensions (float64), e.g. ``GaussianMixture.posterior``.
 
     Covariances may be singular (a noiseless measurement pins some directions): ``sample`` handles that through an
@@ -237,18 +245,6 @@ class MixturePosterior:
         self.weights, self.means, self.covariances = weights / weights.sum(), means, covariances
         self._factors: Tensor | None = None  # sampling factors F_k with F_k F_k^T = S_k, built on first use
         self._cholesky: Tensor | None = None
-
-    @property
-    def dim(self) -> int:
-        return self.means.shape[1]
-
-    @property
-    def num_components(self) -> int:
-        return self.means.shape[0]
-
-    def mean(self) -> Tensor:
-        """The mixture mean ``sum_k w_k mu_k``, ``[D]``."""
-        return self.weights @ self.means
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n exact draws ``[n, D]`` (float64)."""
