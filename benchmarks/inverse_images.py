@@ -277,7 +277,8 @@ def tune_section(args, model, judges) -> dict:
                 print(json.dumps({"task": task, "method": method, option: value, "psnr": curve[value]}),
                       file=sys.stderr, flush=True)
             section["psnr"].setdefault(task, {})[method] = curve
-            section["chosen"].setdefault(task, {})[method] = max(curve, key=lambda v: curve[v])
+            finite = {v: p for v, p in curve.items() if np.isfinite(p)}  # a step size that diverged never wins
+            section["chosen"].setdefault(task, {})[method] = max(finite, key=finite.get) if finite else grid[0]
             write(args, model, judges, "tuning", section)
     return section
 
