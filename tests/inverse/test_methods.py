@@ -272,3 +272,16 @@ def test_dps_and_reconstruction_guide_through_a_real_autoencoder_decoder():
                     decode=ae.decode_normalized, **options)
         assert out.shape == (16, 3, 8, 8)
         assert float(op.residual(out, y).mean()) < 0.7 * base, method
+
+
+def test_a_zero_residual_gives_a_zero_gradient_not_nan():
+    # a denoiser whose estimate meets the measurement exactly: dps must leave the state finite
+    def exact(x, t, cond=None):
+        return x * 0 + torch.tensor([0.5, 0.0])
+    for method in ("dps", "mcg", "reconstruction"):
+        x = solve(exact, SCHEDULE, Inpaint(torch.tensor([True, False])), torch.tensor([[0.5, 0.0]]),
+                  torch.randn(1, 2), timesteps(SCHEDULE, 10, "uniform"), method, scale=1.0) if method != \
+            "reconstruction" else solve(exact, SCHEDULE, Inpaint(torch.tensor([True, False])),
+                                        torch.tensor([[0.5, 0.0]]), torch.randn(1, 2),
+                                        timesteps(SCHEDULE, 10, "uniform"), method)
+        assert torch.isfinite(x).all(), method

@@ -125,9 +125,9 @@ class ResidualGradient:
                     "output carries no gradient (a denoiser run under torch.no_grad or inference mode, or not made of "
                     "differentiable operations): use replacement, repaint, pocs, ilvr, ccdf or smc, which need none")
             residual = p.y - p.operator.forward(p.image(x0_hat))
-            norm2 = residual.flatten(1).pow(2).sum(1)
-            norm = norm2.sqrt()
-            objective = norm2 if self.squared else norm
+            # vector_norm's gradient at a zero residual is zero, where sqrt(sum of squares) would give 0 * inf = nan
+            norm = torch.linalg.vector_norm(residual.flatten(1), dim=1)
+            objective = norm.square() if self.squared else norm
             (grad,) = torch.autograd.grad(objective.sum(), x)
         return x0_hat.detach(), grad.detach(), norm.detach()
 
