@@ -275,13 +275,10 @@ def test_dps_and_reconstruction_guide_through_a_real_autoencoder_decoder():
 
 
 def test_a_zero_residual_gives_a_zero_gradient_not_nan():
-    # a denoiser whose estimate meets the measurement exactly: dps must leave the state finite
+    # a denoiser whose estimate meets the measurement exactly: the gradient methods must leave the state finite
     def exact(x, t, cond=None):
         return x * 0 + torch.tensor([0.5, 0.0])
+    op, y = Inpaint(torch.tensor([True, False])), torch.tensor([[0.5, 0.0]])
     for method in ("dps", "mcg", "reconstruction"):
-        x = solve(exact, SCHEDULE, Inpaint(torch.tensor([True, False])), torch.tensor([[0.5, 0.0]]),
-                  torch.randn(1, 2), timesteps(SCHEDULE, 10, "uniform"), method, scale=1.0) if method != \
-            "reconstruction" else solve(exact, SCHEDULE, Inpaint(torch.tensor([True, False])),
-                                        torch.tensor([[0.5, 0.0]]), torch.randn(1, 2),
-                                        timesteps(SCHEDULE, 10, "uniform"), method)
+        x = solve(exact, SCHEDULE, op, y, torch.randn(1, 2), timesteps(SCHEDULE, 10, "uniform"), method)
         assert torch.isfinite(x).all(), method
