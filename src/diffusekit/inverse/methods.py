@@ -13,25 +13,26 @@ state (a fresh z at every step; exactly y at t = 0), ``x0_hat`` the denoiser's e
   steps the state is noised back ``jump_length`` steps by the forward process and the stretch is sampled again,
   ``resamples - 1`` more times (the paper's jump length j and jump count r; its schedule written out in
   :func:`repaint_path`).
-- ``pocs`` (the projection-onto-convex-sets step of Chung et al. 2022, "Come-closer-diffuse-faster", eq. 9-10):
+- ``pocs`` (the projection onto convex sets of Chung et al. 2022, "Come-closer-diffuse-faster", Sec. 3, its
+  non-expansive data-consistency step):
   after each step the state is projected onto the measurement-consistent set, in the variance-exploding
   coordinates ``x / alpha`` that paper works in: ``x <- x + A^+ (alpha_t y - A x)``. Unlike replacement, the
   measured part is made noise-free, so at t = 0 a noiseless measurement holds to float precision.
-- ``ilvr`` (Choi et al. 2021, "ILVR", eq. 6 and Algorithm 1): ``x <- x + U (y_t - A x)`` with ``U`` the
+- ``ilvr`` (Choi et al. 2021, "ILVR", Algorithm 1): ``x <- x + U (y_t - A x)`` with ``U`` the
   operator's own up filter (:meth:`lift`: bicubic up for bicubic down, nearest for box), the low-pass
   replacement ``phi_N(y_t) + (I - phi_N)(x)`` with ``phi_N = U A``.
 - ``ccdf`` (Chung et al. 2022, "Come-closer-diffuse-faster", Sec. 3 and Algorithm 1): start at ``t0 < 1`` from the
   forward-noised initial estimate ``alpha_t0 x_init + sigma_t0 noise`` (default ``x_init = A^+ y``) and run
   another method (``consistency``, default ``pocs``) over the part of the grid below t0: about ``t0 * N`` steps.
 - ``mcg`` (Chung et al. 2022, "Improving diffusion models for inverse problems using manifold constraints",
-  Algorithm 1, eq. 14-16): after each step, ``x <- x - alpha grad_{x_i} ||y - A x0_hat(x_i)||^2`` with the
+  Algorithm 1): after each step, ``x <- x - alpha grad_{x_i} ||y - A x0_hat(x_i)||^2`` with the
   gradient taken through the denoiser at the state x_i the step started from and ``alpha = scale /
   ||y - A x0_hat||`` (the normalisation of the authors' code), then the replacement projection.
 - ``reconstruction`` (Ho et al. 2022, "Video diffusion models", eq. 7): the guidance term
   ``x0_hat <- x0_hat - (weight * alpha_t / 2) grad_{x_t} ||y - A x0_hat(x_t)||^2`` on every denoiser call, plus
   replacement after each step (pixels only: a latent model gets the guidance term alone).
 - ``dps`` (Chung et al. 2023, "Diffusion posterior sampling", Algorithm 1, and its step size
-  ``zeta_i = zeta' / ||y - A x0_hat||``, Sec. 4 / App. C): after each step ``x <- x - zeta' grad_{x_i}
+  ``zeta_i = zeta' / ||y - A x0_hat||``, App. C): after each step ``x <- x - zeta' grad_{x_i}
   ||y - A x0_hat(x_i)||``, i.e. ``zeta_i`` times the gradient of the squared norm up to the factor 2 the paper
   folds into zeta'. Through the decoder for a latent model.
 - ``smc``: sequential Monte Carlo, asymptotically exact (:mod:`diffusekit.inverse.smc`).
