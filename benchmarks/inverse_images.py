@@ -323,7 +323,8 @@ def write(args, model, judges, name: str, section: dict) -> None:
     data = _load(args.output)
     section["wall_s"] = round(time.perf_counter() - judges.ready, 1)
     data[name] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "run": str(args.run), "checkpoint": str(model.checkpoint), "cur_nimg": model.cur_nimg,
+                  "run": str(args.run), "dataset": model.config.data.name, "checkpoint": str(model.checkpoint),
+                  "cur_nimg": model.cur_nimg,
                   "n": args.n, "steps": args.steps, "sampler": args.sampler, "seed": args.seed,
                   "sigma_y": args.sigma_y, "class_conditional": args.class_conditional, **judges.meta,
                   "threads": torch.get_num_threads(),
@@ -347,7 +348,8 @@ def table(data: dict) -> str:
         lines.append("")
     restore = data.get("restore")
     if restore:
-        lines.append(f"restore: n = {restore['n']} MNIST test digits, {restore['steps']} steps of "
+        lines.append(f"restore: n = {restore['n']} held-out {restore.get('dataset', '')} test images, "
+                     f"{restore['steps']} steps of "
                      f"{restore['sampler']}, sigma_y = {restore['sigma_y']}, {restore['threads']} threads, "
                      f"{restore.get('wall_s', 0) / 60:.1f} min in all")
         lines += ["| task | method | PSNR | SSIM | residual | accuracy | FID | NFE | s / image (baseline) |",
