@@ -59,9 +59,6 @@ class Problem:
         """What the operator measures: x itself, or a latent model's decoded image."""
         return x if self.decode is None else self.decode(x)
 
-    def noise(self, like: Tensor) -> Tensor:
-        return randn_like(like, self.generator)
-
     def noised_measurement(self, j: int, grid: Grid | None = None) -> Tensor:
         """``alpha_j y + sigma_j A z`` at grid point j, z fresh white noise: a draw of ``A x_t`` when ``y = A x0``
         (exactly y at t = 0). The forward process of the measurement that replacement, ILVR and MCG use."""

@@ -92,9 +92,8 @@ def nfe(sampler: str, steps: int) -> int:
 
 def sample(denoise, noise: Tensor, ts: Tensor, schedule: Schedule, sampler: str = "heun",
            generator: torch.Generator | None = None, callback=None, cond: Conditions | None = None,
-           measure=None, start: Tensor | None = None, **options) -> Tensor:
-    """Run ``sampler`` from ``sigma(ts[0]) * noise`` (or from the state ``start`` at ``ts[0]``) down the grid ``ts``;
-    returns the sample at t = 0."""
+           measure=None, **options) -> Tensor:
+    """Run ``sampler`` from ``sigma(ts[0]) * noise`` down the grid ``ts``; returns the sample at t = 0."""
     sampler = sampler_name(sampler, stacklevel=3)
     fn = SAMPLERS[sampler]
     allowed = options_of(fn)
@@ -109,5 +108,5 @@ def sample(denoise, noise: Tensor, ts: Tensor, schedule: Schedule, sampler: str 
         kwargs["generator"] = generator
     if "schedule" in parameters:
         kwargs["schedule"] = schedule
-    x = grid.sigma[0] * noise if start is None else start
+    x = grid.sigma[0] * noise
     return fn(denoise, x, grid, **kwargs, **options)
