@@ -137,8 +137,8 @@ def smc(problem: Problem, x, grid: Grid, particles: int = 16):
         mu_x = coef_x * xs + coef_x0 * x0_hat
         mu_e = None if es is None else coef_x * es + coef_x0 * e0_hat
         target = per_particle(ys[i + 1])
-        u = B_.gram_solve(target - B_.forward(mu_x, mu_e))
         r = target - B_.forward(mu_x, mu_e)
+        u = B_.gram_solve(r)
         log_w = log_w + (-(r * u).flatten(1).sum(1) / (2 * c * c)).to(torch.float64).reshape(B, K)
         ess = 1.0 / torch.softmax(log_w, 1).pow(2).sum(1)
         if bool((ess < K / 2).any()):
