@@ -15,8 +15,9 @@ import os
 
 import pytest
 
-__all__ = ["on_ci", "require_asset", "require_mnist", "require_cahn_hilliard", "require_text_encoder", "inception_weights_available",
-           "require_inception_weights", "require_twemoji", "require_scikit_learn", "require_crawl_tiles"]
+__all__ = ["on_ci", "require_asset", "require_mnist", "require_cahn_hilliard", "require_text_encoder",
+           "inception_weights_available", "require_inception_weights", "require_twemoji", "require_scikit_learn",
+           "require_crawl_tiles"]
 
 MAKE_VENV = "make venv installs it"
 
