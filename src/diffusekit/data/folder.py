@@ -36,7 +36,8 @@ from ..errors import BadFileError, MissingFileError, UsageError
 from .builtin import ImageArrays
 from .transform import fit_square
 
-__all__ = ["IMAGE_EXTENSIONS", "SKIP_CATEGORIES", "FolderReport", "image_folder", "load_image_folder", "read_image"]
+__all__ = ["IMAGE_EXTENSIONS", "SKIP_CATEGORIES", "FolderReport", "flatten_image", "image_folder", "load_image_folder",
+           "read_image"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # what Pillow raises for a corrupt, truncated or hostile file (UnidentifiedImageError is an OSError)
@@ -80,8 +81,9 @@ class _TooSmall(Exception):
     pass
 
 
-def _flatten(image, mode: str):
-    """A Pillow image in ``mode`` ("L" or "RGB"), transparency composited on white."""
+def flatten_image(image, mode: str):
+    """A Pillow image in ``mode`` ("L" or "RGB"), transparency composited on white; 16-bit and float grey
+    scaled or rounded to 8 bits."""
     if image.mode.startswith("I;16") or image.mode == "I":  # Pillow would clip 16-bit values at 255
         grey = np.clip(np.rint(np.asarray(image, dtype=np.float64) / 257), 0, 255).astype(np.uint8)
         image = Image.fromarray(grey)
@@ -100,7 +102,7 @@ def read_image(path: str | Path, resolution: int, channels: int = 3, min_size: i
         if min(image.size) < min_size:
             raise _TooSmall(f"{image.size[0]}x{image.size[1]}")
         image.load()
-        image = _flatten(ImageOps.exif_transpose(image), "L" if channels == 1 else "RGB")
+        image = flatten_image(ImageOps.exif_transpose(image), "L" if channels == 1 else "RGB")
     array = np.asarray(fit_square(image, resolution))
     return array.reshape(resolution, resolution, channels)
 
