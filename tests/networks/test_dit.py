@@ -200,3 +200,31 @@ def test_errors(build, call, message):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown DiT preset 'DiT-M/2'"):
         DiT.from_name("DiT-M/2", img_resolution=32, in_channels=4)
+
+
+def test_relative_position_drops_the_table_and_biases_every_block():
+    plain, relative = tiny(), tiny(position="relative")
+    assert relative.pos_embed is None and not any("relative" in key for key in plain.state_dict())
+    extra = set(relative.state_dict()) - set(plain.state_dict())
+    assert extra == {f"blocks.{i}.attn.relative_bias.table" for i in range(2)}
+    assert relative.blocks[0].attn.relative_bias.table.shape == (2, 15, 15)  # 2 heads, an 8x8 grid
+    x, noise_cond = inputs(relative)
+    assert not relative(x, noise_cond).any()  # adaLN-Zero: still exactly zero at initialisation
+    with pytest.raises(ValueError, match="unknown DiT position 'rope'"):
+        tiny(position="rope")
+
+
+def test_relative_attention_logits_carry_the_2d_bias():
+    torch.manual_seed(0)
+    attn = tiny(position="relative").blocks[0].attn
+    with torch.no_grad():
+        attn.relative_bias.table.normal_()
+    tokens = torch.randn(2, 64, 64)
+    q, k, v = attn.qkv(tokens).reshape(2, 64, 3, 2, 32).permute(2, 0, 3, 1, 4).unbind(0)
+    coords = [(y, x) for y in range(8) for x in range(8)]
+    table = attn.relative_bias.table
+    bias = torch.stack([torch.stack([table[:, yj - yi + 7, xj - xi + 7] for yj, xj in coords], dim=-1)
+                        for yi, xi in coords], dim=-2)  # [heads, T, T]: b[h, dy, dx] by hand
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(32) + bias, dim=-1)
+    expected = attn.proj((weights @ v).transpose(1, 2).reshape(2, 64, 64))
+    torch.testing.assert_close(attn(tokens), expected)

@@ -278,3 +278,30 @@ def test_conv_resample_block_replaces_the_residual_resampling_blocks():
     assert n_params(conv) < n_params(residual)
     with pytest.raises(ValueError, match="unknown resample_block 'fir'"):
         UNet.from_preset("tiny", resample_block="fir")
+
+
+def test_relative_self_attention_adds_the_bias_of_each_2d_displacement():
+    torch.manual_seed(0)
+    attn = perturb(SelfAttention(channels=16, num_heads=2, relative_size=3), std=0.3)
+    assert attn.relative_bias.table.shape == (2, 5, 5)
+    x = torch.randn(2, 16, 3, 3)
+    q, k, v = attn.qkv(attn.norm(x)).reshape(2, 3, 2, 8, 9).unbind(1)  # [B, heads, C/heads, HW]
+    coords = [(y, x) for y in range(3) for x in range(3)]
+    table = attn.relative_bias.table.detach()
+    bias = torch.tensor([[[float(table[h, yj - yi + 2, xj - xi + 2]) for yj, xj in coords]
+                          for yi, xi in coords] for h in range(2)])  # b[h, dy, dx] by hand
+    weights = torch.softmax(torch.einsum("bhcq,bhck->bhqk", q, k) / math.sqrt(8) + bias, dim=-1)
+    expected = attn.proj(torch.einsum("bhqk,bhck->bhcq", weights, v).reshape(2, 16, 3, 3))
+    torch.testing.assert_close(attn(x), expected)
+
+
+def test_attention_position_relative_starts_as_the_plain_network_and_default_keys_are_unchanged():
+    plain, relative = tiny(), tiny(attention_position="relative")
+    assert not any("relative" in key for key in plain.state_dict())
+    extra = {key: value.shape for key, value in relative.state_dict().items() if key not in plain.state_dict()}
+    assert extra and all(key.endswith("attention.relative_bias.table") for key in extra)
+    assert all(shape == (1, 15, 15) for shape in extra.values())  # one head, the 8x8 map: (2*8-1)^2 entries
+    x, noise_cond = inputs(plain)
+    assert torch.equal(relative(x, noise_cond), plain(x, noise_cond))  # zero tables: the same function
+    with pytest.raises(ValueError, match="unknown attention_position 'absolute'"):
+        tiny(attention_position="absolute")

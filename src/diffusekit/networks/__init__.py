@@ -6,4 +6,9 @@ entries; the full list, and what each does, is in :mod:`diffusekit.networks.cond
 means no conditions, and ``None`` is accepted as shorthand for it; a bare tensor is not (class labels are
 ``{"labels": labels}``). An unknown name, a condition the network was not built for, or a required one that
 is missing (``image`` with ``cond_channels``, ``aug_level`` with ``noise_aug``) is an error naming it.
+
+Image networks (:class:`~diffusekit.networks.unet.UNet`, :class:`~diffusekit.networks.dit.DiT`) take
+``x`` ``[B, C, H, W]``; the video network :class:`~diffusekit.networks.video.VideoUNet` (``is_video = True``,
+``frames``) takes clips ``[B, C, F, H, W]`` and the video conditions ``independent``, ``context`` and
+``context_mask``, which image networks reject.
 """

@@ -19,10 +19,16 @@
   vectors above (absent: the masked mean of ``text``);
 - ``"text_null"``: bool ``[B]``, True where a row uses the learned null text instead of its text (the
   classifier-free-guidance null of text). No ``text`` at all means the null text for every row, as absent
-  ``labels`` mean the null class; a row whose mask has no real token also gets the null text.
+  ``labels`` mean the null class; a row whose mask has no real token also gets the null text;
+- ``"independent"``: bool ``[B]``, video networks only: True marks a clip as ``F`` independent images (joint
+  video and image training, Ho et al. 2022, "Video Diffusion Models", Sec. 3.2): its frames do not attend to
+  each other in time;
+- ``"context"``: ``[B, C, F, H, W]``, video networks built with ``frame_conditioning`` only: the frames that
+  are given (zeros elsewhere), for prediction or interpolation; required by such a network, with
+- ``"context_mask"``: bool or float ``[B, F]``, True (1) where a frame of ``context`` is given.
 
 Any other name is an error naming it, as is a condition the network was not built for or a required one
-that is missing.
+that is missing; image networks reject the video conditions (:func:`reject_video`).
 
 Vector conditions are summed into the embedding that drives the adaptive normalisation (U-Net) or adaLN
 (DiT): :class:`ExtraEmbedding` maps the augmentation labels with a bias-free linear layer (zero labels give
@@ -39,11 +45,12 @@ from torch import Tensor, nn
 from ..conditions import Conditions, as_conditions
 from .embeddings import PositionalEmbedding
 
-__all__ = ["CONDITION_KEYS", "TEXT_KEYS", "network_conditions", "ExtraEmbedding", "TextConditioning",
-           "concat_image"]
+__all__ = ["CONDITION_KEYS", "TEXT_KEYS", "VIDEO_KEYS", "network_conditions", "ExtraEmbedding",
+           "TextConditioning", "concat_image", "reject_text", "reject_video"]
 
 TEXT_KEYS = ("text", "text_mask", "text_pooled", "text_null")
-CONDITION_KEYS = ("labels", "augment", "aug_level", "image", *TEXT_KEYS)
+VIDEO_KEYS = ("independent", "context", "context_mask")
+CONDITION_KEYS = ("labels", "augment", "aug_level", "image", *TEXT_KEYS, *VIDEO_KEYS)
 
 
 def network_conditions(cond: Conditions | None) -> dict[str, Tensor]:
@@ -163,6 +170,17 @@ def reject_text(parts: dict, owner: str) -> None:
     given = [key for key in TEXT_KEYS if parts.get(key) is not None]
     if given:
         raise ValueError(f"text conditions ({', '.join(given)}) were given to a {owner} built without text_dim")
+
+
+def reject_video(parts: dict, owner: str) -> None:
+    """An image network: the conditions that only a video network understands are an error naming them."""
+    if parts.get("independent") is not None:
+        raise ValueError(f"an image-group flag (cond['independent']) was given to {owner}, which has no temporal "
+                         "layers")
+    given = [key for key in ("context", "context_mask") if parts.get(key) is not None]
+    if given:
+        raise ValueError(f"context frames ({', '.join(given)}) were given to {owner}, an image network without "
+                         "frame conditioning")
 
 
 def concat_image(x: Tensor, parts: dict, channels: int) -> Tensor:

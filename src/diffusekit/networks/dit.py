@@ -34,9 +34,11 @@ from diffusekit.networks.conditioning import (
     concat_image,
     network_conditions,
     reject_text,
+    reject_video,
 )
 from diffusekit.networks.embeddings import ClassEmbedding, get_noise_embedding
 from diffusekit.networks.layers import CrossAttention
+from diffusekit.networks.positions import RelativeBias2d
 
 __all__ = ["DiT", "DiTBlock", "PRESETS", "sincos_pos_embed_2d"]
 
@@ -77,19 +79,26 @@ def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, hidden_size: int, num_heads: int):
+    """Multi-head self-attention over ``[B, T, hidden]`` tokens; ``grid`` ``(h, w)``: the tokens are an
+    ``h x w`` grid in row-major order and the logits get a learned 2-D relative position bias per head."""
+
+    def __init__(self, hidden_size: int, num_heads: int, grid: tuple[int, int] | None = None):
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"hidden size {hidden_size} is not divisible by the number of heads {num_heads}")
         self.num_heads = num_heads
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
         self.proj = nn.Linear(hidden_size, hidden_size)
+        self.grid = grid
+        # Registered only when asked for, so the default network keeps its state-dict keys.
+        self.relative_bias = RelativeBias2d(num_heads, *grid) if grid is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
         batch, tokens, hidden = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, hidden // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, T, head_dim]
-        out = F.scaled_dot_product_attention(q, k, v)
+        bias = None if self.relative_bias is None else self.relative_bias(*self.grid).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, hidden))
 
 
@@ -97,10 +106,11 @@ class DiTBlock(nn.Module):
     """Transformer block with adaLN-Zero conditioning (DiT Sec. 3.2, Fig. 3); with ``text_dim > 0`` a
     cross-attention sub-layer to the text sits between self-attention and the MLP (PixArt-alpha)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, text_dim: int = 0):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, text_dim: int = 0,
+                 relative_grid: tuple[int, int] | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(hidden_size, num_heads)
+        self.attn = Attention(hidden_size, num_heads, relative_grid)
         # Registered only when present, so networks without text keep their state-dict keys.
         self.cross_attn = CrossAttention(hidden_size, text_dim, num_heads, norm="layer") if text_dim else None
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
@@ -163,7 +173,11 @@ class DiT(nn.Module):
         noise_aug: bool = False,
         cond_channels: int = 0,
         text_dim: int = 0,
+        position: str = "absolute",
     ):
+        """``position``: ``"absolute"``: the fixed 2-D sin-cos table added to the tokens (DiT); ``"relative"``: no
+        table, and every block's self-attention adds a learned 2-D relative bias per head to its logits
+        (Swin-style, zero at initialisation; :class:`~diffusekit.networks.positions.RelativeBias2d`)."""
         super().__init__()
         height, width = (img_resolution, img_resolution) if isinstance(img_resolution, int) else img_resolution
         if height % patch_size or width % patch_size:
@@ -175,6 +189,9 @@ class DiT(nn.Module):
             raise ValueError(f"num_classes must be >= 0 (0 = unconditional), got {num_classes}")
         if text_dim < 0:
             raise ValueError(f"text_dim must be >= 0 (0 = no text conditioning), got {text_dim}")
+        if position not in ("absolute", "relative"):
+            raise ValueError(f"unknown DiT position {position!r}; choose 'absolute' or 'relative'")
+        self.position = position
         self.img_size, self.patch_size = (height, width), patch_size
         self.in_channels = in_channels
         self.out_channels = in_channels if out_channels is None else out_channels
@@ -184,8 +201,11 @@ class DiT(nn.Module):
         self.cond_channels = cond_channels  # channels of cond["image"], concatenated to the input
         self.patch_embed = nn.Conv2d(in_channels + cond_channels, hidden_size, kernel_size=patch_size,
                                      stride=patch_size)
-        pos = sincos_pos_embed_2d(hidden_size, *self.grid).to(torch.get_default_dtype())
-        self.register_buffer("pos_embed", pos[None], persistent=False)
+        if position == "absolute":
+            pos = sincos_pos_embed_2d(hidden_size, *self.grid).to(torch.get_default_dtype())
+            self.register_buffer("pos_embed", pos[None], persistent=False)
+        else:
+            self.pos_embed = None
         self.noise_embed = get_noise_embedding(embedding, noise_channels)
         self.noise_mlp = nn.Sequential(
             nn.Linear(noise_channels, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
@@ -195,7 +215,9 @@ class DiT(nn.Module):
         self.extra_embed = extra if extra.active else None
         self.text_dim = text_dim  # width of cond["text"]; 0: no text, and exactly the network without it
         self.text_embed = TextConditioning(text_dim, hidden_size, owner="DiT") if text_dim else None
-        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, text_dim) for _ in range(depth))
+        relative_grid = self.grid if position == "relative" else None
+        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, text_dim, relative_grid)
+                                    for _ in range(depth))
         self.final = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.reset_parameters()
 
@@ -257,8 +279,11 @@ class DiT(nn.Module):
         """``cond``: the named conditions (:mod:`diffusekit.networks.conditioning`); None: none."""
         parts = network_conditions(cond)
         self._check_inputs(x, noise_cond, parts.get("labels"))
+        reject_video(parts, "DiT")
         x = concat_image(x, parts, self.cond_channels)
-        tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # [B, T, hidden]
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # [B, T, hidden]
+        if self.pos_embed is not None:
+            tokens = tokens + self.pos_embed
         mlp_in = self.noise_mlp[0].weight
         c = self.noise_mlp(self.noise_embed(noise_cond).to(mlp_in.dtype))  # embeddings compute in float32
         if self.class_embed is not None:

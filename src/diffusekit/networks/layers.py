@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusekit.networks.positions import RelativeBias2d
+
 __all__ = ["init_xavier_uniform", "group_norm", "Resample", "SelfAttention", "CrossAttention", "UNetBlock"]
 
 # EDM Appendix F.2 / Table 7: scale of the weights that should start "almost zero".
@@ -121,9 +123,14 @@ class ConvResample(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention over pixels, as a residual branch (DDPM's attention block)."""
+    """Multi-head self-attention over pixels, as a residual branch (DDPM's attention block).
 
-    def __init__(self, channels: int, num_heads: int):
+    ``relative_size``: the side of the (square) feature map, to add a learned 2-D relative position bias per
+    head to the logits (:class:`~diffusekit.networks.positions.RelativeBias2d`, zero at initialisation);
+    None: no position term (DDPM), and no such parameter.
+    """
+
+    def __init__(self, channels: int, num_heads: int, relative_size: int | None = None):
         super().__init__()
         if num_heads < 1 or channels % num_heads:
             raise ValueError(f"{channels} channels cannot be split into {num_heads} attention heads")
@@ -131,13 +138,19 @@ class SelfAttention(nn.Module):
         self.norm = group_norm(channels)
         self.qkv = conv2d(channels, 3 * channels, 1, scale=ATTENTION_INIT)
         self.proj = conv2d(channels, channels, 1, scale=NEAR_ZERO_INIT)
+        # Registered only when asked for, so networks without it keep their state-dict keys.
+        if relative_size is not None:
+            self.relative_bias = RelativeBias2d(num_heads, relative_size, relative_size)
+        else:
+            self.relative_bias = None
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         # [B, 3C, H, W] -> 3 x [B, heads, HW, C/heads]
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
         q, k, v = qkv.transpose(-1, -2).unbind(1)
-        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(C/heads)) v
+        bias = None if self.relative_bias is None else self.relative_bias(h, w).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # softmax(q k^T / sqrt(C/heads) + b) v
         return self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
@@ -202,7 +215,10 @@ class UNetBlock(nn.Module):
         resample_proj: bool = True,
         resample_filter: tuple[int, ...] = (1, 1),
         text_dim: int = 0,
+        relative_size: int | None = None,
     ):
+        """``relative_size``: the side of the output map, to give the self-attention a learned 2-D relative
+        position bias (:class:`SelfAttention`); None: none."""
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.adaptive_scale = adaptive_scale
@@ -217,7 +233,7 @@ class UNetBlock(nn.Module):
         # DDPM++ also gives one to every resampling block (EDM's resample_proj).
         project = in_channels != out_channels or (resample is not None and resample_proj)
         self.skip = conv2d(in_channels, out_channels, 1) if project else nn.Identity()
-        self.attention = SelfAttention(out_channels, num_heads) if attention else None
+        self.attention = SelfAttention(out_channels, num_heads, relative_size) if attention else None
         # Registered only when present, so networks without text keep their state-dict keys.
         if attention and text_dim:
             self.cross_attention = CrossAttention(out_channels, text_dim, num_heads)

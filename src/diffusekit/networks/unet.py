@@ -27,7 +27,7 @@ null class (``diffusekit.networks.embeddings.ClassEmbedding``) instead of a line
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,7 @@ from diffusekit.networks.conditioning import (
     concat_image,
     network_conditions,
     reject_text,
+    reject_video,
 )
 from diffusekit.networks.embeddings import ClassEmbedding, get_noise_embedding
 from diffusekit.networks.layers import (
@@ -52,7 +53,7 @@ from diffusekit.networks.layers import (
     linear,
 )
 
-__all__ = ["UNet", "PRESETS"]
+__all__ = ["UNet", "PRESETS", "BlockLayout"]
 
 # Keyword arguments of UNet for reference layouts.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -102,6 +103,7 @@ class UNet(nn.Module):
         noise_aug: bool = False,
         cond_channels: int = 0,
         text_dim: int = 0,
+        attention_position: str = "none",
     ):
         """
         Args:
@@ -131,6 +133,9 @@ class UNet(nn.Module):
                 blocks with self-attention (``attn_resolutions`` and the middle of the U) also cross-attend
                 to the tokens; a learned null text stands in where ``cond["text_null"]`` is set or no text
                 is given.
+            attention_position: ``"none"``: self-attention without position terms (DDPM); ``"relative"``: each
+                self-attention adds a learned 2-D relative position bias per head to its logits (Swin-style,
+                zero at initialisation; :class:`~diffusekit.networks.positions.RelativeBias2d`).
         """
         super().__init__()
         levels = len(channel_mult)
@@ -153,6 +158,8 @@ class UNet(nn.Module):
             raise ValueError(f"text_dim must be >= 0 (0 = no text conditioning), got {text_dim}")
         if resample_block not in ("residual", "conv"):
             raise ValueError(f"unknown resample_block {resample_block!r}; choose 'residual' or 'conv'")
+        if attention_position not in ("none", "relative"):
+            raise ValueError(f"unknown attention_position {attention_position!r}; choose 'none' or 'relative'")
         self.img_resolution, self.in_channels, self.out_channels = img_resolution, in_channels, out_channels
         self.num_classes = num_classes
 
@@ -173,14 +180,19 @@ class UNet(nn.Module):
         self.map_layer0 = linear(noise_channels, emb_channels)
         self.map_layer1 = linear(emb_channels, emb_channels)
 
+        # The output of every block, in the order `trunk` runs them (encoder, then decoder).
+        self.block_layout: list[BlockLayout] = []
+
         def block(cin: int, cout: int, res: int, **kwargs: Any) -> UNetBlock | ConvResample:
+            heads = num_heads if num_heads is not None else cout // channels_per_head
+            self.block_layout.append(BlockLayout(cout, res, heads))
             if kwargs.get("resample") is not None and resample_block == "conv":
                 return ConvResample(kwargs["resample"], cin)  # resampling keeps the width (cin == cout)
-            heads = num_heads if num_heads is not None else cout // channels_per_head
             kwargs.setdefault("attention", res in attn_resolutions)
             return UNetBlock(
                 cin, cout, emb_channels, num_heads=heads, dropout=dropout, adaptive_scale=adaptive_scale,
-                resample_proj=resample_proj, resample_filter=resample_filter, text_dim=text_dim, **kwargs,
+                resample_proj=resample_proj, resample_filter=resample_filter, text_dim=text_dim,
+                relative_size=res if attention_position == "relative" else None, **kwargs,
             )
 
         self.stem = conv2d(in_channels + cond_channels, model_channels, 3)
@@ -235,18 +247,36 @@ class UNet(nn.Module):
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"expected input of shape [B, {', '.join(map(str, expected))}], got {tuple(x.shape)}")
         parts = network_conditions(cond)
+        reject_video(parts, "UNet")
         emb, text = self._embed(noise_cond, parts, x.shape[0])
+        return self.trunk(concat_image(x, parts, self.cond_channels), emb, text)
 
-        x = self.stem(concat_image(x, parts, self.cond_channels))
+    def trunk(self, x: Tensor, emb: Tensor, text: tuple[Tensor, Tensor] | None,
+              after_block: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
+        """Stem, encoder, decoder and head on the (conditioned) input ``[N, C, H, W]``, with the embedding
+        ``[N, emb_channels]`` and the text ``(states, mask)`` of :meth:`_embed`. ``after_block(i, h)``, if given,
+        replaces the output ``h`` of block ``i`` (numbered as :attr:`block_layout`) before it goes on."""
+        x = self.stem(x)
         skips = [x]
-        for block in self.encoder:
+        for index, block in enumerate(self.encoder):
             x = _run(block, x, emb, text)
+            x = x if after_block is None else after_block(index, x)
             skips.append(x)
-        for block, takes_skip in zip(self.decoder, self.takes_skip, strict=True):
+        for index, (block, takes_skip) in enumerate(zip(self.decoder, self.takes_skip, strict=True),
+                                                    start=len(self.encoder)):
             if takes_skip:
                 x = torch.cat([x, skips.pop()], dim=1)
             x = _run(block, x, emb, text)
+            x = x if after_block is None else after_block(index, x)
         return self.out_conv(F.silu(self.out_norm(x)))
+
+
+class BlockLayout(NamedTuple):
+    """The output of a U-Net block: its channels, the side of its feature map and its attention heads."""
+
+    channels: int
+    resolution: int
+    heads: int
 
 
 def _run(block: nn.Module, x: Tensor, emb: Tensor, text: tuple[Tensor, Tensor] | None) -> Tensor:
