@@ -123,3 +123,15 @@ def test_input_perturbation_off_changes_nothing():
     torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="input_perturbation"):
         DiffusionLoss(schedule, param, time_sampling.get(), weighting.get("unit"), input_perturbation=1.5)
+
+
+def test_mask_averages_the_squared_error_over_the_counted_frames_only():
+    schedule, param = SCHEDULES["cosine"], parameterizations.get("eps")
+    loss = DiffusionLoss(schedule, param, time_sampling.get(), weighting.get("unit"))
+    x0 = torch.randn(3, 1, 4, 2, 2)  # [B, C, F, H, W] clips
+    noise, t = torch.randn_like(x0), torch.tensor([0.2, 0.5, 0.8])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0]], dtype=torch.bool)[:, None, :, None, None]
+    out = loss(lambda x_t, t, cond: torch.zeros_like(x_t), x0, noise=noise, t=t, mask=mask)
+    # the eps target is the noise and the output is 0: the loss is the mean of noise^2 over the counted frames
+    expected = torch.stack([noise[0].pow(2).mean(), noise[1, :, 2:].pow(2).mean(), torch.tensor(0.0)])
+    torch.testing.assert_close(out.loss, expected)

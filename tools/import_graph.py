@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("config", ("config",)),  # validates names against the registries of everything below it
     ("models", ("models",)),  # config or checkpoint -> network, denoiser, loss, weights
     ("latent", ("latent",)),  # a frozen autoencoder and the dataset encoded by it
-    ("generate", ("generate",)),
+    ("generate", ("generate", "generate_video")),
     ("metrics", ("metrics",)),  # evaluation samples through generate
     ("applications", ("rejection", "training")),
     ("cli", ("cli", "__main__")),

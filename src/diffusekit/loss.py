@@ -78,12 +78,14 @@ class DiffusionLoss:
     def __call__(self, network_fn, x0: Tensor, *, generator: torch.Generator | None = None,
                  noise: Tensor | None = None, t: Tensor | None = None, cond: Conditions | None = None,
                  time_draw: TimeDraw | None = None, update_sampler: bool = True,
-                 perturbation: Tensor | None = None) -> LossOutput:
+                 perturbation: Tensor | None = None, mask: Tensor | None = None) -> LossOutput:
         """Per-example losses for a batch. ``noise`` and ``t`` (or a whole ``time_draw``, importance weights
         included) may be given, then no draw is made. ``update_sampler=False`` leaves the importance
         sampler's statistics to the caller (distributed training updates them with every process's losses).
         ``perturbation``: xi of input perturbation (scaled here by ``input_perturbation`` and sigma); only the
-        network's input changes, not the target."""
+        network's input changes, not the target. ``mask``: where the loss counts, broadcastable to ``x0`` (e.g.
+        ``[B, 1, F, 1, 1]`` leaves out a clip's given context frames); each example's MSE is then the mean over
+        its counted elements (an example with none counts 0)."""
         n = x0.shape[0]
         if time_draw is None and t is None:
             time_draw = self.time_sampler(n, self.schedule, generator=generator)
@@ -99,7 +101,12 @@ class DiffusionLoss:
         if perturbation is not None and self.input_perturbation > 0:
             x_t = x_t + self.input_perturbation * append_dims(at.sigma, x0) * perturbation
         output = network_fn(x_t, at.t.to(x0.dtype), as_conditions(cond))
-        mse = (output - target).pow(2).reshape(n, -1).mean(1)
+        squared = (output - target).pow(2)
+        if mask is None:
+            mse = squared.reshape(n, -1).mean(1)
+        else:
+            weight = mask.to(squared.dtype).expand_as(squared).reshape(n, -1)
+            mse = (squared.reshape(n, -1) * weight).sum(1) / weight.sum(1).clamp_min(1)
         unweighted = self.weighting(at, self.parameterization).to(mse.dtype) * mse
         if u is not None and update_sampler:
             self.time_sampler.update(u, unweighted)

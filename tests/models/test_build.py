@@ -8,7 +8,8 @@ from diffusekit.networks.unet import UNet
 # (channels, resolution, classes) each preset's data has after its resize settings
 # (a caption run's network has no classes: mnist-text is text-only)
 SHAPES = {"tiny": (1, 16, 10), "mnist": (1, 28, 10), "mnist-text": (1, 28, 0), "fashion-mnist": (1, 32, 10),
-          "tiles": (3, 32, 4), "mnist-dit": (1, 32, 10), "emoji": (3, 64, 0), "emoji-latent": (4, 16, 0)}
+          "tiles": (3, 32, 4), "mnist-dit": (1, 32, 10), "emoji": (3, 64, 0), "emoji-latent": (4, 16, 0),
+          "moving-mnist": (1, 32, 10)}
 # the latent preset's denoiser works on its autoencoder's 4x16x16 latents of 64x64 images
 LATENT_IMAGES = {"emoji-latent": 64}
 
@@ -20,10 +21,11 @@ def test_every_preset_builds_a_working_denoiser(name):
     if config.data.resolution is not None:
         assert config.data.resolution == LATENT_IMAGES.get(name, resolution)
     torch.manual_seed(0)
-    shape = (channels, resolution, resolution)
+    frames = () if config.video.frames is None else (config.video.frames,)  # a video preset draws clips
+    shape = (channels, *frames, resolution, resolution)
     network = build_network(config.network, shape, classes, **network_conditioning(config, shape)).float()
     denoiser = build_denoiser(config, network)
-    x = torch.randn(2, channels, resolution, resolution, dtype=torch.float32)
+    x = torch.randn(2, *shape, dtype=torch.float32)
     cond = {"labels": torch.tensor([0, classes])} if classes else {}  # a label and the null class
     if config.data.captions:  # text-only: a caption's token states and the null text
         cond = {"text": torch.randn(2, 5, 384), "text_null": torch.tensor([False, True])}

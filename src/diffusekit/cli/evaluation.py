@@ -135,6 +135,7 @@ def _evaluate(args, metrics: tuple[str, ...], context) -> int:
 
     device = distributed.device_for(args.device or "cpu")
     model = load_model(args.source, ema=args.ema, device=device)
+    model.require_images("diffusekit eval")
     options = parse_options(args.option)
     settings = SamplingSettings.from_config(model.config.sample, sampler=args.sampler, steps=args.steps,
                                             spacing=args.spacing,

@@ -313,6 +313,7 @@ def cmd_restore(args) -> int:
     settings = method_settings(args, methods)
     outs = check_outputs(args.out, [args.input, args.mask if args.mask not in MASKS else None])
     model = load_model(args.source, ema=args.ema, device=args.device or "cpu")
+    model.require_images("diffusekit restore")
     shape = tuple(model.output_shape)  # the operator measures images: a latent model's decoded ones
     operator = build_operator(args, shape)
     images = read_images(args.input, shape[0])

@@ -1,4 +1,5 @@
-"""``diffusekit sample``: images from a run or checkpoint as a PNG grid, a .npz or a folder of PNGs."""
+"""``diffusekit sample``: images from a run or checkpoint as a PNG grid, a .npz or a folder of PNGs; a video model's
+clips go to :mod:`diffusekit.cli.sample_video`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ..cascade import sampling_condition
 from ..data import DATASETS
 from ..errors import BadFileError, TextEncoderNotInstalled, UsageError, UserError
 from ..generate import class_major_labels, generate, load_model
-from ..images import make_grid, save_png, to_uint8
+from ..images import ANIMATION_FORMATS, make_grid, save_png, to_uint8
 from ..metrics.classifier import load_or_train_classifier
 from ..metrics.stats import open_npz
 from ..models import PRECISIONS, Execution, cascade_settings
@@ -31,6 +32,7 @@ from .flags import (
     progress_bar,
     set_threads,
 )
+from .sample_video import add_video_arguments, sample_clips
 
 __all__ = ["add_parser", "cmd_sample"]
 
@@ -120,11 +122,19 @@ def cmd_sample(args) -> int:
     set_threads(args)
     outs = [Path(o) for o in args.out]
     for out in outs:
-        if out.suffix.lower() not in (".png", ".npz", ""):
-            raise UsageError(f"--out {out}: write a .png grid, a .npz array file or a directory of PNGs")
+        if out.suffix.lower() not in (".png", ".npz", "", *ANIMATION_FORMATS):
+            raise UsageError(f"--out {out}: write a .png grid, a .npz array file, a directory of PNGs, or for a video "
+                             "model a .gif or .mp4 animation")
     device = args.device or "cpu"
     execution = Execution(args.precision, args.channels_last, args.compile)
     model = load_model(args.source, ema=args.ema, device=device, execution=execution)
+    if model.is_video:
+        return sample_clips(args, model, outs, device, execution, _labels(args, model))
+    video_only = [flag for flag, used in (("--frames", args.frames is not None), ("--context", args.context),
+                                          ("--context-frames", args.context_frames is not None)) if used]
+    video_only += [f"--out {o}" for o in outs if o.suffix.lower() in ANIMATION_FORMATS]
+    if video_only:
+        raise UsageError(f"{video_only[0]} is for video models, but {model.checkpoint} is {model.describe_kind()}")
     s = model.config.sample
     sampler = args.sampler or s.sampler
     options = dict(s.options) if same_sampler(sampler, s.sampler) else {}
@@ -245,7 +255,7 @@ def _write_samples(out: Path, images, labels, meta: dict, args, class_major: boo
 
 
 def add_parser(sub) -> None:
-    s = sub.add_parser("sample", help="generate images from a run or checkpoint")
+    s = sub.add_parser("sample", help="generate images (or a video model's clips) from a run or checkpoint")
     s.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT")
     s.add_argument("--n", type=positive_int, required=True, help="number of images")
     s.add_argument("--out", required=True, action="append", help="FILE.png (grid; a row per class), FILE.npz (float "
@@ -270,6 +280,7 @@ def add_parser(sub) -> None:
     s.add_argument("--reject-rounds", type=int, metavar="N",
                    help="with --reject: at most N draws per image (first round included; default 10); an image "
                    "still rejected keeps its last draw; a .npz also holds accepted and rounds_used per image")
+    add_video_arguments(s)
     s.add_argument("--ema", help="EMA name, or 'model' for the raw weights (default: the run's sample.ema / first EMA)")
     s.add_argument("--batch-size", type=positive_int, default=250)
     s.add_argument("--columns", type=positive_int,

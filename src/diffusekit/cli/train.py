@@ -14,11 +14,10 @@ from pathlib import Path
 
 from .. import distributed
 from ..config import apply_override, merge, parse_override, preset, read_file, validate
-from ..data import load_training_data
 from ..errors import UsageError
 from ..models import latest_valid
 from ..monitor import ProgressBar
-from ..training.make import make_trainer
+from ..training.make import make_trainer, training_data
 from ..training.rundir import RunDirectory, peak_memory_mb, stored_config
 from .flags import positive_int, set_threads
 
@@ -143,7 +142,7 @@ def _train(args, config, context) -> int:
         rundir.check_resume()  # a different recipe is refused before any work
     set_threads(args)
     started = time.perf_counter()
-    data = load_training_data(config.data)
+    data = training_data(config)
     if existing and args.overwrite:
         if main_process:
             shutil.rmtree(run_dir)
@@ -158,8 +157,9 @@ def _train(args, config, context) -> int:
         rundir.open(trainer.cur_nimg, trainer.device)
     params = sum(p.numel() for p in trainer.network.parameters())
     processes = f" x {context.world_size} processes" if context.distributed else ""
+    items = "clips" if config.video.frames else "images"
     say(f"training {config.network.kind} ({params / 1e6:.2f}M parameters) on {config.data.name} "
-        f"({len(data):,} images {tuple(trainer.info['image_shape'])}, {trainer.num_classes} classes) for "
+        f"({len(data):,} {items} {tuple(trainer.info['image_shape'])}, {trainer.num_classes} classes) for "
         f"{config.run.total_images:,} images on {trainer.device}{processes}; run directory {run_dir}")
     rundir.progress = ProgressBar(config.run.total_images, initial=trainer.cur_nimg, unit="img",
                                   disable=args.quiet or not main_process)

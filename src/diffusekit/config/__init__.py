@@ -22,12 +22,14 @@ from .schema import (
     OptimConfig,
     RunConfig,
     SampleConfig,
+    VideoConfig,
 )
 from .typed import ConfigError, apply_override, from_dict, merge, parse_override, to_dict
 from .validate import validate
 
 __all__ = ["Config", "DataConfig", "ObjectiveConfig", "NetworkConfig", "OptimConfig", "EMAConfig", "RunConfig",
-           "SampleConfig", "EvalConfig", "CascadeConfig", "AutoencoderConfig", "LatentConfig", "ConfigError",
+           "SampleConfig", "EvalConfig", "CascadeConfig", "AutoencoderConfig", "LatentConfig", "VideoConfig",
+           "ConfigError",
            "PRESETS", "preset", "resolve", "from_dict", "to_dict", "merge", "apply_override", "parse_override",
            "read_file", "write_yaml", "dump_yaml", "validate"]
 

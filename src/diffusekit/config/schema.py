@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = ["Config", "DataConfig", "ObjectiveConfig", "NetworkConfig", "OptimConfig", "EMAConfig", "RunConfig",
-           "SampleConfig", "EvalConfig", "CascadeConfig", "AutoencoderConfig", "LatentConfig"]
+           "SampleConfig", "EvalConfig", "CascadeConfig", "AutoencoderConfig", "LatentConfig",
+           "VideoConfig"]
 
 
 @dataclass
@@ -58,8 +59,8 @@ class ObjectiveConfig:
 @dataclass
 class NetworkConfig:
     # the network family; autoencoder: train an autoencoder (the `autoencoder` section) instead of a diffusion model
-    kind: Literal["unet", "dit", "autoencoder"] = "unet"
-    preset: str = "tiny"  # diffusekit.networks.unet.PRESETS / dit.PRESETS / autoencoder.PRESETS
+    kind: Literal["unet", "dit", "autoencoder", "video_unet"] = "unet"
+    preset: str = "tiny"  # diffusekit.networks.unet.PRESETS / dit.PRESETS / autoencoder.PRESETS / video.PRESETS
     options: dict = field(default_factory=dict)  # constructor overrides, e.g. {model_channels: 64}
 
 
@@ -197,6 +198,27 @@ class LatentConfig:
 
 
 @dataclass
+class VideoConfig:
+    """Video: the model draws clips of ``frames`` frames (``network.kind: video_unet``; docs/video.md). A run's
+    ``total_images`` and batch sizes then count clips (an image group of F frames counts as one)."""
+
+    frames: int | None = None  # the clip length F; None: an image model
+    # the clip dataset's options (moving-mnist: digits, digit_size, count, speed; cahn-hilliard: frame_step, stride;
+    # video folders: stride, min_frames)
+    options: dict = field(default_factory=dict)
+    # joint video + image training (Ho et al. 2022): this share of every batch are groups of F independent images,
+    # whose temporal attention is masked to the identity
+    image_fraction: float = 0.0
+    # where the images come from: an image or clip dataset, or a folder of images (None: the training clips' frames)
+    image_data: str | None = None
+    image_options: dict = field(default_factory=dict)  # image_data's options (a clip dataset's: e.g. a larger count)
+    mask_images: bool = True  # false: image groups go in as if they were clips (the mask's ablation)
+    # prediction: the network also sees the first k frames (k uniform in 1..context_frames) on p_context of the clips
+    context_frames: int = 0
+    p_context: float = 0.5
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -209,3 +231,4 @@ class Config:
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     latent: LatentConfig = field(default_factory=LatentConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)

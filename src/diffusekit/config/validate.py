@@ -11,7 +11,7 @@ from ..data.augment import AugmentSettings
 from ..data.captions import CAPTIONED_DATASETS
 from ..data.intensity import check_intensity
 from ..guidance import GuidanceSettings
-from ..networks import autoencoder, dit, unet
+from ..networks import autoencoder, dit, unet, video
 from ..sampling import SPACINGS, sampler_name
 from .schema import Config
 from .typed import ConfigError
@@ -57,7 +57,8 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"objective.input_perturbation must be in [0, 1), got {o.input_perturbation}")
     _positive("objective.sigma_data", o.sigma_data)
 
-    presets = {"unet": unet.PRESETS, "dit": dit.PRESETS, "autoencoder": autoencoder.PRESETS}[config.network.kind]
+    presets = {"unet": unet.PRESETS, "dit": dit.PRESETS, "autoencoder": autoencoder.PRESETS,
+               "video_unet": video.PRESETS}[config.network.kind]
     if config.network.preset not in presets:
         raise ConfigError(f"network.preset: unknown {config.network.kind} preset {config.network.preset!r}; "
                           f"choose one of {', '.join(presets)}")
@@ -139,6 +140,7 @@ def validate(config: Config) -> Config:
     else:
         check_guidance(config, d.conditional or d.captions)
     _validate_latent(config)
+    _validate_video(config)
     if d.channels not in (None, 1, 3):
         raise ConfigError(f"data.channels must be 1, 3 or null, got {d.channels}")
     _positive("data.resolution", d.resolution)
@@ -177,3 +179,33 @@ def _validate_latent(config: Config) -> None:
     if config.data.intensity is not None:
         raise ConfigError("latent.autoencoder: data.intensity draws per-image pixel intensities; a latent run "
                           "trains on cached latents")
+
+
+def _validate_video(config: Config) -> None:
+    v, kind = config.video, config.network.kind
+    if v.frames is None:
+        if kind == "video_unet":
+            raise ConfigError("network.kind video_unet draws clips: set video.frames (the clip length, e.g. 8)")
+        changed = [key for key in ("image_fraction", "context_frames") if getattr(v, key)]
+        if changed:
+            raise ConfigError(f"video.{changed[0]} is for video runs: set video.frames and network.kind video_unet")
+        return
+    if kind != "video_unet":
+        raise ConfigError(f"video.frames is set ({v.frames}) but network.kind is {kind}, an image network: use "
+                          "network.kind video_unet (diffusekit.networks.video)")
+    _positive("video.frames", v.frames)
+    if not 0.0 <= v.image_fraction < 1.0:
+        raise ConfigError(f"video.image_fraction must be in [0, 1) (a share of each batch), got {v.image_fraction}")
+    if not 0 <= v.context_frames < v.frames:
+        raise ConfigError(f"video.context_frames must be in 0..{v.frames - 1} (at least one frame is generated), "
+                          f"got {v.context_frames}")
+    if not 0.0 <= v.p_context <= 1.0:
+        raise ConfigError(f"video.p_context must be in [0, 1], got {v.p_context}")
+    others = {"latent.autoencoder": config.latent.autoencoder is not None,
+              "cascade.low_resolution": config.cascade.low_resolution is not None,
+              "data.augment": bool(config.data.augment), "data.captions": config.data.captions,
+              "data.intensity": config.data.intensity is not None, "eval.every": config.eval.every is not None}
+    unsupported = [key for key, used in others.items() if used]
+    if unsupported:
+        raise ConfigError(f"{unsupported[0]} is not supported for video runs (video.frames is set); sampled clips "
+                          "are scored by diffusekit.metrics.video (docs/video.md)")

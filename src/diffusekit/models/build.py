@@ -17,6 +17,7 @@ from ..loss import DiffusionLoss
 from ..networks.autoencoder import Autoencoder
 from ..networks.dit import DiT
 from ..networks.unet import UNet
+from ..networks.video import VideoUNet
 
 __all__ = ["TEXT_DIM", "build_network", "network_conditioning", "cascade_settings", "augment_settings",
            "build_denoiser", "build_loss"]
@@ -40,10 +41,12 @@ def cascade_settings(config: Config) -> CascadeSettings | None:
     return CascadeSettings(c.low_resolution, c.noise_aug, c.aug_max, c.sample_snr)
 
 
-def network_conditioning(config: Config, image_shape: tuple[int, int, int]) -> dict:
+def network_conditioning(config: Config, image_shape: tuple[int, ...]) -> dict:
     """The network options the data side implies: augmentation labels, a cascade's image and level inputs, and
     the text width of a caption-conditioned run (``data.captions``)."""
     options: dict = {}
+    if config.video.context_frames:
+        options["frame_conditioning"] = True
     if config.data.captions:
         options["text_dim"] = TEXT_DIM
     if augment_settings(config) is not None:
@@ -58,10 +61,16 @@ def network_conditioning(config: Config, image_shape: tuple[int, int, int]) -> d
     return options
 
 
-def build_network(network: NetworkConfig, image_shape: tuple[int, int, int], num_classes: int,
+def build_network(network: NetworkConfig, image_shape: tuple[int, ...], num_classes: int,
                   **conditioning) -> nn.Module:
-    """``conditioning``: :func:`network_conditioning`'s options (augment_dim, cond_channels, noise_aug)."""
-    channels, height, width = image_shape
+    """``conditioning``: :func:`network_conditioning`'s options (augment_dim, cond_channels, noise_aug).
+    ``image_shape``: ``(C, H, W)``, or ``(C, F, H, W)`` for a video network (``network.kind: video_unet``)."""
+    video = network.kind == "video_unet"
+    if video != (len(image_shape) == 4):
+        what = "clips (C, F, H, W)" if len(image_shape) == 4 else "images (C, H, W)"
+        raise ConfigError(f"network.kind {network.kind} cannot be built for {what} of shape {tuple(image_shape)}: "
+                          "video_unet takes clips (set video.frames), the image networks take images")
+    channels, *frames, height, width = image_shape
     if height != width:
         raise ValueError(f"images must be square, got {height}x{width}")
     # YAML gives lists; the networks' layout arguments are tuples
@@ -80,11 +89,15 @@ def build_network(network: NetworkConfig, image_shape: tuple[int, int, int], num
         if network.kind == "unet":
             common.setdefault("out_channels", channels)
             return UNet.from_preset(network.preset, **common)
+        if video:
+            common.setdefault("out_channels", channels)
+            return VideoUNet.from_preset(network.preset, frames=frames[0], **common)
         return DiT.from_name(network.preset, **common)
     except TypeError as e:  # an option the network does not take
         raise ConfigError(f"network.options: {e}") from None
     except ValueError as e:
-        raise ConfigError(f"network ({network.kind} {network.preset!r} for {channels}x{height}x{width} images): "
+        shape = "x".join(map(str, image_shape))
+        raise ConfigError(f"network ({network.kind} {network.preset!r} for {shape} {'clips' if video else 'images'}): "
                           f"{e}") from None
 
 

@@ -38,7 +38,7 @@ def select_weights(checkpoint: Path, name: str, model_state: dict, ema_states: d
 class LoadedModel:
     denoiser: Denoiser
     config: Config
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]  # (C, H, W), or (C, F, H, W) for a video model
     num_classes: int
     class_names: list[str]
     cur_nimg: int
@@ -48,7 +48,25 @@ class LoadedModel:
     decode: Callable | None = None  # a latent model: sampled latents -> images (diffusekit.generate.load_model sets it)
 
     @property
-    def output_shape(self) -> tuple[int, int, int]:
+    def is_video(self) -> bool:
+        """A video model: it draws clips ``image_shape = (C, F, H, W)``."""
+        return len(self.image_shape) == 4
+
+    def describe_kind(self) -> str:
+        """What it draws, for messages: e.g. "a video model (clips of 8 frames of 1x32x32)"."""
+        if self.is_video:
+            channels, frames, height, width = self.image_shape
+            return f"a video model (clips of {frames} frames of {channels}x{height}x{width})"
+        return f"an image model ({'x'.join(map(str, self.output_shape))} images)"
+
+    def require_images(self, what: str) -> None:
+        """Refuse a video model where only images can be made (``what``: the command or option)."""
+        if self.is_video:
+            raise UsageError(f"{what} makes images, but {self.checkpoint} is {self.describe_kind()}: sample it with "
+                             "`diffusekit sample` (.gif/.mp4/.npz/.png outputs)")
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
         """The shape of the images it makes: ``image_shape`` (what the network sees) or, for a latent model, the
         decoded shape."""
         return tuple(self.latent["image_shape"]) if self.latent else self.image_shape

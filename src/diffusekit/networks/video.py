@@ -38,11 +38,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         img_resolution=16, in_channels=3, out_channels=3, frames=4, model_channels=8, channel_mult=(1, 2),
         num_blocks=1, attn_resolutions=(8,), dropout=0.0, num_heads=2,
     ),
-    # Moving MNIST (Srivastava et al. 2015) on a CPU: 8 grey 32x32 frames; temporal attention at every
-    # resolution, spatial attention at 8x8, 1.57M parameters (0.20M of them temporal).
+    # Moving MNIST (Srivastava et al. 2015) on a CPU: 8 grey 32x32 frames, 16/32/64 channels at 32/16/8 (the MNIST
+    # demo's widths), spatial attention at 8x8, temporal attention at 16x16 and 8x8: 0.90M parameters. Temporal
+    # attention at 32x32 too costs 5x the training time on 2 CPU cores (1,024 positions per frame).
     "moving-mnist-small": dict(
-        img_resolution=32, in_channels=1, out_channels=1, frames=8, model_channels=32, channel_mult=(1, 2, 2),
-        num_blocks=1, attn_resolutions=(8,), dropout=0.1, num_heads=2,
+        img_resolution=32, in_channels=1, out_channels=1, frames=8, model_channels=16, channel_mult=(1, 2, 4),
+        num_blocks=1, attn_resolutions=(8,), temporal_resolutions=(16, 8), dropout=0.0, num_heads=2,
     ),
 }
 
@@ -72,7 +73,7 @@ class VideoUNet(nn.Module):
             temporal_position: ``"relative"``, ``"rotary"``, ``"absolute"`` or ``"none"``
                 (:mod:`diffusekit.networks.temporal`).
             max_distance: ``"relative"``: frame distances beyond it share one bias (None: ``frames - 1``).
-            frame_conditioning: take ``cond["context"]`` and ``cond["context_mask"]`` (required then).
+            frame_conditioning: take ``cond["context"]`` and ``cond["context_mask"]`` (absent: no frame given).
             layout: the other keyword arguments of :class:`UNet` (``model_channels``, ``channel_mult``,
                 ``num_blocks``, ``attn_resolutions``, ``dropout``, ``num_classes``, ``embedding``,
                 ``adaptive_scale``, ``num_heads``, ``channels_per_head``, ``text_dim``, ``attention_position``,
@@ -167,9 +168,12 @@ class VideoUNet(nn.Module):
                 raise ValueError(f"context frames ({', '.join(given)}) were given to a VideoUNet built without "
                                  "frame_conditioning")
             return x
-        if context is None or mask is None:
-            raise ValueError(f"this VideoUNet is frame-conditioned: cond needs 'context' [B, {self.in_channels}, F, "
-                             "H, W] (the given frames) and 'context_mask' [B, F] (True where given)")
+        if (context is None) != (mask is None):
+            raise ValueError(f"cond['context'] [B, {self.in_channels}, F, H, W] (the given frames) and "
+                             "cond['context_mask'] [B, F] (True where given) go together")
+        if context is None:  # nothing given: the model generates whole clips
+            context = torch.zeros_like(x)
+            mask = torch.zeros(x.shape[0], x.shape[2], dtype=torch.bool, device=x.device)
         if context.shape != x.shape:
             raise ValueError(f"cond['context'] must have the shape of x, {list(x.shape)}, got {list(context.shape)}")
         if tuple(mask.shape) != tuple(x.shape[:1] + x.shape[2:3]):

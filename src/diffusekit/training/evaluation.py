@@ -24,7 +24,7 @@ import dataclasses
 import math
 
 from ..config import Config
-from ..data import DATASETS, ImageArrays, load_training_data
+from ..data import CLIP_DATASETS, DATASETS, ImageArrays, load_training_data
 from ..latent import encode_dataset
 from ..metrics.evaluate import (
     SamplingSettings,
@@ -37,6 +37,7 @@ from ..metrics.inception import get_extractor
 from ..metrics.noise_levels import NoiseLevelProbe
 from ..metrics.stats import load_stats
 from ..models import build_denoiser, build_loss
+from .video import load_training_clips
 
 __all__ = ["TrainingEvaluator"]
 
@@ -81,6 +82,13 @@ class TrainingEvaluator:
         d = self.config.data
         if split == "none" or split == d.split:
             return None
+        if self.config.video.frames is not None:  # held-out clips: built-in clip datasets have a test split
+            if d.name not in CLIP_DATASETS:
+                if self.log:
+                    self.log(f"eval.validation: the video folder {d.name} has no {split} split; training loss only")
+                return None
+            return load_training_clips(dataclasses.replace(self.config, data=dataclasses.replace(d, limit=None)),
+                                       split)
         if d.name not in DATASETS:
             if self.log:
                 self.log(f"eval.validation: the image folder {d.name} has no {split} split; training loss only")

@@ -60,6 +60,7 @@ from .captions import caption_table
 from .ema import EMASet
 from .evaluation import TrainingEvaluator
 from .optim import LRSchedule, make_optimizer
+from .video import VideoBatches, load_image_pool
 
 __all__ = ["Trainer", "data_info", "NonFiniteError"]
 
@@ -68,9 +69,9 @@ def data_info(data: ImageArrays, conditional: bool, captions: bool = False) -> d
     """What rebuilding the network needs to know about the training data (stored in checkpoints). With
     ``captions`` the labels only pick captions: the network is unconditional by label (num_classes 0).
     ``data`` may be a :class:`~diffusekit.latent.LatentArrays`: the shape is then the latents'."""
-    channels, height, width = data.item_shape
     num_classes = data.num_classes if conditional and not captions else 0
-    return {"image_shape": [int(channels), int(height), int(width)], "num_classes": int(num_classes),
+    # [C, H, W] of an image, [C, F, H, W] of a clip
+    return {"image_shape": [int(size) for size in data.item_shape], "num_classes": int(num_classes),
             "class_names": list(data.class_names) if num_classes else []}
 
 
@@ -138,6 +139,7 @@ class Trainer:
             if self.captions.num_classes != data.num_classes:
                 raise ValueError(f"{config.data.name} has {data.num_classes} classes but "
                                  f"{self.captions.num_classes} caption lists")
+        self.video = self._video_batches(config, data)
         self.evaluator = self._make_evaluator()
         self.run_dir = Path(run_dir)
         self.cur_nimg = 0
@@ -162,6 +164,15 @@ class Trainer:
         check_guidance(self.config, bool(self.num_classes) or self.config.data.captions)  # a folder without classes
         self.denoiser = build_denoiser(self.config, network)
         self.loss = build_loss(self.config)
+
+    def _video_batches(self, config: Config, data) -> VideoBatches | None:
+        """A video run's image groups and context frames (None for an image run)."""
+        v = config.video
+        if v.frames is None:
+            return None
+        pool = load_image_pool(config, data) if v.image_fraction > 0 else None
+        return VideoBatches(config, pool, conditional=bool(self.num_classes), null_label=self.num_classes,
+                            frame_conditioning=v.context_frames > 0)
 
     def _make_evaluator(self):
         return TrainingEvaluator(self.config, self.data, autoencoder=self.autoencoder)
@@ -292,8 +303,13 @@ class Trainer:
                                         self.config.data.workers)
         x0, labels = next(self._batches)
         self._data_position = self._batches.position
-        x0 = x0.to(self.device, non_blocking=True)
         cond = {}
+        if self.video is not None:  # image groups, context frames and the loss mask that leaves the context out
+            x0, labels, cond, cond["loss_mask"] = self.video(x0, labels, self.generator)
+            if cond["loss_mask"] is None:
+                del cond["loss_mask"]
+            cond = {name: value.to(self.device, non_blocking=True) for name, value in cond.items()}
+        x0 = x0.to(self.device, non_blocking=True)
         if self.num_classes:
             labels = drop_conditions(labels, self.config.objective.p_uncond, self.num_classes, self.generator)
             cond["labels"] = labels.to(self.device, non_blocking=True)
@@ -367,11 +383,13 @@ class Trainer:
             x0, noise, cond = x0[part], noise[part], select(cond, part)
             xi = xi[part] if xi is not None else None
         mine = TimeDraw(draw.t[part], draw.weight[part], draw.u[part])
+        cond = dict(cond)
+        mask = cond.pop("loss_mask", None)  # where the loss counts (a video run's context frames do not)
         if self.fsdp:
             distributed.set_gradient_sync(self.network, last)
         with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
             loss = self.loss(self.denoiser.network_output, x0, noise=noise, time_draw=mine, cond=cond,
-                             update_sampler=not self.dist.distributed, perturbation=xi)
+                             update_sampler=not self.dist.distributed, perturbation=xi, mask=mask)
             (loss.loss.mean() / opt.accumulation).backward()
         if self.dist.distributed and importance:  # the sampler's statistics see every process's losses
             self.loss.time_sampler.update(draw.u, distributed.all_gather_cat(loss.unweighted.detach()))

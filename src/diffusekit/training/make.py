@@ -5,11 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Config
-from ..data import ImageArrays
+from ..data import ImageArrays, load_training_data
 from .autoencoder import AutoencoderTrainer
 from .loop import Trainer
+from .video import load_training_clips
 
-__all__ = ["make_trainer", "train"]
+__all__ = ["make_trainer", "train", "training_data"]
+
+
+def training_data(config: Config):
+    """What a run trains on: the clips of a video run (``video.frames``), else the images of ``data``."""
+    if config.video.frames is not None:
+        return load_training_clips(config)
+    return load_training_data(config.data)
 
 
 def make_trainer(config: Config, data: ImageArrays, run_dir: str | Path, device: str | None = None,

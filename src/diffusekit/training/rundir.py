@@ -7,6 +7,7 @@ RUN_DIR/
   metrics.jsonl        one record per log interval: cur_nimg, loss, lr, img/s, elapsed, peak memory
   tensorboard/         the same scalars as TensorBoard event files
   samples/grid-<nimg>.png   sample grids from the EMA, same noise every time; samples.png is the newest
+                       (a video run: a row of frames per clip, and samples.gif plays the newest clips)
   loss.png             the loss curve (raw and smoothed), redrawn at each checkpoint
   checkpoints/ckpt-<nimg>/  weights (safetensors) + training state (weights_only) + checksums
 ```
@@ -36,7 +37,7 @@ from ..cascade import downsample, sampling_condition
 from ..config import Config, ConfigError, from_dict, read_file, to_dict, write_yaml
 from ..generate import class_major_labels, generate
 from ..guidance import GuidanceSettings
-from ..images import make_grid, save_png
+from ..images import clip_frames, clip_grid, make_grid, save_animation, save_png
 from ..models import build_denoiser, native_bf16, remove_partial_writes
 from ..monitor import MetricsLog, TensorBoardWriter, plot_loss_curve, read_metrics
 
@@ -220,6 +221,9 @@ class RunDirectory:
         ema_name = config.sample.ema or next(iter(trainer.emas.emas))
         denoiser = build_denoiser(config, trainer.emas[ema_name].model)
         columns = config.sample.grid_columns
+        video = config.video.frames is not None
+        if video:  # a row per clip, its frames across: one clip per class, or 8
+            columns = 1
         if trainer.num_classes:
             rows = min(trainer.num_classes, 10)
             labels = class_major_labels(rows * columns, rows)
@@ -243,6 +247,9 @@ class RunDirectory:
                           num_classes=trainer.num_classes, sampler=s.sampler, steps=s.steps, spacing=s.spacing,
                           guidance=guidance, options=s.options, condition=condition,
                           seed=config.run.seed, device=trainer.device, decode=trainer.decode)
+        if video:  # the grid, and the clips playing side by side in samples.gif
+            save_animation(clip_frames(images, min(len(images), 5)), self.path / "samples.gif")
+            return self._save_grid(trainer, clip_grid(images))
         return self._save_grid(trainer, make_grid(images, columns))
 
     def _save_grid(self, trainer, grid) -> Path:

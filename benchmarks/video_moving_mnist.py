@@ -1,0 +1,220 @@
+"""Video on moving MNIST: the preset, joint video + image training, the temporal mask, relative positions, speed.
+
+Subcommands append rows to ``benchmarks/results/video_moving_mnist.json`` (a row replaces an earlier one of the
+same kind and run) and print the table:
+
+``train ARM --run-dir DIR``
+    Trains one arm with ``diffusekit train`` (the ``moving-mnist`` preset with the arm's overrides). The arms of
+    the comparison share everything but the named change, and the same number of training steps and batch rows
+    (equal compute: an image group costs what a clip costs):
+
+    - ``preset``: the preset as it is (20,000 training clips, joint, masked, relative positions, prediction);
+    - ``video-only``: few clips (``--clips``, default 2,000), no image groups, no context frames;
+    - ``joint``: the same clips, and a quarter of every batch groups of 8 independent frames from 60,000
+      single-frame moving-MNIST images (every MNIST training digit at a random place), masked;
+    - ``joint-unmasked``: ``joint`` with the groups fed as if they were clips (``video.mask_images: false``);
+    - ``joint-absolute``: ``joint`` with absolute (sin-cos) temporal positions instead of the relative bias.
+``score RUN...``
+    ``--n`` clips of each run (its own sampler settings, class-major labels, seeds 0..n-1) scored against ``--n``
+    held-out clips of moving MNIST's test split (MNIST test digits, never trained on): frame FID / KID (standard
+    Inception, every frame), the FVD proxy (Frechet distance of per-clip Inception statistics; NOT comparable to
+    published FVD, which uses I3D), flicker against the data's, the digit classifier's identity agreement along
+    each clip and the share of frames showing the requested digit, and motion smoothness from digit centroids
+    against the held-out clips' own (same drawing, whole-pixel positions). Also the run's training clips, wall
+    time, clips/s and peak memory from its log, and the sampling time per clip.
+``floor``
+    The same metrics for ``--n`` training clips against the ``--n`` held-out clips: what real data scores.
+
+Usage::
+
+    .venv/bin/python benchmarks/video_moving_mnist.py train preset --run-dir runs/moving-mnist --threads 2
+    .venv/bin/python benchmarks/video_moving_mnist.py train joint --run-dir runs/mm-joint --threads 1
+    .venv/bin/python benchmarks/video_moving_mnist.py score runs/moving-mnist runs/mm-joint --n 400
+    .venv/bin/python benchmarks/video_moving_mnist.py floor --n 400
+    .venv/bin/python benchmarks/video_moving_mnist.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffusekit.config import resolve
+from diffusekit.generate import class_major_labels, load_model
+from diffusekit.generate_video import generate_clips
+from diffusekit.guidance import GuidanceSettings
+from diffusekit.images import clip_frames, clip_grid, save_animation, save_png
+from diffusekit.metrics import load_or_train_classifier
+from diffusekit.metrics.inception import get_extractor
+from diffusekit.metrics.motion import identity_agreement, motion_smoothness
+from diffusekit.metrics.video import clip_frame_features, flicker, frame_fid, frame_kid, fvd_proxy
+from diffusekit.monitor import read_metrics
+from diffusekit.training.video import load_training_clips
+
+RESULTS = Path(__file__).parent / "results" / "video_moving_mnist.json"
+PICTURES = Path(__file__).parent / "results" / "video_moving_mnist"
+
+_SMALL = ["video.context_frames=0", "eval.loss_every=null"]
+_JOINT = ["video.image_fraction=0.25", "video.image_data=moving-mnist", "video.image_options={count: 60000}"]
+ARMS = {
+    "preset": [],
+    "video-only": [*_SMALL, "video.image_fraction=0"],
+    "joint": [*_SMALL, *_JOINT],
+    "joint-unmasked": [*_SMALL, *_JOINT, "video.mask_images=false"],
+    "joint-absolute": [*_SMALL, *_JOINT, "network.options={temporal_position: absolute}"],
+}
+
+
+def _rows() -> list[dict]:
+    return json.loads(RESULTS.read_text())["rows"] if RESULTS.exists() else []
+
+
+def _save(row: dict) -> None:
+    rows = [r for r in _rows() if (r["kind"], r.get("run")) != (row["kind"], row.get("run"))] + [row]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+
+
+def cmd_train(args) -> None:
+    overrides = list(ARMS[args.arm])
+    if args.arm != "preset":
+        overrides.append(f"video.options.count={args.clips}")
+    if args.images is not None:
+        overrides.append(f"run.total_images={args.images}")
+    command = [sys.executable, "-m", "diffusekit", "train", "--preset", "moving-mnist", "--run-dir", args.run_dir,
+               "--threads", str(args.threads), "--quiet"]
+    for override in overrides:
+        command += ["--set", override]
+    print(" ".join(command), flush=True)
+    subprocess.run(command, check=True)
+    with open(Path(args.run_dir) / "arm.json", "w") as f:
+        json.dump({"arm": args.arm, "overrides": overrides}, f)
+
+
+def _reference(n: int, split: str):
+    """``n`` clips of a split of the preset's moving MNIST (first n: class-balanced enough at 400) and its data."""
+    config = resolve("moving-mnist")
+    clips = load_training_clips(config, split)
+    return clips.subset(np.arange(min(n, len(clips))))
+
+
+class Scorer:
+    """The held-out clips' features and metrics computed once, every run scored against them."""
+
+    def __init__(self, n: int):
+        self.held_out = _reference(n, "test")
+        self.digit_size = int(resolve("moving-mnist").video.options["digit_size"])
+        self.extractor = get_extractor("inception")
+        self.classifier, self.classifier_info = load_or_train_classifier("mnist")
+        self.features = clip_frame_features(self.extractor, self.held_out.clips)
+        positions = self.held_out.extras["positions"][:, :, 0].astype(np.float64)
+        self.reference = {
+            "flicker": flicker(self.held_out.clips),
+            "motion": motion_smoothness(self.held_out.clips, positions=positions),
+            "identity": identity_agreement(self.held_out.clips, self.classifier, self.digit_size,
+                                           torch.from_numpy(self.held_out.labels)),
+        }
+
+    def score(self, clips, requested) -> dict:
+        features = clip_frame_features(self.extractor, clips)
+        kid = frame_kid(features, self.features)
+        return {
+            "frame_fid": frame_fid(features, self.features), "frame_kid": kid,
+            "fvd_proxy": fvd_proxy(features, self.features),
+            "flicker": flicker(clips), "flicker_ratio": flicker(clips) / self.reference["flicker"],
+            "motion": motion_smoothness(clips),
+            "identity": identity_agreement(clips, self.classifier, self.digit_size, requested),
+        }
+
+
+def _run_log(run: Path) -> dict:
+    records = [r for r in read_metrics(run / "metrics.jsonl") if "cur_nimg" in r]
+    last = records[-1] if records else {}
+    rates = [r["img_per_s"] for r in records if isinstance(r.get("img_per_s"), (int, float))]
+    arm = json.loads((run / "arm.json").read_text()) if (run / "arm.json").exists() else {}
+    return {"arm": arm.get("arm"), "overrides": arm.get("overrides"), "clips_trained": last.get("cur_nimg"),
+            "train_elapsed_s": last.get("elapsed_s"), "train_clips_per_s": float(np.median(rates)) if rates else None,
+            "peak_rss_mb": last.get("peak_rss_mb")}
+
+
+def cmd_score(args) -> None:
+    scorer = Scorer(args.n)
+    for run in map(Path, args.runs):
+        model = load_model(run)
+        labels = class_major_labels(args.n, model.num_classes) if model.num_classes else None
+        s = model.config.sample
+        started = time.perf_counter()
+        clips = generate_clips(model.denoiser, args.n, model.image_shape, labels=labels,
+                               num_classes=model.num_classes, sampler=s.sampler, steps=s.steps, spacing=s.spacing,
+                               guidance=GuidanceSettings.from_sample(s) if labels is not None else 1.0,
+                               options=s.options, seed=args.seed, batch_size=50,
+                               frame_conditioning=model.config.video.context_frames > 0)
+        seconds = time.perf_counter() - started
+        row = {"kind": "score", "run": str(run), **_run_log(run), "n": args.n, "seed": args.seed,
+               "sample_s_per_clip": seconds / args.n, "threads": torch.get_num_threads(),
+               "steps": s.steps, "guidance": s.guidance, **scorer.score(clips, labels),
+               "reference": scorer.reference, "date": datetime.date.today().isoformat()}
+        PICTURES.mkdir(parents=True, exist_ok=True)
+        name = run.name
+        save_png(clip_grid(clips[:10 * max(1, args.n // 10)][:: max(1, args.n // 10)]), PICTURES / f"{name}.png")
+        save_animation(clip_frames(clips[:: max(1, args.n // 10)][:10], 5), PICTURES / f"{name}.gif")
+        _save(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "reference"}), flush=True)
+
+
+def cmd_floor(args) -> None:
+    scorer = Scorer(args.n)
+    train = _reference(args.n, "train")
+    row = {"kind": "floor", "run": "train-vs-test", "n": args.n,
+           **scorer.score(train.clips, torch.from_numpy(train.labels)), "reference": scorer.reference,
+           "date": datetime.date.today().isoformat()}
+    _save(row)
+    print(json.dumps(row), flush=True)
+
+
+def table() -> None:
+    rows = _rows()
+    print(f"{'run':<28} {'arm':<15} {'clips':>7} {'frameFID':>8} {'FVDproxy':>9} {'agree':>6} {'asked':>6} "
+          f"{'flick':>6} {'accel':>6} {'s/clip':>7}")
+    for r in rows:
+        ident = r.get("identity", {})
+        print(f"{r['run']:<28} {str(r.get('arm')):<15} {str(r.get('clips_trained')):>7} {r['frame_fid']:>8.2f} "
+              f"{r['fvd_proxy']:>9.2f} {ident.get('agreement', float('nan')):>6.3f} "
+              f"{ident.get('requested_accuracy', float('nan')):>6.3f} {r['flicker_ratio']:>6.2f} "
+              f"{r['motion']['acceleration']:>6.2f} {r.get('sample_s_per_clip') or float('nan'):>7.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--table", action="store_true", help="print the results table and exit")
+    sub = parser.add_subparsers(dest="command")
+    t = sub.add_parser("train")
+    t.add_argument("arm", choices=list(ARMS))
+    t.add_argument("--run-dir", required=True)
+    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--clips", type=int, default=2_000, help="training clips of the comparison arms")
+    t.add_argument("--images", type=int, help="training clips seen (run.total_images; default: the preset's)")
+    s = sub.add_parser("score")
+    s.add_argument("runs", nargs="+")
+    s.add_argument("--n", type=int, default=400)
+    s.add_argument("--seed", type=int, default=0)
+    f = sub.add_parser("floor")
+    f.add_argument("--n", type=int, default=400)
+    args = parser.parse_args()
+    if args.command is None or args.table:
+        table()
+        return
+    {"train": cmd_train, "score": cmd_score, "floor": cmd_floor}[args.command](args)
+    table()
+
+
+if __name__ == "__main__":
+    main()
