@@ -136,7 +136,7 @@ class Scorer:
 
 
 def _run_log(run: Path) -> dict:
-    records = [r for r in read_metrics(run / "metrics.jsonl") if "cur_nimg" in r]
+    records = [r for r in read_metrics(run / "metrics.jsonl") if "elapsed_s" in r]  # the training records
     last = records[-1] if records else {}
     rates = [r["img_per_s"] for r in records if isinstance(r.get("img_per_s"), (int, float))]
     arm = json.loads((run / "arm.json").read_text()) if (run / "arm.json").exists() else {}
@@ -180,16 +180,21 @@ def cmd_floor(args) -> None:
     print(json.dumps(row), flush=True)
 
 
+def _number(value, width: int, digits: int) -> str:
+    return f"{value:>{width}.{digits}f}" if isinstance(value, (int, float)) else f"{'-':>{width}}"
+
+
 def table() -> None:
-    rows = _rows()
     print(f"{'run':<28} {'arm':<15} {'clips':>7} {'frameFID':>8} {'FVDproxy':>9} {'agree':>6} {'asked':>6} "
-          f"{'flick':>6} {'accel':>6} {'s/clip':>7}")
-    for r in rows:
-        ident = r.get("identity", {})
-        print(f"{r['run']:<28} {str(r.get('arm')):<15} {str(r.get('clips_trained')):>7} {r['frame_fid']:>8.2f} "
-              f"{r['fvd_proxy']:>9.2f} {ident.get('agreement', float('nan')):>6.3f} "
-              f"{ident.get('requested_accuracy', float('nan')):>6.3f} {r['flicker_ratio']:>6.2f} "
-              f"{r['motion']['acceleration']:>6.2f} {r.get('sample_s_per_clip') or float('nan'):>7.3f}")
+          f"{'flick':>6} {'accel':>6} {'speedcv':>7} {'s/clip':>7}")
+    for r in _rows():
+        ident, motion = r.get("identity", {}), r.get("motion", {})
+        print(f"{r['run']:<28} {str(r.get('arm')):<15} {str(r.get('clips_trained')):>7} "
+              f"{_number(r['frame_fid'], 8, 2)} {_number(r['fvd_proxy'], 9, 2)} "
+              f"{_number(ident.get('agreement'), 6, 3)} "
+              f"{_number(ident.get('requested_accuracy'), 6, 3)} {_number(r['flicker_ratio'], 6, 2)} "
+              f"{_number(motion.get('acceleration'), 6, 2)} {_number(motion.get('speed_cv'), 7, 3)} "
+              f"{_number(r.get('sample_s_per_clip'), 7, 3)}")
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """A video run's batches: image groups replace a fixed share of the clips, and context frames leave the loss."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -88,3 +89,61 @@ def test_share_of_image_groups_rounds(fraction):
                            frame_conditioning=False)
     _, _, cond, _ = batches(x0, labels, torch.Generator().manual_seed(0))
     assert int(cond["independent"].sum()) == round(fraction * 8)
+
+
+# -- a whole video run ----------------------------------------------------------------------------------------------
+
+def _moving_squares(n: int = 24, frames: int = 4, size: int = 8) -> ClipArrays:
+    """A bright 3x3 square moving one pixel right per frame from a random start, two classes (its row half)."""
+    rng = np.random.default_rng(0)
+    clips = np.zeros((n, frames, size, size, 1), np.uint8)
+    labels = rng.integers(0, 2, n)
+    for i in range(n):
+        row = rng.integers(0, 2) + 4 * labels[i]
+        col = rng.integers(0, size - 3 - frames + 1)
+        for t in range(frames):
+            clips[i, t, row:row + 3, col + t:col + t + 3] = 255
+    return ClipArrays(clips, labels.astype(np.int64), 2, ("top", "bottom"))
+
+
+def _video_config(*overrides):
+    from diffusekit.config import resolve
+
+    base = ["run.total_images=96", "optim.batch_size=8", "run.checkpoint_every=32", "run.log_every=16",
+            "network.kind=video_unet", "network.preset=tiny", "network.options={dropout: 0.1}", "video.frames=4",
+            "video.image_fraction=0.25", "video.context_frames=2", "video.p_context=0.5",
+            "ema.half_lives={ema: 100}", "eval.loss_every=48", "eval.loss_per_bin=4"]
+    return resolve("tiny", overrides=base + list(overrides))
+
+
+def test_a_video_run_with_image_groups_and_context_resumes_bit_identical(tmp_path):
+    from diffusekit.training.make import train
+
+    from .resume_check import assert_resume_is_bit_identical
+
+    config, data = _video_config(), _moving_squares()
+    whole = train(config, data, tmp_path / "whole")
+    assert whole.info["image_shape"] == [1, 4, 8, 8] and whole.network.is_video
+    assert_resume_is_bit_identical(whole, config, data, tmp_path / "split", 40, "ckpt-000000000032")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["network.kind=unet", "network.preset=tiny"], "network.kind is unet, an image network"),
+    (["video.frames=null"], "draws clips: set video.frames"),
+    (["video.context_frames=4"], "video.context_frames must be in 0..3"),
+    (["video.image_fraction=1.0"], "video.image_fraction must be in [0, 1)"),
+    (["latent.autoencoder=runs/ae"], "latent.autoencoder is not supported for video runs"),
+    (["eval.every=100"], "eval.every is not supported for video runs"),
+])
+def test_video_configs_that_cannot_work_are_refused(overrides, message):
+    from diffusekit.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _video_config(*overrides)
+
+
+def test_image_settings_without_frames_are_refused():
+    from diffusekit.config import ConfigError, resolve
+
+    with pytest.raises(ConfigError, match=re.escape("video.image_fraction is for video runs")):
+        resolve("tiny", overrides=["video.image_fraction=0.5"])

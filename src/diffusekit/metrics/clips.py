@@ -34,7 +34,9 @@ def as_uint8_clips(clips: np.ndarray | Tensor) -> np.ndarray:
     elif clips.is_floating_point():
         if not torch.isfinite(clips).all():
             raise ValueError("clips contain NaN or infinite values")
-        if clips.abs().max() > 2:
+        # a sampler's output may leave [-1, 1] (and is clamped, as a saved video would be); values far beyond
+        # mean another scale, e.g. 0..255 floats
+        if clips.abs().max() > 20:
             raise ValueError(f"float clips must be in [-1, 1], got values in [{clips.min():.3g}, {clips.max():.3g}] "
                              "(uint8 clips are given as [N, F, H, W, C])")
         out = quantize(clips).permute(0, 2, 3, 4, 1)  # [N, C, F, H, W] -> [N, F, H, W, C]
