@@ -16,7 +16,8 @@ require_mnist()  # moving MNIST is made from MNIST digits
 TRAIN = ["train", "--preset", "moving-mnist", "--quiet", "--threads", "1", "--images", "32",
          "--set", "data.resolution=16", "--set", "video.frames=4", "--set", "video.context_frames=2",
          "--set", "video.options={digits: 1, count: 64, digit_size: 8, speed: [1.0, 2.0]}",
-         "--set", "network.preset=tiny", "--set", "optim.batch_size=8", "--set", "run.checkpoint_every=32", "--set", "run.sample_every=32",
+         "--set", "network.preset=tiny", "--set", "optim.batch_size=8", "--set", "run.checkpoint_every=32",
+         "--set", "run.sample_every=32",
          "--set", "run.log_every=16", "--set", "eval.loss_every=null"]
 
 
