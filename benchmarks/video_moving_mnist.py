@@ -24,6 +24,12 @@ same kind and run) and print the table:
     time, clips/s and peak memory from its log, and the sampling time per clip.
 ``floor``
     The same metrics for ``--n`` training clips against the ``--n`` held-out clips: what real data scores.
+``speed``
+    Training clips/s (forward, backward and AdamW step, batch 16, with the preset's image groups and context
+    channels) and sampling seconds per clip (the preset's 16 multistep steps, batch 50) of the preset's network,
+    beside the same U-Net run frame by frame without its temporal layers, timed in interleaved rounds in one
+    process so that host load hits both alike; and the peak memory of a training step of each (a fresh process
+    each, its resident-set growth over the imports).
 
 Usage::
 
@@ -31,6 +37,7 @@ Usage::
     .venv/bin/python benchmarks/video_moving_mnist.py train joint --run-dir runs/mm-joint --threads 1
     .venv/bin/python benchmarks/video_moving_mnist.py score runs/moving-mnist runs/mm-joint --n 400
     .venv/bin/python benchmarks/video_moving_mnist.py floor --n 400
+    .venv/bin/python benchmarks/video_moving_mnist.py speed --threads 2
     .venv/bin/python benchmarks/video_moving_mnist.py --table
 """
 
@@ -180,6 +187,99 @@ def cmd_floor(args) -> None:
     print(json.dumps(row), flush=True)
 
 
+def _networks() -> dict:
+    """The preset's network, and the same U-Net without temporal layers (frame by frame)."""
+    from diffusekit.models import build_network, network_conditioning
+
+    config = resolve("moving-mnist")
+    shape = (1, config.video.frames, 32, 32)
+    conditioning = network_conditioning(config, shape)
+    video = build_network(config.network, shape, 10, **conditioning)
+    frames_only = dict(config.network.options, temporal_resolutions=[])
+    plain = build_network(type(config.network)(config.network.kind, config.network.preset, frames_only), shape, 10,
+                          **conditioning)
+    return {"space-time": video, "per-frame": plain}
+
+
+def _train_step(network, optimizer, clips, labels):
+    t = torch.rand(len(clips))
+    given = torch.zeros(len(clips), clips.shape[2], dtype=torch.bool)
+    given[: len(clips) // 4, :2] = True
+    cond = {"labels": labels, "context": clips * given[:, None, :, None, None], "context_mask": given,
+            "independent": torch.arange(len(clips)) >= len(clips) - len(clips) // 4}
+    loss = (network(clips, t, cond) - clips).square().mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _memory_child(name: str, threads: int) -> None:
+    import resource
+
+    torch.set_num_threads(threads)
+    network = _networks()[name]
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
+    clips, labels = torch.randn(16, 1, 8, 32, 32), torch.randint(0, 10, (16,))
+    with open("/proc/self/statm") as f:  # the resident set now, in pages (the peak so far may be an import's)
+        before_kb = int(f.read().split()[1]) * resource.getpagesize() / 1024
+    for _ in range(3):
+        _train_step(network, optimizer, clips, labels)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_growth_mb": (peak_kb - before_kb) / 1024}))
+
+
+def cmd_speed(args) -> None:
+    from diffusekit import parameterizations, schedules
+    from diffusekit.denoiser import Denoiser
+    from diffusekit.sampling import sample, timesteps
+
+    torch.set_num_threads(args.threads)
+    config = resolve("moving-mnist")
+    networks = _networks()
+    optimizers = {k: torch.optim.AdamW(n.parameters(), lr=1e-4) for k, n in networks.items()}
+    clips, labels = torch.randn(16, 1, 8, 32, 32), torch.randint(0, 10, (16,))
+    schedule = schedules.get(config.objective.schedule)
+    parameterization = parameterizations.get(config.objective.parameterization)
+    ts = timesteps(schedule, config.sample.steps, config.sample.spacing)
+    train_s = {k: [] for k in networks}
+    sample_s = {k: [] for k in networks}
+    for name in networks:  # warm-up
+        _train_step(networks[name], optimizers[name], clips, labels)
+    for round_ in range(args.rounds):
+        order = list(networks)[round_ % 2:] + list(networks)[:round_ % 2]
+        for name in order:
+            started = time.perf_counter()
+            for _ in range(args.steps):
+                _train_step(networks[name], optimizers[name], clips, labels)
+            train_s[name].append((time.perf_counter() - started) / (args.steps * len(clips)))
+            denoiser = Denoiser(networks[name].eval(), schedule, parameterization)
+            noise = torch.randn(50, 1, 8, 32, 32)
+            started = time.perf_counter()
+            with torch.no_grad():
+                sample(denoiser, noise, ts, schedule, config.sample.sampler, cond={"labels": torch.arange(50) % 10},
+                       **config.sample.options)
+            sample_s[name].append((time.perf_counter() - started) / 50)
+            networks[name].train()
+    memory = {}
+    for name in networks:
+        out = subprocess.run([sys.executable, __file__, "_memory", name, "--threads", str(args.threads)],
+                             check=True, capture_output=True, text=True).stdout
+        memory[name] = json.loads(out.strip().splitlines()[-1])["peak_growth_mb"]
+    row = {"kind": "speed", "run": f"speed-{args.threads}threads", "threads": args.threads, "rounds": args.rounds,
+           "date": datetime.date.today().isoformat()}
+    for name in networks:
+        row[name] = {"parameters": sum(p.numel() for p in networks[name].parameters()),
+                     "train_clips_per_s": 1 / float(np.median(train_s[name])),
+                     "train_s_per_clip": float(np.median(train_s[name])),
+                     "sample_s_per_clip": float(np.median(sample_s[name])),
+                     "train_peak_growth_mb": memory[name]}
+    row["space_time_over_per_frame"] = {
+        "train_time": row["space-time"]["train_s_per_clip"] / row["per-frame"]["train_s_per_clip"],
+        "sample_time": row["space-time"]["sample_s_per_clip"] / row["per-frame"]["sample_s_per_clip"]}
+    _save(row)
+    print(json.dumps(row, indent=1))
+
+
 def _number(value, width: int, digits: int) -> str:
     return f"{value:>{width}.{digits}f}" if isinstance(value, (int, float)) else f"{'-':>{width}}"
 
@@ -188,6 +288,13 @@ def table() -> None:
     print(f"{'run':<28} {'arm':<15} {'clips':>7} {'frameFID':>8} {'FVDproxy':>9} {'agree':>6} {'asked':>6} "
           f"{'flick':>6} {'accel':>6} {'speedcv':>7} {'s/clip':>7}")
     for r in _rows():
+        if r["kind"] == "speed":
+            ratio = r["space_time_over_per_frame"]
+            print(f"speed ({r['threads']} threads): " + "; ".join(
+                f"{k}: {r[k]['train_clips_per_s']:.1f} training clips/s, {r[k]['sample_s_per_clip']:.3f} s per "
+                f"sampled clip, +{r[k]['train_peak_growth_mb']:.0f} MB" for k in ("space-time", "per-frame"))
+                + f"; time ratio train {ratio['train_time']:.2f}, sample {ratio['sample_time']:.2f}")
+            continue
         ident, motion = r.get("identity", {}), r.get("motion", {})
         print(f"{r['run']:<28} {str(r.get('arm')):<15} {str(r.get('clips_trained')):>7} "
               f"{_number(r['frame_fid'], 8, 2)} {_number(r['fvd_proxy'], 9, 2)} "
@@ -213,11 +320,21 @@ def main() -> None:
     s.add_argument("--seed", type=int, default=0)
     f = sub.add_parser("floor")
     f.add_argument("--n", type=int, default=400)
+    p = sub.add_parser("speed")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=5, help="training steps per round and network")
+    m = sub.add_parser("_memory")  # a child process of `speed`
+    m.add_argument("name")
+    m.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.command == "_memory":
+        _memory_child(args.name, args.threads)
+        return
     if args.command is None or args.table:
         table()
         return
-    {"train": cmd_train, "score": cmd_score, "floor": cmd_floor}[args.command](args)
+    {"train": cmd_train, "score": cmd_score, "floor": cmd_floor, "speed": cmd_speed}[args.command](args)
     table()
 
 

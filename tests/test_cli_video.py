@@ -139,3 +139,28 @@ def test_a_video_model_without_frame_conditioning_refuses_context(tmp_path, caps
     err = _error(capsys, _sample(run_dir, "--n", 1, "--out", tmp_path / "x.npz", "--context", tmp_path / "clip.npz",
                                  "--context-frames", 1))
     assert "was not trained for prediction" in err
+
+
+def test_train_on_a_folder_of_videos_skipping_a_short_one(tmp_path, capsys):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, frames in (("a.gif", 6), ("b.gif", 5), ("short.gif", 2)):
+        pictures = [Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)) for _ in range(frames)]
+        pictures[0].save(folder / name, save_all=True, append_images=pictures[1:])
+    images = tmp_path / "images"  # the image groups' own pictures
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(images / f"{i}.png")
+    run_dir = tmp_path / "run"
+    argv = ["train", "--preset", "moving-mnist", "--quiet", "--threads", "1", "--images", "8", "--data", str(folder),
+            "--run-dir", str(run_dir), "--set", "data.resolution=8", "--set", "data.channels=1",
+            "--set", "video.frames=4", "--set", "video.context_frames=2", "--set", "video.options={}",
+            "--set", "video.image_fraction=0.5", "--set", f"video.image_data={images}",
+            "--set", "network.preset=tiny", "--set", "optim.batch_size=4", "--set", "run.checkpoint_every=8",
+            "--set", "run.sample_every=null", "--set", "eval.loss_every=null", "--set", "sample.guidance=1"]
+    with pytest.warns(UserWarning, match=r"skipped 1 of 3 videos: 1 too short \(under 4 frames: short.gif\)"):
+        assert main(argv) == 0
+    assert "(2 clips (1, 4, 8, 8), 0 classes)" in capsys.readouterr().err  # one clip from each long GIF
+    assert _sample(run_dir, "--n", 2, "--out", tmp_path / "x.gif") == 0
+    assert Image.open(tmp_path / "x.gif").n_frames == 4
