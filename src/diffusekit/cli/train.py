@@ -201,8 +201,10 @@ def add_parser(sub) -> None:
     t.add_argument("--config", action="append", default=[], metavar="FILE",
                    help="YAML/TOML/JSON config laid over the preset (repeatable)")
     t.add_argument("--run-dir", required=True, help="directory for config, logs, samples and checkpoints")
-    t.add_argument("--data", help="built-in dataset name or an image folder (sets data.name)")
-    t.add_argument("--images", type=int, help="training duration in images (sets run.total_images)")
+    t.add_argument("--data", help="built-in dataset name, or an image folder (a video run: a clip dataset or a folder "
+                   "of videos); sets data.name")
+    t.add_argument("--images", type=int, help="training duration in images, or clips for a video run (sets "
+                   "run.total_images)")
     t.add_argument("--batch-size", type=int, help="images per optimizer step (sets optim.batch_size)")
     t.add_argument("--checkpoint-every", type=int, help="checkpoint interval in images (sets run.checkpoint_every)")
     t.add_argument("--seed", type=int, help="sets run.seed")
