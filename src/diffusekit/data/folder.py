@@ -36,8 +36,8 @@ from ..errors import BadFileError, MissingFileError, UsageError
 from .builtin import ImageArrays
 from .transform import fit_square
 
-__all__ = ["IMAGE_EXTENSIONS", "SKIP_CATEGORIES", "FolderReport", "flatten_image", "image_folder", "load_image_folder",
-           "read_image"]
+__all__ = ["IMAGE_EXTENSIONS", "SKIP_CATEGORIES", "FolderReport", "describe_skipped", "flatten_image", "image_folder",
+           "load_image_folder", "read_image"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # what Pillow raises for a corrupt, truncated or hostile file (UnidentifiedImageError is an OSError)
@@ -66,15 +66,21 @@ class FolderReport:
 
     def describe(self, examples: int = 3) -> str:
         """``2 unreadable (truncated or corrupt: a.png, b.jpg), 1 too small (short side < 8 px: c.png)``."""
-        parts = []
-        for key, paths in self.skipped.items():
-            if paths:
-                names = [str(p.relative_to(self.root)) for p in paths]
-                more = f" and {len(names) - examples} more" if len(names) > examples else ""
-                text = SKIP_CATEGORIES[key].format(examples=", ".join(names[:examples]) + more,
-                                                   min_size=self.min_size)
-                parts.append(f"{len(paths)} {text}")
-        return ", ".join(parts)
+        return describe_skipped(self.skipped, self.root, SKIP_CATEGORIES, examples, min_size=self.min_size)
+
+
+def describe_skipped(skipped: dict[str, list[Path]], root: Path, categories: dict[str, str], examples: int = 3,
+                     **fields) -> str:
+    """One phrase per category with skipped paths: its count and ``categories[key]`` filled with a few of the
+    paths (relative to ``root``) as ``{examples}`` and ``fields`` (e.g. ``min_size``)."""
+    parts = []
+    for key, paths in skipped.items():
+        if paths:
+            names = [str(p.relative_to(root)) for p in paths]
+            more = f" and {len(names) - examples} more" if len(names) > examples else ""
+            parts.append(f"{len(paths)} " + categories[key].format(examples=", ".join(names[:examples]) + more,
+                                                                  **fields))
+    return ", ".join(parts)
 
 
 class _TooSmall(Exception):

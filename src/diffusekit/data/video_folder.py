@@ -34,7 +34,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..errors import BadFileError, MissingFileError, UsageError
-from .folder import IMAGE_EXTENSIONS, flatten_image, read_image
+from .folder import IMAGE_EXTENSIONS, describe_skipped, flatten_image, read_image
 from .transform import fit_square
 
 __all__ = ["VIDEO_EXTENSIONS", "FRAME_EXTENSIONS", "VIDEO_SKIP_CATEGORIES", "Video", "VideoFolder",
@@ -77,14 +77,7 @@ class VideoFolderReport:
 
     def describe(self, examples: int = 3) -> str:
         """``1 unreadable (corrupt or not decodable: a.mp4), 2 too short (under 8 frames: b.gif, c)``."""
-        parts = []
-        for key, paths in self.skipped.items():
-            if paths:
-                names = [str(p.relative_to(self.root)) for p in paths]
-                more = f" and {len(names) - examples} more" if len(names) > examples else ""
-                parts.append(f"{len(paths)} " + VIDEO_SKIP_CATEGORIES[key].format(
-                    examples=", ".join(names[:examples]) + more, min_frames=self.min_frames))
-        return ", ".join(parts)
+        return describe_skipped(self.skipped, self.root, VIDEO_SKIP_CATEGORIES, examples, min_frames=self.min_frames)
 
 
 def _visible(folder: Path) -> list[Path]:
