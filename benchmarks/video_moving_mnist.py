@@ -24,6 +24,9 @@ same kind and run) and print the table:
     time, clips/s and peak memory from its log, and the sampling time per clip.
 ``floor``
     The same metrics for ``--n`` training clips against the ``--n`` held-out clips: what real data scores.
+``pictures``
+    Held-out data as the samples are shown: 10 moving-MNIST test clips (a PNG of rows of frames and a GIF), and 4
+    Cahn-Hilliard test clips of 8 frames 100 simulation frames apart (the phase separation coarsening).
 ``speed``
     Training clips/s (forward, backward and AdamW step, batch 16, with the preset's image groups and context
     channels) and sampling seconds per clip (the preset's 16 multistep steps, batch 50) of the preset's network,
@@ -37,6 +40,7 @@ Usage::
     .venv/bin/python benchmarks/video_moving_mnist.py train joint --run-dir runs/mm-joint --threads 1
     .venv/bin/python benchmarks/video_moving_mnist.py score runs/moving-mnist runs/mm-joint --n 400
     .venv/bin/python benchmarks/video_moving_mnist.py floor --n 400
+    .venv/bin/python benchmarks/video_moving_mnist.py pictures
     .venv/bin/python benchmarks/video_moving_mnist.py speed --threads 2
     .venv/bin/python benchmarks/video_moving_mnist.py --table
 """
@@ -175,6 +179,22 @@ def cmd_score(args) -> None:
         save_animation(clip_frames(clips[:: max(1, args.n // 10)][:10], 5), PICTURES / f"{name}.gif")
         _save(row)
         print(json.dumps({k: v for k, v in row.items() if k != "reference"}), flush=True)
+
+
+def cmd_pictures(args) -> None:
+    from diffusekit.data import load_clips
+
+    PICTURES.mkdir(parents=True, exist_ok=True)
+    held_out = _reference(1000, "test")
+    first_of_class = [int(np.flatnonzero(held_out.labels == c)[0]) for c in range(10)]
+    clips, _ = held_out.tensors(first_of_class)
+    save_png(clip_grid(clips), PICTURES / "data.png")
+    save_animation(clip_frames(clips, 5), PICTURES / "data.gif")
+    cahn = load_clips("cahn-hilliard", "test", frames=8, frame_step=100, stride=400)
+    clips, _ = cahn.tensors(np.arange(min(4, len(cahn))))
+    save_png(clip_grid(clips), PICTURES / "cahn_hilliard.png")
+    save_animation(clip_frames(clips, 4), PICTURES / "cahn_hilliard.gif", fps=2)
+    print(f"wrote {PICTURES}/data.png, data.gif, cahn_hilliard.png, cahn_hilliard.gif")
 
 
 def cmd_floor(args) -> None:
@@ -320,6 +340,7 @@ def main() -> None:
     s.add_argument("--seed", type=int, default=0)
     f = sub.add_parser("floor")
     f.add_argument("--n", type=int, default=400)
+    sub.add_parser("pictures")
     p = sub.add_parser("speed")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
@@ -333,6 +354,9 @@ def main() -> None:
         return
     if args.command is None or args.table:
         table()
+        return
+    if args.command == "pictures":
+        cmd_pictures(args)
         return
     {"train": cmd_train, "score": cmd_score, "floor": cmd_floor, "speed": cmd_speed}[args.command](args)
     table()
