@@ -22,7 +22,7 @@ import diffusekit.cli.evaluation as cli_evaluation
 import diffusekit.cli.train as cli_train
 import diffusekit.metrics.evaluate as evaluate_module
 import diffusekit.metrics.inception as inception
-from diffusekit.data import ImageArrays
+from diffusekit.data import ClipArrays, ImageArrays
 from diffusekit.training.loop import Trainer
 
 from .assets import require_mnist
@@ -65,6 +65,16 @@ def tiny_data(data_config):
     return ImageArrays(images, rng.integers(0, 10, 16).astype(np.int64), 10, tuple("0123456789"))
 
 
+def tiny_training_data(config):
+    """The stand-in for what a run trains on: tiny_data's images, or 4 clips of them for a video config."""
+    data = tiny_data(config.data)
+    if config.video.frames is None:
+        return data
+    frames = config.video.frames
+    clips = np.stack([data.images[np.arange(i, i + frames) % len(data)] for i in range(4)])
+    return ClipArrays(clips, data.labels[:4], data.num_classes, data.class_names)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Paths of every kind for positional arguments and file flags."""
@@ -84,8 +94,9 @@ def world(tmp_path_factory):
 
 @pytest.fixture
 def light(monkeypatch, tmp_path):
-    for module in (cli_train, cli_evaluation, evaluate_module):  # where load_training_data is looked up
+    for module in (cli_evaluation, evaluate_module):  # where load_training_data is looked up
         monkeypatch.setattr(module, "load_training_data", tiny_data)
+    monkeypatch.setattr(cli_train, "training_data", tiny_training_data)
     monkeypatch.setattr(Trainer, "run", lambda self, *a, **k: None)
     monkeypatch.setattr(inception, "get_extractor", lambda *a, **k: FakeExtractor())
     monkeypatch.setattr(cli_train, "_torchrun", lambda args: 0)
