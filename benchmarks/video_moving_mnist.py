@@ -24,6 +24,13 @@ same kind and run) and print the table:
     time, clips/s and peak memory from its log, and the sampling time per clip.
 ``floor``
     The same metrics for ``--n`` training clips against the ``--n`` held-out clips: what real data scores.
+``predict RUN``
+    Prediction: the first 4 frames of ``--n`` held-out clips are given and 16 frames made (three windows of 8,
+    each given the last 4 frames). Scored: the digit classifier's share of made frames (5-16) showing the given
+    digit, and for frames 5-8, whose truth exists, the centroid distance to the true digit's (px) and the pixel
+    MSE, beside two baselines on the same frames: repeating the last given frame, and the data's physics run on from
+    the last given frame (its true velocity, reflected at the walls: near the floor, not a model).
+    Writes a PNG and GIF of one clip per class.
 ``pictures``
     Held-out data as the samples are shown: 10 moving-MNIST test clips (a PNG of rows of frames and a GIF), and 4
     Cahn-Hilliard test clips of 8 frames 100 simulation frames apart (the phase separation coarsening).
@@ -40,6 +47,7 @@ Usage::
     .venv/bin/python benchmarks/video_moving_mnist.py train joint --run-dir runs/mm-joint --threads 1
     .venv/bin/python benchmarks/video_moving_mnist.py score runs/moving-mnist runs/mm-joint --n 400
     .venv/bin/python benchmarks/video_moving_mnist.py floor --n 400
+    .venv/bin/python benchmarks/video_moving_mnist.py predict runs/moving-mnist --n 100
     .venv/bin/python benchmarks/video_moving_mnist.py pictures
     .venv/bin/python benchmarks/video_moving_mnist.py speed --threads 2
     .venv/bin/python benchmarks/video_moving_mnist.py --table
@@ -181,6 +189,64 @@ def cmd_score(args) -> None:
         print(json.dumps({k: v for k, v in row.items() if k != "reference"}), flush=True)
 
 
+def _physics_centroids(clips, given_centroids: np.ndarray, k: int, digit_size: int) -> np.ndarray:
+    """The centroids of frames k..F-1 extrapolated by the data's own physics from the last given frame: its drawn
+    position moved by its true velocity, reflected at the walls, plus the digit's centroid offset in its box
+    measured on the given frames (what remains is the rounding of the drawn positions)."""
+    positions = clips.extras["positions"][:, :, 0].astype(np.float64)  # [N, F, 2] top-left as drawn
+    limit = clips.item_shape[-1] - digit_size
+    offset = np.nanmean(given_centroids - positions[:, :k], axis=1)
+    position = positions[:, k - 1].copy()
+    velocity = clips.extras["velocities"][:, k - 1, 0].astype(np.float64)  # the true velocity, not rounded
+    out = []
+    for _ in range(clips.frames - k):
+        position = position + velocity
+        low, high = position < 0, position > limit
+        position = np.where(low, -position, np.where(high, 2 * limit - position, position))
+        velocity = np.where(low | high, -velocity, velocity)
+        out.append(position + offset)
+    return np.stack(out, axis=1)
+
+
+def cmd_predict(args) -> None:
+    from diffusekit.metrics.motion import digit_centroids
+
+    run = Path(args.run)
+    model = load_model(run)
+    held_out = _reference(args.n, "test")
+    truth, labels = held_out.tensors()
+    k, frames = 4, 16
+    s = model.config.sample
+    started = time.perf_counter()
+    made = generate_clips(model.denoiser, len(truth), model.image_shape, frames=frames, context=truth,
+                          context_frames=k, frame_conditioning=True, labels=labels, num_classes=model.num_classes,
+                          sampler=s.sampler, steps=s.steps, spacing=s.spacing,
+                          guidance=GuidanceSettings.from_sample(s), options=s.options, seed=args.seed, batch_size=50)
+    seconds = time.perf_counter() - started
+    classifier, _ = load_or_train_classifier("mnist")
+    digit_size = int(resolve("moving-mnist").video.options["digit_size"])
+    identity = identity_agreement(made[:, :, k:], classifier, digit_size, labels)
+    given_c = digit_centroids(truth[:, :, :k])
+    true_c = digit_centroids(truth[:, :, k:])  # frames k..F-1 of the held-out clips: the truth
+    made_c = digit_centroids(made[:, :, k:truth.shape[2]])
+    baselines = {"model": made_c, "repeat_last": np.repeat(given_c[:, -1:], truth.shape[2] - k, 1),
+                 "physics": _physics_centroids(held_out, given_c, k, digit_size)}
+    centroid_error = {name: float(np.nanmean(np.linalg.norm(c - true_c, axis=-1))) for name, c in baselines.items()}
+    future = truth[:, :, k:]
+    mse = {"model": float((made[:, :, k:truth.shape[2]].clamp(-1, 1) - future).square().mean()),
+           "repeat_last": float((truth[:, :, k - 1:k] - future).square().mean())}
+    row = {"kind": "predict", "run": str(run), "n": len(truth), "context_frames": k, "frames": frames,
+           "seed": args.seed, "identity_made_frames": identity, "centroid_error_px_frames_5_8": centroid_error,
+           "pixel_mse_frames_5_8": mse, "sample_s_per_clip": seconds / len(truth),
+           "date": datetime.date.today().isoformat()}
+    _save(row)
+    PICTURES.mkdir(parents=True, exist_ok=True)
+    first_of_class = [int(np.flatnonzero(held_out.labels == c)[0]) for c in range(10) if (held_out.labels == c).any()]
+    save_png(clip_grid(made[first_of_class]), PICTURES / f"{run.name}-predict.png")
+    save_animation(clip_frames(made[first_of_class], 5), PICTURES / f"{run.name}-predict.gif")
+    print(json.dumps(row, indent=1), flush=True)
+
+
 def cmd_pictures(args) -> None:
     from diffusekit.data import load_clips
 
@@ -308,6 +374,12 @@ def table() -> None:
     print(f"{'run':<28} {'arm':<15} {'clips':>7} {'frameFID':>8} {'FVDproxy':>9} {'agree':>6} {'asked':>6} "
           f"{'flick':>6} {'accel':>6} {'speedcv':>7} {'s/clip':>7}")
     for r in _rows():
+        if r["kind"] == "predict":
+            shown = r["identity_made_frames"]["requested_accuracy"]
+            print(f"predict {r['run']}: frames 5-16 show the given digit {shown:.3f}; "
+                  "centroid error frames 5-8 (px) " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                           r["centroid_error_px_frames_5_8"].items()))
+            continue
         if r["kind"] == "speed":
             ratio = r["space_time_over_per_frame"]
             print(f"speed ({r['threads']} threads): " + "; ".join(
@@ -340,6 +412,10 @@ def main() -> None:
     s.add_argument("--seed", type=int, default=0)
     f = sub.add_parser("floor")
     f.add_argument("--n", type=int, default=400)
+    r = sub.add_parser("predict")
+    r.add_argument("run")
+    r.add_argument("--n", type=int, default=100)
+    r.add_argument("--seed", type=int, default=0)
     sub.add_parser("pictures")
     p = sub.add_parser("speed")
     p.add_argument("--threads", type=int, default=2)
@@ -355,8 +431,8 @@ def main() -> None:
     if args.command is None or args.table:
         table()
         return
-    if args.command == "pictures":
-        cmd_pictures(args)
+    if args.command in ("pictures", "predict"):
+        {"pictures": cmd_pictures, "predict": cmd_predict}[args.command](args)
         return
     {"train": cmd_train, "score": cmd_score, "floor": cmd_floor, "speed": cmd_speed}[args.command](args)
     table()
