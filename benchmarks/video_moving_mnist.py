@@ -97,9 +97,14 @@ def _rows() -> list[dict]:
 
 
 def _save(row: dict) -> None:
-    rows = [r for r in _rows() if (r["kind"], r.get("run")) != (row["kind"], row.get("run"))] + [row]
+    """Add ``row`` (replacing one of the same kind and run); a lock lets several subcommands run at once."""
+    import fcntl
+
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    with open(RESULTS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = [r for r in _rows() if (r["kind"], r.get("run")) != (row["kind"], row.get("run"))] + [row]
+        RESULTS.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
 
 
 def cmd_train(args) -> None:
