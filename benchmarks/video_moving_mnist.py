@@ -36,7 +36,8 @@ same kind and run) and print the table:
     Cahn-Hilliard test clips of 8 frames 100 simulation frames apart (the phase separation coarsening).
 ``speed``
     Training clips/s (forward, backward and AdamW step, batch 16, with the preset's image groups and context
-    channels) and sampling seconds per clip (the preset's 16 multistep steps, batch 50) of the preset's network,
+    channels) and sampling seconds per clip (the preset's 16 multistep steps, unguided, batch ``--sample-batch``) of
+    the preset's network,
     beside the same U-Net run frame by frame without its temporal layers, timed in interleaved rounds in one
     process so that host load hits both alike; and the peak memory of a training step of each (a fresh process
     each, its resident-set growth over the imports).
@@ -344,12 +345,12 @@ def cmd_speed(args) -> None:
                 _train_step(networks[name], optimizers[name], clips, labels)
             train_s[name].append((time.perf_counter() - started) / (args.steps * len(clips)))
             denoiser = Denoiser(networks[name].eval(), schedule, parameterization)
-            noise = torch.randn(50, 1, 8, 32, 32)
+            noise = torch.randn(args.sample_batch, 1, 8, 32, 32)
             started = time.perf_counter()
             with torch.no_grad():
-                sample(denoiser, noise, ts, schedule, config.sample.sampler, cond={"labels": torch.arange(50) % 10},
-                       **config.sample.options)
-            sample_s[name].append((time.perf_counter() - started) / 50)
+                sample(denoiser, noise, ts, schedule, config.sample.sampler,
+                       cond={"labels": torch.arange(args.sample_batch) % 10}, **config.sample.options)
+            sample_s[name].append((time.perf_counter() - started) / args.sample_batch)
             networks[name].train()
     memory = {}
     for name in networks:
@@ -426,6 +427,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=5, help="training steps per round and network")
+    p.add_argument("--sample-batch", type=int, default=10, help="clips sampled per round and network")
     m = sub.add_parser("_memory")  # a child process of `speed`
     m.add_argument("name")
     m.add_argument("--threads", type=int, default=2)
