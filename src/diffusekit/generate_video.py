@@ -61,17 +61,16 @@ def generate_clips(denoiser: Denoiser, n: int, clip_shape: tuple[int, int, int, 
     made = context[:, :, :k].float().cpu()
     given = torch.zeros(n, trained, dtype=torch.bool)
     given[:, :k] = True
-    window = 0
+    first, window = options.pop("first", 0), 0
+    windows = -(-(frames - k) // (trained - k))
     while made.shape[2] < frames:
         known = torch.zeros(n, channels, trained, height, width)
         known[:, :, :k] = made[:, :, -k:]
         cond = {**(condition or {}), "context": known, "context_mask": given}
-        first = options.pop("first", 0)
         out = generate(denoiser, n, (channels, trained, height, width), condition=cond, first=first + window * n,
-                       progress=None, **options)
-        options["first"] = first
+                       **options)
         made = torch.cat([made, out[:, :, k:]], dim=2)
         window += 1
         if progress is not None:
-            progress(n / max(1, -(-(frames - k) // (trained - k))))
+            progress(n / windows)
     return made[:, :, :frames]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.transform import to_channels
 from ..errors import BadFileError, UsageError
 from ..generate_video import generate_clips
 from ..images import clip_frames, clip_grid, save_animation, save_png
@@ -36,22 +37,6 @@ def add_video_arguments(parser) -> None:
     parser.add_argument("--context-frames", type=positive_int, metavar="K",
                         help="with --context: how many leading frames of each context clip are given")
     parser.add_argument("--fps", type=float, default=4.0, help="frames per second of .gif/.mp4 outputs")
-
-
-def _as_channels(frames: np.ndarray, channels: int, path: str) -> np.ndarray:
-    """uint8 [F, H, W] or [F, H, W, C] -> [F, H, W, channels] (RGB -> grey by ITU-R 601 luma, as Pillow's L)."""
-    if frames.ndim == 3:
-        frames = frames[..., None]
-    if frames.shape[-1] == 4:
-        frames = frames[..., :3]
-    if frames.shape[-1] == channels:
-        return frames
-    if channels == 1 and frames.shape[-1] == 3:
-        luma = frames.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        return np.rint(luma).astype(np.uint8)[..., None]
-    if channels == 3 and frames.shape[-1] == 1:
-        return np.repeat(frames, 3, -1)
-    raise UsageError(f"--context {path}: frames with {frames.shape[-1]} channels for a {channels}-channel model")
 
 
 def read_context(path: str, clip_shape: tuple[int, int, int, int], n: int, k: int) -> torch.Tensor:
@@ -81,7 +66,12 @@ def read_context(path: str, clip_shape: tuple[int, int, int, int], n: int, k: in
             raise BadFileError(f"--context {path}: cannot read it as a video ({str(e).splitlines()[0]})") from None
         if frames.dtype != np.uint8 or frames.ndim not in (3, 4):
             raise BadFileError(f"--context {path}: expected 8-bit frames, got {frames.dtype} {list(frames.shape)}")
-        frames = _as_channels(frames, channels, path)
+        if frames.ndim == 3:
+            frames = frames[..., None]
+        try:
+            frames = to_channels(frames[..., :3], channels)  # RGBA video frames: the alpha is dropped
+        except (UsageError, ValueError) as e:
+            raise UsageError(f"--context {path}: {e}") from None
         clips = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
     else:
         raise UsageError(f"--context {path}: give a .npz of clips or a video file ({', '.join(_VIDEO_FILES)})")
