@@ -82,6 +82,12 @@ class OptimConfig:
 class EMAConfig:
     half_lives: dict = field(default_factory=lambda: {"ema": 50_000.0})  # name -> half-life in images
     rampup: float | None = 0.05  # EDM: the half-life is at most rampup * images seen
+    # post-hoc EMA (EDM2, docs/ema.md): track power-function EMAs and snapshot them into <run>/posthoc/, from which
+    # `diffusekit ema` reconstructs an EMA of any other length after training
+    posthoc: bool = False
+    posthoc_sigma_rels: list[float] = field(default_factory=lambda: [0.05, 0.10])  # tracked lengths, in (0, 0.2887]
+    posthoc_every: int | None = None  # images between snapshots (None: run.total_images / 64)
+    posthoc_budget_mb: float | None = None  # disk budget of the snapshots; older ones are thinned (None: no limit)
 
 
 @dataclass

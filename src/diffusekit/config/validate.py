@@ -12,6 +12,7 @@ from ..data.captions import CAPTIONED_DATASETS
 from ..data.intensity import check_intensity
 from ..guidance import GuidanceSettings
 from ..networks import autoencoder, dit, unet, video
+from ..posthoc_ema import check_sigma_rel, sigma_rel_label
 from ..sampling import SPACINGS, sampler_name
 from .schema import Config
 from .typed import ConfigError
@@ -83,6 +84,7 @@ def validate(config: Config) -> Config:
         if not isinstance(half_life, (int, float)) or isinstance(half_life, bool) or half_life <= 0:
             raise ConfigError(f"ema.half_lives.{name}: expected a positive number of images, got {half_life!r}")
     _positive("ema.rampup", config.ema.rampup)
+    _validate_posthoc(config)
 
     r = config.run
     for key in ("total_images", "checkpoint_every", "keep_checkpoints", "log_every", "milestone_every",
@@ -150,6 +152,30 @@ def validate(config: Config) -> Config:
     if d.intensity is not None:
         _check("data.intensity", check_intensity, d.intensity)
     return config
+
+
+def _validate_posthoc(config: Config) -> None:
+    """The post-hoc EMA's tracked lengths, its interval and budget; names that would collide with its own."""
+    m = config.ema
+    reserved = [name for name in m.half_lives if name.startswith(("power_", "phema_"))]
+    if reserved:
+        raise ConfigError(f"ema.half_lives: EMA name {reserved[0]!r} is reserved (power_*: the post-hoc EMA's tracked "
+                          "averages, phema_*: its reconstructions); choose another name")
+    if not m.posthoc:
+        return
+    if not m.posthoc_sigma_rels:
+        raise ConfigError("ema.posthoc_sigma_rels: the post-hoc EMA needs at least one tracked length (EDM2 tracks "
+                          "two, e.g. [0.05, 0.10])")
+    for i, sigma_rel in enumerate(m.posthoc_sigma_rels):
+        try:
+            check_sigma_rel(sigma_rel, f"ema.posthoc_sigma_rels[{i}]")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    labels = [sigma_rel_label(s) for s in m.posthoc_sigma_rels]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"ema.posthoc_sigma_rels: {m.posthoc_sigma_rels} repeats a length")
+    _positive("ema.posthoc_every", m.posthoc_every)
+    _positive("ema.posthoc_budget_mb", m.posthoc_budget_mb)
 
 
 def _validate_autoencoder(config: Config) -> None:

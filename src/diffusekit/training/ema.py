@@ -4,6 +4,10 @@ EDM (Karras et al. 2022, appendix F.3): after each step of ``batch`` images the 
 ``beta = 0.5 ** (batch / half_life_images)``, so the averaging horizon does not depend on the batch size.
 With ``rampup`` (EDM uses 0.05) the half-life is at most ``rampup * cur_nimg`` early on, so the average
 is not dominated by the random initialisation. Several rates can be tracked at once (:class:`EMASet`).
+
+:class:`PowerEMA` is EDM2's power-function average (Karras et al. 2024), whose snapshots let any other length be
+reconstructed after training (:mod:`diffusekit.posthoc_ema`). The set stores it among the EMAs under the
+name ``power_<sigma_rel>`` (e.g. ``power_0p050``), so checkpoints and resumes carry it like the others.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import torch
 from torch import nn
 
 from ..distributed import full_tensor
+from ..posthoc_ema import exponential_beta, gamma_of_sigma_rel, power_beta, sigma_rel_label
 
-__all__ = ["EMA", "EMASet"]
+__all__ = ["EMA", "PowerEMA", "EMASet", "power_ema_name"]
 
 
 class EMA:
@@ -26,10 +31,7 @@ class EMA:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
     def beta(self, cur_nimg: int, batch: int) -> float:
-        half_life = self.half_life_images
-        if self.rampup is not None:
-            half_life = min(half_life, cur_nimg * self.rampup)
-        return 0.5 ** (batch / max(half_life, 1e-8))
+        return exponential_beta(self.half_life_images, cur_nimg, batch, self.rampup)
 
     @torch.no_grad()
     def update(self, model: nn.Module, cur_nimg: int, batch: int) -> None:
@@ -45,11 +47,37 @@ class EMA:
             torch._foreach_copy_(buffers, list(model.buffers()))
 
 
-class EMASet:
-    """Named EMAs, e.g. ``{"ema_0.5M": 500_000, "ema_2M": 2_000_000}`` half-lives in images."""
+def power_ema_name(sigma_rel: float) -> str:
+    """The name a tracked power-function EMA has in the set and in checkpoints, e.g. ``power_0p050``."""
+    return f"power_{sigma_rel_label(sigma_rel)}"
 
-    def __init__(self, model: nn.Module, half_lives: dict[str, float], rampup: float | None = 0.05):
-        self.emas = {name: EMA(model, h, rampup) for name, h in half_lives.items()}
+
+class PowerEMA(EMA):
+    """EDM2's power-function EMA of relative length ``sigma_rel``: ``beta = (1 - 1/t) ** (gamma + 1)`` after optimizer
+    step ``t = cur_nimg / batch`` (the first step copies the weights; no ramp-up is needed)."""
+
+    def __init__(self, model: nn.Module, sigma_rel: float):
+        self.sigma_rel, self.gamma = float(sigma_rel), gamma_of_sigma_rel(sigma_rel)
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def beta(self, cur_nimg: int, batch: int) -> float:
+        return power_beta(self.gamma, cur_nimg / batch)
+
+
+class EMASet:
+    """Named EMAs, e.g. ``{"ema_0.5M": 500_000, "ema_2M": 2_000_000}`` half-lives in images, then one
+    :class:`PowerEMA` per ``posthoc_sigma_rels`` entry (named by :func:`power_ema_name`)."""
+
+    def __init__(self, model: nn.Module, half_lives: dict[str, float], rampup: float | None = 0.05,
+                 posthoc_sigma_rels: tuple[float, ...] = ()):
+        self.emas: dict[str, EMA] = {name: EMA(model, h, rampup) for name, h in half_lives.items()}
+        for sigma_rel in posthoc_sigma_rels:
+            self.emas[power_ema_name(sigma_rel)] = PowerEMA(model, sigma_rel)
+
+    @property
+    def power(self) -> list[PowerEMA]:
+        """The tracked power-function EMAs (the post-hoc EMA's, empty when it is off)."""
+        return [ema for ema in self.emas.values() if isinstance(ema, PowerEMA)]
 
     def update(self, model: nn.Module, cur_nimg: int, batch: int) -> None:
         for ema in self.emas.values():

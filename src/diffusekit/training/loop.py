@@ -15,8 +15,8 @@ A caption-conditioned run (``data.captions``) is text-only: the network is built
 ``text_dim``, the train captions are encoded once (:mod:`diffusekit.training.captions`), and each image gets a
 caption of its class drawn with the trainer's generator; condition dropout sets ``text_null``.
 
-Periodic work (metrics, sample grids, checkpoints) is triggered when the image count crosses a multiple
-of its interval and is handed to ``hooks`` (:class:`~diffusekit.training.rundir.RunDirectory` in the
+Periodic work (metrics, sample grids, post-hoc EMA snapshots, checkpoints) is triggered when the image count
+crosses a multiple of its interval and is handed to ``hooks`` (:class:`~diffusekit.training.rundir.RunDirectory` in the
 CLI), so the loop itself stays free of file formats.
 """
 
@@ -60,6 +60,7 @@ from .captions import caption_table
 from .ema import EMASet
 from .evaluation import TrainingEvaluator
 from .optim import LRSchedule, make_optimizer
+from .posthoc_snapshots import check_budget, snapshot_interval
 from .video import VideoBatches, load_image_pool
 
 __all__ = ["Trainer", "data_info", "NonFiniteError"]
@@ -115,7 +116,11 @@ class Trainer:
             self.network.to(memory_format=torch.channels_last)
         # several processes: DDP averages the gradients; every other random draw of training is made for the whole
         # global batch on every process and sliced (see step), so only dropout needs a per-process seed
-        self.emas = EMASet(self.network, config.ema.half_lives, config.ema.rampup)  # whole copies, before sharding
+        # whole copies, before sharding; with ema.posthoc also the tracked power-function EMAs (EDM2)
+        posthoc = tuple(config.ema.posthoc_sigma_rels) if config.ema.posthoc else ()
+        self.emas = EMASet(self.network, config.ema.half_lives, config.ema.rampup, posthoc)
+        if posthoc:
+            check_budget(config.ema.posthoc_budget_mb, self.posthoc_states())
         self.fsdp = self.dist.distributed and config.run.parallel == "fsdp"
         if self.fsdp:
             distributed.shard_fsdp(self.network)
@@ -241,6 +246,10 @@ class Trainer:
             prune(directory, 1, None)
         distributed.barrier()
         return path
+
+    def posthoc_states(self) -> dict[float, dict]:
+        """``{sigma_rel: state_dict}`` of the tracked power-function EMAs (empty without ``ema.posthoc``)."""
+        return {ema.sigma_rel: ema.model.state_dict() for ema in self.emas.power}
 
     def _model_state(self) -> dict:
         return distributed.full_model_state(self.network) if self.fsdp else self.network.state_dict()
@@ -431,11 +440,12 @@ class Trainer:
     def run(self, until_images: int | None = None, hooks=None) -> None:
         """Train until ``until_images`` (at most the configured total) or until evaluation stops the run
         (``eval.patience``). ``hooks`` may define ``on_step(trainer, loss)``, ``on_log(trainer, record)``,
-        ``on_evaluate(trainer, record)``, ``on_sample(trainer)``, ``on_checkpoint(trainer, path)`` and
+        ``on_evaluate(trainer, record)``, ``on_sample(trainer)``, ``on_posthoc_snapshot(trainer)``,
+        ``on_checkpoint(trainer, path)`` and
         ``log(message)``.
 
-        Order at an image count: log, evaluate, sample grid, checkpoint. Evaluation comes before the
-        checkpoint so that the checkpoint holds its outcome (best FID, early-stopping count)."""
+        Order at an image count: log, evaluate, post-hoc EMA snapshot, sample grid, checkpoint. Evaluation comes
+        before the checkpoint so that the checkpoint holds its outcome (best FID, early-stopping count)."""
         run, ev = self.config.run, self.config.eval
         self.evaluator.log = getattr(hooks, "log", None)
         until = min(until_images or run.total_images, run.total_images)
@@ -480,6 +490,9 @@ class Trainer:
                 _call(hooks, "on_evaluate", self, {"cur_nimg": self.cur_nimg, **record,
                                                    "eval_s": round(time.perf_counter() - started, 3)})
                 stop = self.evaluator.should_stop
+            # the post-hoc EMA's snapshot comes before the checkpoint: a resume deletes the newer ones and redoes them
+            if self.emas.power and (_crossed(before, self.cur_nimg, snapshot_interval(self.config)) or final or stop):
+                _call(hooks, "on_posthoc_snapshot", self)
             sample_every = run.sample_every or run.checkpoint_every
             if _crossed(before, self.cur_nimg, sample_every) or final or stop:
                 _call(hooks, "on_sample", self)

@@ -10,11 +10,13 @@ RUN_DIR/
                        (a video run: a row of frames per clip, and samples.gif plays the newest clips)
   loss.png             the loss curve (raw and smoothed), redrawn at each checkpoint
   checkpoints/ckpt-<nimg>/  weights (safetensors) + training state (weights_only) + checksums
+  posthoc/phema-<nimg>.safetensors  with ema.posthoc: snapshots of the power-function EMAs (docs/ema.md)
 ```
 
 On resume, records logged after the checkpoint are dropped from metrics.jsonl (and purged from
-TensorBoard), and the new config must equal the stored one except in the fields that do not change
-what is trained (:data:`RESUMABLE_KEYS`): a run never silently continues under a different recipe.
+TensorBoard), newer post-hoc EMA snapshots are deleted (training writes them again), and the new config must
+equal the stored one except in the fields that do not change what is trained (:data:`RESUMABLE_KEYS`): a run
+never silently continues under a different recipe.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from ..guidance import GuidanceSettings
 from ..images import clip_frames, clip_grid, make_grid, save_animation, save_png
 from ..models import build_denoiser, native_bf16, remove_partial_writes
 from ..monitor import MetricsLog, TensorBoardWriter, plot_loss_curve, read_metrics
+from .posthoc_snapshots import remove_snapshots_after, snapshot_interval, write_snapshot
 
 __all__ = ["RunDirectory", "RESUMABLE_KEYS", "config_differences", "environment", "stored_config"]
 
@@ -48,7 +51,7 @@ RESUMABLE_KEYS = ("run.total_images", "run.checkpoint_every", "run.keep_checkpoi
                   "run.log_every", "run.sample_every", "run.device", "run.precision", "run.channels_last",
                   "run.compile",
                   "run.parallel", "run.dump_bad_batch", "optim.nonfinite_limit", "data.workers", "data.strict",
-                  "sample.", "eval.")
+                  "sample.", "eval.", "ema.posthoc_every", "ema.posthoc_budget_mb")
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:
@@ -138,6 +141,7 @@ class RunDirectory:
             remove_partial_writes(self.path / folder)
         for stale in [*self.path.glob(".environment.json.tmp-*"), *self.path.glob(".config.yaml.tmp-*")]:
             stale.unlink(missing_ok=True)
+        remove_snapshots_after(self.path / "posthoc", cur_nimg)
         write_yaml(self.config, self.path / "config.yaml")
         env_path = self.path / "environment.json"
         sessions = json.loads(env_path.read_text()).get("sessions", []) if env_path.exists() else []
@@ -207,6 +211,12 @@ class RunDirectory:
         last_time, last_nimg = self._last
         self._last = (last_time + time.perf_counter() - started, last_nimg)
         return path
+
+    def on_posthoc_snapshot(self, trainer) -> Path:
+        """The tracked power-function EMAs -> ``posthoc/phema-<nimg>.safetensors``, within ``ema.posthoc_budget_mb``."""
+        return write_snapshot(self.path / "posthoc", trainer.cur_nimg, trainer.config.optim.batch_size,
+                              trainer.posthoc_states(), self.config.ema.posthoc_budget_mb,
+                              snapshot_interval(self.config))
 
     def on_checkpoint(self, trainer, path: Path) -> None:
         self.tensorboard.flush()
