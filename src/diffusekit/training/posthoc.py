@@ -21,12 +21,15 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
+from ..generate import load_model
+from ..metrics.evaluate import SamplingSettings, feature_metrics, sample_for_evaluation
 from ..models import load_checkpoint, save_checkpoint
 from ..models.load import resolve_checkpoint
 from ..posthoc_ema import check_sigma_rel, gamma_of_sigma_rel, mix_error, sigma_rel_label, solve_mix
 from .posthoc_snapshots import Snapshot, list_snapshots, load_snapshot
 
-__all__ = ["Reconstruction", "reconstructed_name", "posthoc_directory", "reconstruct", "write_reconstruction"]
+__all__ = ["Reconstruction", "reconstructed_name", "posthoc_directory", "reconstruct", "write_reconstruction",
+           "score_weights"]
 
 
 def reconstructed_name(sigma_rel: float) -> str:
@@ -118,3 +121,19 @@ def write_reconstruction(run_dir: str | Path, reconstruction: Reconstruction, ou
     return save_checkpoint(out, reconstruction.cur_nimg, model_state, {**ema_states, **chosen},
                            {"config": state["config"], "data_info": state["data_info"],
                             "posthoc": {"source": str(base), "cur_nimg": reconstruction.cur_nimg}})
+
+
+def score_weights(checkpoint: str | Path, weights: str, reference, extractor, n: int, *, seed: int = 0,
+                  device: str = "cpu", batch_size: int = 250, progress=None) -> dict:
+    """FID and KID of ``n`` samples of the EMA ``weights`` of ``checkpoint`` against ``reference`` (statistics with
+    features), drawn with the run's own sampling settings and the seeds ``(seed, i)`` of ``diffusekit eval``, so
+    every weights of a sweep is scored on the same noise."""
+    model = load_model(checkpoint, ema=weights, device=device)
+    model.require_images("diffusekit ema --sweep")
+    settings = SamplingSettings.from_config(model.config.sample, seed=seed, batch_size=batch_size)
+    images, _, _ = sample_for_evaluation(model.denoiser, model.image_shape, model.num_classes, n, settings,
+                                         device=device, progress=progress, decode=model.decode)
+    values, _ = feature_metrics(images, ("fid", "kid"), reference, extractor)
+    return {"weights": weights, "cur_nimg": model.cur_nimg, "n": n, "fid": float(values["fid"]),
+            "kid": float(values["kid"]), "sampling": settings.describe(), "extractor": values["extractor"],
+            "comparable_to_published": values["comparable_to_published"]}
