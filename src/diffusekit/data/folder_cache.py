@@ -1,8 +1,8 @@
 """A folder decoded once into resized uint8 shards on disk, read back memory-mapped (``data.storage: cache``).
 
 Layout: ``<cache root>/<folder name>-<hash of the folder's path and the transform>/`` holds ``manifest.json``
-and ``shard-00000.npy`` ... (each a uint8 ``[n, R, R, C]`` array of at most ``SHARD_BYTES``), read with
-``np.load(mmap_mode="r")``, so memory holds only the pages being read.
+and ``shard-00000.npy`` ... (each a uint8 ``[n, R, R, C]`` array of at most ``SHARD_BYTES``), read back
+memory-mapped read-only, so memory holds only the pages being read.
 
 The manifest's ``digest`` covers every indexed file's relative path, size and modification time, the
 transform settings and the format version; a cache whose digest differs (a file added, removed, edited, or
@@ -65,7 +65,7 @@ class ShardedImages(LazyImages):
 
     def _open(self) -> list[np.ndarray]:
         if self._shards is None:
-            self._shards = [np.load(self.directory / f"shard-{k:05d}.npy", mmap_mode="r")
+            self._shards = [np.load(self.directory / f"shard-{k:05d}.npy", mmap_mode="r", allow_pickle=False)
                             for k in range(len(self.shard_sizes))]
         return self._shards
 

@@ -144,7 +144,7 @@ def folder_caption_table(captions: tuple[str, ...] | list[str], encoder=None, ro
             raise
 
     def load(name: str) -> Tensor:  # copy-on-write maps: writable for torch, pages read from the file as needed
-        return torch.from_numpy(np.load(directory / f"{name}.npy", mmap_mode="c"))
+        return torch.from_numpy(np.load(directory / f"{name}.npy", mmap_mode="c", allow_pickle=False))
 
     count = torch.ones(len(captions), dtype=torch.long)
     return CaptionTable(captions, load("states"), load("mask"), load("pooled"), torch.arange(len(captions)), count)
