@@ -17,7 +17,7 @@ def test_folder_by_path(tmp_path):
     assert data.images.shape == (1, 16, 16, 3) and data.images.min() == data.images.max() == 90
     with pytest.raises(ValueError, match="resolution is needed to load the image folder"):
         open_dataset(tmp_path)
-    with pytest.raises(ValueError, match="only the 'train' split"):
+    with pytest.raises(ValueError, match="has no held-out split: set data.val_fraction"):
         open_dataset(tmp_path, "test", resolution=16)
     with pytest.raises(ValueError, match="mode 'pad' is for built-in datasets"):
         open_dataset(tmp_path, resolution=16, mode="pad")

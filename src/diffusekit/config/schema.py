@@ -36,6 +36,19 @@ class DataConfig:
     # images, empty class folders) are skipped with a warning that counts them; strict makes them an error
     strict: bool = False
     min_size: int = 8  # image folders: the smallest usable short side, in pixels
+    # image folders (docs/data.md): memory decodes every image up front; stream decodes at each read (flat memory);
+    # cache decodes once into resized uint8 shards on disk, memory-mapped (flat memory, cheap reads)
+    storage: Literal["memory", "stream", "cache"] = "memory"
+    cache_dir: str | None = None  # storage cache: where the shards live (None: $DIFFUSEKIT_CACHE/image-folders)
+    xflip: bool = False  # EDM's x-flips: the dataset doubles, image i + N is image i mirrored
+    # image folders: a non-square image's fit: crop (centre) | random_crop (fixed per file) | pad | stretch
+    fit: Literal["crop", "random_crop", "pad", "stretch"] = "crop"
+    # image folders: the resize filter: auto | nearest | box | bilinear | hamming | bicubic | lanczos
+    filter: str = "auto"
+    background: list[int] = field(default_factory=lambda: [255, 255, 255])  # image folders: RGB under transparency, pad
+    # image folders: the held-out (test) split: this share of the files, by a hash of their paths; or a folder
+    val_fraction: float = 0.0
+    val_dir: str | None = None
 
 
 @dataclass

@@ -8,7 +8,9 @@ import re
 from .. import parameterizations, schedules, time_sampling, weighting
 from ..cascade import CascadeSettings
 from ..data.augment import AugmentSettings
+from ..data.builtin import DATASETS
 from ..data.captions import CAPTIONED_DATASETS
+from ..data.folder_transform import FolderTransform
 from ..data.intensity import check_intensity
 from ..guidance import GuidanceSettings
 from ..networks import autoencoder, dit, unet, video
@@ -132,9 +134,9 @@ def validate(config: Config) -> Config:
         options = {k: tuple(v) if isinstance(v, list) else v for k, v in d.augment_options.items()}
         _check("data.augment", AugmentSettings, p=d.augment, **options)
     if d.captions:
-        if d.name not in CAPTIONED_DATASETS:
+        if d.name in DATASETS and d.name not in CAPTIONED_DATASETS:
             raise ConfigError(f"data.captions: dataset {d.name!r} has no captions; captions exist for "
-                              f"{', '.join(CAPTIONED_DATASETS)}")
+                              f"{', '.join(CAPTIONED_DATASETS)} and image folders (metadata.jsonl, .txt files)")
         if not d.conditional:
             raise ConfigError("data.captions picks each image's caption by its class: it needs data.conditional: true")
     if config.network.kind == "autoencoder":
@@ -151,6 +153,7 @@ def validate(config: Config) -> Config:
     _positive("data.min_size", d.min_size)
     if d.intensity is not None:
         _check("data.intensity", check_intensity, d.intensity)
+    _validate_folder(config)
     return config
 
 
@@ -176,6 +179,22 @@ def _validate_posthoc(config: Config) -> None:
         raise ConfigError(f"ema.posthoc_sigma_rels: {m.posthoc_sigma_rels} repeats a length")
     _positive("ema.posthoc_every", m.posthoc_every)
     _positive("ema.posthoc_budget_mb", m.posthoc_budget_mb)
+
+
+def _validate_folder(config: Config) -> None:
+    d = config.data
+    _check("data", FolderTransform, d.resolution or 1, d.channels or 3, d.fit, d.filter, tuple(d.background))
+    if not 0.0 <= d.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in [0, 1) (a share of the folder's files), got {d.val_fraction}")
+    if d.val_fraction and d.val_dir is not None:
+        raise ConfigError("data.val_fraction and data.val_dir both name a held-out split: give one")
+    if d.storage != "memory" and d.intensity is not None:
+        raise ConfigError(f"data.intensity rewrites every image in memory; it needs data.storage: memory, not "
+                          f"{d.storage}")
+    if d.xflip and config.latent.autoencoder is not None:
+        raise ConfigError("data.xflip: a latent run flips through its cache: use latent.flip instead")
+    if d.xflip and config.video.frames is not None:
+        raise ConfigError("data.xflip doubles an image dataset; video runs read clips")
 
 
 def _validate_autoencoder(config: Config) -> None:

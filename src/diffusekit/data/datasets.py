@@ -19,8 +19,9 @@ def open_dataset(spec: str | Path, split: str = "train", resolution: int | None 
     Built-ins (:data:`DATASETS`) keep their own size and channels where these are None, else go through
     :func:`resize_arrays` (``mode`` "resize" or "pad"); ``options`` go to :func:`load` (``root``). A name that is
     a built-in wins over a folder of that name: write ``./mnist`` for the folder. A folder needs ``resolution``
-    (``channels`` defaults to 3), has only the ``train`` split (all its images) and takes the options of
-    :func:`image_folder` (``workers``, ``strict``, ``min_size``).
+    (``channels`` None: grey or colour as its images are), has a ``test`` split only with ``val_fraction`` or
+    ``val_dir`` and takes the options of :func:`image_folder` (``workers``, ``strict``, ``min_size``,
+    ``storage``, ``fit``, ...).
     """
     if isinstance(spec, str) and spec in DATASETS:
         data = load(spec, split, **options)
@@ -32,9 +33,7 @@ def open_dataset(spec: str | Path, split: str = "train", resolution: int | None 
                          "nor an existing folder of images (a folder path is also accepted)")
     if resolution is None:
         raise UsageError(f"resolution is needed to load the image folder {spec}: its images are resized to it")
-    if split != "train":
-        raise UsageError(f"an image folder has only the 'train' split (all its images), got {split!r}: "
-                         "give the test images as a folder of their own")
     if mode != "resize":
-        raise UsageError(f"mode {mode!r} is for built-in datasets; folder images are always resized and cropped")
-    return image_folder(spec, resolution, channels or 3, **options)
+        raise UsageError(f"mode {mode!r} is for built-in datasets; folder images are fitted by data.fit (crop, "
+                         "random_crop, pad or stretch)")
+    return image_folder(spec, resolution, channels, split=split, **options)

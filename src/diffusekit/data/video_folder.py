@@ -34,7 +34,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..errors import BadFileError, MissingFileError, UsageError
-from .folder import IMAGE_EXTENSIONS, describe_skipped, flatten_image, read_image
+from .folder_files import IMAGE_EXTENSIONS, describe_skipped, flatten_image, read_image
 from .transform import fit_square
 
 __all__ = ["VIDEO_EXTENSIONS", "FRAME_EXTENSIONS", "VIDEO_SKIP_CATEGORIES", "Video", "VideoFolder",

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from .. import distributed
-from ..data import DATASETS, load_training_data
+from ..data import load_training_data
+from ..data.training_set import folder_options, has_held_out
 from ..errors import UsageError
 from ..generate import class_major_labels, generate
 from ..guidance import GuidanceSettings
@@ -174,13 +175,17 @@ def as_json(value):
 
 def reference_for_data(data_config, extractor: InceptionV3, count: int, split: str = "test", *, batch_size: int = 50,
                        progress=None, log=None) -> FeatureStats:
-    """Cached statistics of the first ``count`` images of the run's dataset (``split``; image folders have only
-    ``train``) at the size the model was trained at, features kept for KID and precision/recall."""
-    if data_config.name not in DATASETS and split != "train":
-        split = "train"  # folders have one split
+    """Cached statistics of the first ``count`` images of the run's dataset (``split``; an image folder's ``test``
+    is its held-out split, and without one (data.val_fraction, data.val_dir) its ``train``) at the size the model
+    was trained at, features kept for KID and precision/recall."""
+    if split != "train" and not has_held_out(data_config):
+        split = "train"  # a folder without a held-out part
+    options = folder_options(data_config)
+    if options:  # a folder: only the first `count` images are read, decoded as a stream
+        options.update(captions=False, storage="stream", limit=count)
     return dataset_reference_stats(extractor, data_config.name, split, count, resolution=data_config.resolution,
                                    channels=data_config.channels, resize=data_config.resize, batch_size=batch_size,
-                                   progress=progress, log=log)
+                                   progress=progress, log=log, **options)
 
 
 def memorization_metrics(samples: Tensor, data_config, *, feature_extractor: InceptionV3 | None = None,

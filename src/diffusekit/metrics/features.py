@@ -135,11 +135,12 @@ def dataset_label(dataset: str | Path) -> str:
 def dataset_reference_stats(extractor: InceptionV3, dataset: str, split: str = "train", count: int | None = None, *,
                             start: int = 0, resolution: int | None = None, channels: int | None = None,
                             resize: str = "resize", batch_size: int = 50, cache: bool = True, progress=None,
-                            log=None) -> FeatureStats:
+                            log=None, **options) -> FeatureStats:
     """Statistics of ``count`` images (all from ``start`` when None) of a dataset split from index ``start``, at the
     given size (see :func:`cached_image_stats`). A slice other than the first images is labelled
-    ``split[start:stop]``, so tuning and reporting references stay apart."""
-    data = open_dataset(dataset, split=split, resolution=resolution, channels=channels, mode=resize)
+    ``split[start:stop]``, so tuning and reporting references stay apart. ``options``: an image folder's
+    (:func:`~diffusekit.data.open_dataset`)."""
+    data = open_dataset(dataset, split=split, resolution=resolution, channels=channels, mode=resize, **options)
     if not 0 <= start < len(data):
         raise UsageError(f"start must be in 0..{len(data) - 1} (the size of {dataset}:{split}), got {start}")
     n = len(data) - start if count is None else int(count)

@@ -51,7 +51,10 @@ class BatchStream:
         else:
             loader = DataLoader(_WorkerBatches(data, seed, micro_batch, self.position, rank, world_size),
                                 batch_size=None, num_workers=workers, persistent_workers=True, prefetch_factor=2,
-                                pin_memory=torch.cuda.is_available())
+                                pin_memory=torch.cuda.is_available(),
+                                # its own generator: the workers' base seed would otherwise be drawn from the global
+                                # RNG (which dropout uses) when the loader starts, so a resumed run's would differ
+                                generator=torch.Generator().manual_seed(seed))
             self._iter = iter(loader)
 
     def __iter__(self):

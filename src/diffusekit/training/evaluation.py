@@ -8,7 +8,8 @@
   FID. The trainer saves the best model to ``<run>/best/``.
 - Every ``eval.loss_every`` images: the training loss on fixed training images and on held-out images
   (``eval.validation``: the dataset's test split) per log-SNR bin, and their gap (a rising validation
-  loss is a necessary sign of memorization).
+  loss is a necessary sign of memorization). An image folder's test split is its held-out part
+  (``data.val_fraction`` or ``data.val_dir``).
 
 A latent run evaluates what a user sees: its samples are decoded before the Inception scores them, the
 reference comes from the dataset's images, and the held-out loss is computed on the held-out images' latents
@@ -25,6 +26,7 @@ import math
 
 from ..config import Config
 from ..data import CLIP_DATASETS, DATASETS, ImageArrays, load_training_data
+from ..data.training_set import has_held_out
 from ..latent import encode_dataset
 from ..metrics.evaluate import (
     SamplingSettings,
@@ -89,11 +91,12 @@ class TrainingEvaluator:
                 return None
             return load_training_clips(dataclasses.replace(self.config, data=dataclasses.replace(d, limit=None)),
                                        split)
-        if d.name not in DATASETS:
+        if d.name not in DATASETS and (split != "test" or not has_held_out(d)):
             if self.log:
-                self.log(f"eval.validation: the image folder {d.name} has no {split} split; training loss only")
+                self.log(f"eval.validation: the image folder {d.name} has no {split} split (data.val_fraction or "
+                         "data.val_dir make one: the test split); training loss only")
             return None
-        data = load_training_data(dataclasses.replace(d, split=split, limit=None))
+        data = load_training_data(dataclasses.replace(d, split=split, limit=None, xflip=False))
         if self.autoencoder is not None:  # held-out latents, without flips
             latent = self.config.latent
             data = encode_dataset(self.autoencoder, data, flip=False, batch=latent.encode_batch, root=latent.cache_dir,

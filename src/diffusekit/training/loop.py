@@ -35,7 +35,7 @@ from ..cascade import training_condition
 from ..conditions import select
 from ..config import Config, ConfigError, to_dict
 from ..config.validate import check_guidance
-from ..data import ImageArrays
+from ..data import DATASETS, ImageArrays
 from ..data.augment import augment
 from ..errors import NonFiniteError
 from ..guidance import drop_conditions
@@ -56,7 +56,7 @@ from ..models import (
 )
 from ..time_sampling import TimeDraw
 from .batches import BatchStream
-from .captions import caption_table
+from .captions import caption_table, folder_caption_table
 from .ema import EMASet
 from .evaluation import TrainingEvaluator
 from .optim import LRSchedule, make_optimizer
@@ -140,7 +140,8 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.run.seed + 1)
         self.captions = None
         if config.data.captions:  # encoded once: the caption set is finite
-            self.captions = caption_table(config.data.name)
+            self.captions = (caption_table(config.data.name) if config.data.name in DATASETS
+                             else folder_caption_table(data.class_names))  # a folder: one per distinct caption
             if self.captions.num_classes != data.num_classes:
                 raise ValueError(f"{config.data.name} has {data.num_classes} classes but "
                                  f"{self.captions.num_classes} caption lists")
