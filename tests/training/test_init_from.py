@@ -12,7 +12,7 @@ from diffusekit.data import ImageArrays
 from diffusekit.errors import UsageError
 from diffusekit.models.checkpoint import load_checkpoint
 from diffusekit.training.loop import Trainer
-from diffusekit.training.make import train
+from diffusekit.training.make import make_trainer, train
 
 from .resume_check import assert_resume_is_bit_identical
 
@@ -42,8 +42,8 @@ def source(tmp_path_factory):
     return run
 
 
-def _states(run):
-    _, model, emas, state = load_checkpoint(run / "checkpoints" / SOURCE)
+def _states(run, checkpoint=SOURCE):
+    _, model, emas, state = load_checkpoint(run / "checkpoints" / checkpoint)
     return model, emas, state
 
 
@@ -143,3 +143,21 @@ def test_a_fine_tuning_run_resumes_bit_identical_and_leaves_its_source_alone(sou
     assert Trainer(config, data, tmp_path / "split").init_report is None
     assert sorted(p for p in source.rglob("*") if p.is_file()) == files
     assert {p: file_digest(p) for p in files} == before
+
+
+def test_an_autoencoder_run_starts_from_another_autoencoders_weights_with_a_fresh_discriminator(tmp_path):
+    settings = ["network.kind=autoencoder", "network.preset=f4", "eval.validation=none", "autoencoder.disc_layers=2",
+                "network.options={block_out_channels: [8, 8], norm_num_groups: 4, latent_channels: 2}",
+                "autoencoder.disc_channels=8", "optim.batch_size=8", "run.total_images=8", "run.checkpoint_every=8",
+                "autoencoder.stats_images=8", "ema.half_lives={ema: 64}"]
+    data = _data(n=16, size=16)
+    train(resolve("tiny", overrides=settings), data, tmp_path / "source")
+    _, emas, _ = _states(tmp_path / "source", "ckpt-000000000008")
+    config = resolve("tiny", overrides=[*settings, f"run.init_from={tmp_path / 'source'}"])
+    trainer = make_trainer(config, _data(n=16, size=16, seed=3), tmp_path / "new")
+    assert trainer.init_report.complete and trainer.init_report.weights == "ema"
+    weights = trainer.network.state_dict()
+    assert all(torch.equal(weights[name], tensor) for name, tensor in emas["ema"].items())
+    fresh = make_trainer(resolve("tiny", overrides=settings), data, tmp_path / "fresh")
+    for name, tensor in fresh.discriminator.state_dict().items():
+        assert torch.equal(trainer.discriminator.state_dict()[name], tensor), name
