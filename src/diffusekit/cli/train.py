@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -13,11 +14,11 @@ import time
 from pathlib import Path
 
 from .. import distributed
-from ..config import apply_override, merge, parse_override, preset, read_file, validate
+from ..config import RunConfig, apply_override, merge, parse_override, preset, read_file, validate
 from ..errors import UsageError
 from ..models import latest_valid
 from ..monitor import ProgressBar
-from ..training.make import make_trainer, training_data
+from ..training.make import INIT_REPORT, make_trainer, training_data
 from ..training.rundir import RunDirectory, peak_memory_mb, stored_config
 from .flags import positive_int, set_threads
 
@@ -35,7 +36,9 @@ def _train_config(args):
             config = merge(config, read_file(path))
     shortcuts = {"data.name": args.data, "run.total_images": args.images, "optim.batch_size": args.batch_size,
                  "run.checkpoint_every": args.checkpoint_every, "run.seed": args.seed, "run.device": args.device,
-                 "data.strict": True if getattr(args, "strict", False) else None}
+                 "data.strict": True if getattr(args, "strict", False) else None,
+                 "run.init_from": args.init_from, "run.init_weights": args.init_weights,
+                 "run.init_optimizer": True if args.init_optimizer else None}
     for key, value in shortcuts.items():
         if value is not None:
             config = apply_override(config, key.split("."), value)
@@ -66,6 +69,25 @@ def _check_run_dir(run_dir: Path, args) -> bool:
         raise UsageError(f"{run_dir} already holds a run; continue it with --resume auto, or start it over with "
                          "--overwrite (nothing was changed)")
     return True
+
+
+def _initialisation(run_dir: Path, config, args, say):
+    """``config`` with ``run.init_*`` as they apply: a run that already has checkpoints continues from its own and
+    keeps the ``run.init_*`` it was started with (one line says so when another start was asked for)."""
+    newest = latest_valid(run_dir / "checkpoints") if run_dir.is_dir() and not args.overwrite else None
+    if newest is None:
+        if config.run.init_from is not None and args.resume not in ("auto", "never"):
+            raise UsageError("--resume CHECKPOINT continues a run, --init-from (run.init_from) starts a new one from "
+                             "another's weights: give one of them")
+        return config
+    stored = stored_config(run_dir)
+    started = stored.run if stored is not None else RunConfig()
+    if config.run.init_from is not None:
+        say(f"{run_dir} has checkpoints: it continues from its own ({newest.name}); run.init_from "
+            f"{config.run.init_from} is not applied again")
+    run = dataclasses.replace(config.run, init_from=started.init_from, init_weights=started.init_weights,
+                              init_optimizer=started.init_optimizer)
+    return dataclasses.replace(config, run=run)
 
 
 @contextlib.contextmanager
@@ -137,6 +159,7 @@ def _train(args, config, context) -> int:
 
     run_dir = Path(args.run_dir)
     existing = _check_run_dir(run_dir, args)
+    config = _initialisation(run_dir, config, args, say)
     rundir = RunDirectory(run_dir, config)
     if existing and not args.overwrite:
         rundir.check_resume()  # a different recipe is refused before any work
@@ -149,6 +172,10 @@ def _train(args, config, context) -> int:
         distributed.barrier()
         say(f"--overwrite: removed the earlier run in {run_dir}")
     trainer = make_trainer(config, data, run_dir, log=say)
+    if trainer.init_report is not None:  # printed once, at the start from the source's weights
+        if main_process:
+            trainer.init_report.write(run_dir / INIT_REPORT)
+        say(f"{trainer.init_report.summary()}\n  (the whole report: {run_dir / INIT_REPORT})")
     resume_from = None if args.resume in ("auto", "never") else Path(args.resume)
     if args.resume != "never" and trainer.resume(resume_from):
         say(f"resumed from {resume_from or latest_valid(run_dir / 'checkpoints')} at {trainer.cur_nimg:,} images")
@@ -215,6 +242,14 @@ def add_parser(sub) -> None:
                    "a diffusekit run directory; without this flag a run is never overwritten)")
     t.add_argument("--strict", action="store_true", help="an image folder with unreadable, tiny or non-image files "
                    "is an error (sets data.strict; default: skip them with a warning that counts them)")
+    t.add_argument("--init-from", metavar="RUN_OR_CKPT", help="fine-tune: start a new run from the weights of this "
+                   "run directory (its newest valid checkpoint) or checkpoint; tensors of another name or shape start "
+                   "fresh, listed in <run-dir>/init_from.json (sets run.init_from; a run with checkpoints resumes "
+                   "from its own)")
+    t.add_argument("--init-weights", metavar="NAME", help="which of the source's weights: model (raw) or an EMA "
+                   "name (sets run.init_weights; default: the EMA the source samples with)")
+    t.add_argument("--init-optimizer", action="store_true", help="also take the source's optimizer state (Adam's "
+                   "moments); every parameter must match in shape (sets run.init_optimizer; default: fresh)")
     t.add_argument("--device", help="cpu, cuda or cuda:N (sets run.device)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set optim.lr=1e-3 (repeatable; value read as YAML)")

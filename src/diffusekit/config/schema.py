@@ -122,6 +122,11 @@ class RunConfig:
     # with fully_shard; the EMAs stay whole on every process); checkpoints are the same either way
     parallel: Literal["ddp", "fsdp"] = "ddp"
     dump_bad_batch: bool = True  # non-finite steps stopped the run: its last batch -> <run>/nonfinite-*.safetensors
+    # fine-tuning: a run directory or checkpoint whose weights start this run (the tensors of the same name and
+    # shape; report in <run>/init_from.json); applied only while the run has no checkpoint of its own
+    init_from: str | None = None
+    init_weights: str | None = None  # which of the source's weights: "model" or an EMA name (None: its sample EMA)
+    init_optimizer: bool = False  # also the source's optimizer state (every parameter must match in shape)
 
 
 @dataclass

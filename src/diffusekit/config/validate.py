@@ -94,6 +94,11 @@ def validate(config: Config) -> Config:
         _positive(f"run.{key}", getattr(r, key))
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", r.device):
         raise ConfigError(f"run.device: {r.device!r} is not a device; use cpu, cuda or cuda:N")
+    if r.init_from is None and (r.init_weights is not None or r.init_optimizer):
+        raise ConfigError("run.init_weights and run.init_optimizer choose what run.init_from gives: set run.init_from "
+                          "(--init-from) too")
+    if r.init_from is not None and not str(r.init_from).strip():
+        raise ConfigError("run.init_from is empty: name a run directory or checkpoint (or null)")
 
     e = config.eval
     for key in ("every", "num_samples", "extractor_resolution", "reference_count", "steps", "patience", "loss_every",

@@ -15,6 +15,11 @@ A caption-conditioned run (``data.captions``) is text-only: the network is built
 ``text_dim``, the train captions are encoded once (:mod:`diffusekit.training.captions`), and each image gets a
 caption of its class drawn with the trainer's generator; condition dropout sets ``text_null``.
 
+A fine-tuning run (``run.init_from``) starts from another run's weights (:mod:`diffusekit.models.transfer`): they
+are copied into the network as it is built, so every EMA starts from them; the image count, learning-rate schedule,
+data position and random streams start from zero, and the optimizer state is fresh unless ``run.init_optimizer``.
+``init_report`` lists what did not transfer. A run that has checkpoints resumes from its own instead.
+
 Periodic work (metrics, sample grids, post-hoc EMA snapshots, checkpoints) is triggered when the image count
 crosses a multiple of its interval and is handed to ``hooks`` (:class:`~diffusekit.training.rundir.RunDirectory` in the
 CLI), so the loop itself stays free of file formats.
@@ -52,7 +57,10 @@ from ..models import (
     load_checkpoint,
     network_conditioning,
     prune,
+    read_source,
     save_checkpoint,
+    source_optimizer_state,
+    transfer_weights,
 )
 from ..time_sampling import TimeDraw
 from .batches import BatchStream
@@ -108,6 +116,12 @@ class Trainer:
             raise ConfigError(f"the autoencoder {self.autoencoder.source} turns the {pixels_shape} images into "
                               f"{'x'.join(map(str, image_shape))} latents, which this network config does not "
                               f"take: {e}") from None
+        # fine-tuning: another run's weights, before the EMAs copy the network (they start from them) and before
+        # DDP / FSDP take it; never over this run's own checkpoints (resume loads those)
+        source, self.init_report = None, None
+        if config.run.init_from is not None and latest_valid(self.checkpoint_dir) is None:
+            source = read_source(config.run.init_from, config.run.init_weights)
+            self.init_report = transfer_weights(self.network, source, config, self.info)
         self.augment, self.cascade = augment_settings(config), cascade_settings(config)
         self.network.to(self.device, torch.float32)  # float32 weights whatever the default dtype; bf16 via autocast
         run = config.run
@@ -134,6 +148,8 @@ class Trainer:
         # fused (one kernel over all tensors) except under FSDP, whose sharded DTensor parameters take the foreach path
         self.optimizer = make_optimizer(self.network.parameters(), opt.optimizer, opt.lr,
                                         implementation="foreach" if self.fsdp else "fused")
+        if source is not None and config.run.init_optimizer:
+            self._load_source_optimizer(source)
         decay_images = opt.decay_images or config.run.total_images
         self.lr = LRSchedule(opt.lr, opt.warmup_images, opt.decay, total_images=decay_images,
                              ref_images=decay_images)
@@ -160,6 +176,17 @@ class Trainer:
         # stop_requested, on every process at the same step: the loop then checkpoints and returns
         self.stop_signal: str | None = None
         self.stop_requested: str | None = None
+
+    def _load_source_optimizer(self, source) -> None:
+        """The optimizer state of the run this one starts from (``run.init_optimizer``): its moments and step
+        counts, this run's learning rate and hyperparameters."""
+        state = source_optimizer_state(self.network, source, self.init_report, self.optimizer.state_dict())
+        if self.fsdp:  # every process holds the whole initial weights; the states are sharded on load
+            distributed.load_full_state(self.network, self.optimizer, distributed.full_model_state(self.network),
+                                        state)
+        else:
+            self.optimizer.load_state_dict(state)
+        self.init_report.optimizer = "source"
 
     # -- what is trained (an autoencoder trainer overrides these) ------------------------------------
     def _data_info(self, data) -> dict:
