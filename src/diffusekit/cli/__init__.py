@@ -5,6 +5,7 @@
 - :mod:`~diffusekit.cli.info`: ``presets`` and ``info``;
 - :mod:`~diffusekit.cli.evaluation`: ``fid``, ``ref-stats`` and ``eval``;
 - :mod:`~diffusekit.cli.restore`: ``restore`` (inverse problems; its files in :mod:`~diffusekit.cli.restore_io`);
+- :mod:`~diffusekit.cli.report`: ``report`` (a run's HTML report);
 - :mod:`~diffusekit.cli.flags`: what several commands share (guidance flags, ``--option``, threads, progress).
 
 :func:`main` is the error boundary: a :class:`~diffusekit.errors.UserError` is printed as one line and exits with
@@ -19,7 +20,7 @@ import errno
 import sys
 
 from ..errors import UserError
-from . import evaluation, info, restore, sample, train
+from . import evaluation, info, report, restore, sample, train
 
 __all__ = ["main", "build_parser"]
 
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_parsers(sub)
     evaluation.add_parsers(sub)
     restore.add_parser(sub)
+    report.add_parser(sub)
     return parser
 
 
