@@ -31,7 +31,7 @@ _SLIDER = """() => {
     slider.value = String(i);
     slider.dispatchEvent(new Event("input"));
     seen.push({label: document.getElementById("grid-label").textContent,
-               src: document.getElementById("grid-image").src.length});
+               src: document.getElementById("grid-image").src});
   }
   return seen;
 }"""
@@ -43,7 +43,7 @@ class PageCheck:
 
     sections: list[str]  # ids of the <section> elements, in order
     images: list[dict]  # {alt, id, width (natural, 0 when it failed to decode), complete}
-    slider: list[dict]  # the grid label and image (src length) at each slider position, first to last
+    slider: list[dict]  # the grid label and image (its src) at each slider position, first to last
     console_errors: list[str] = field(default_factory=list)  # console.error and uncaught exceptions
     requests: list[str] = field(default_factory=list)  # network requests made (blocked): there should be none
 

@@ -29,10 +29,10 @@ def _positive_seconds(text: str) -> float:
 
 def _check_out(out: Path) -> None:
     """Checked before any work: the report's path names a file whose folders can exist."""
-    if out.suffix.lower() not in (".html", ".htm"):
-        raise UsageError(f"--out {out}: the report is an .html file")
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; give a file name such as {out / 'report.html'}")
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--out {out}: the report is an .html file")
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
             raise UsageError(f"--out {out}: {parent} is a file, not a directory")

@@ -301,7 +301,7 @@ def _memorization_section(run: RunFiles) -> str:
                 grids.append(f"<figure><figcaption>{_e(space)}</figcaption>"
                              f"{_image_file(grid, f'memorization grid {space}')}</figure>")
             else:
-                grids.append(f'<p class="missing">{_e(space)}: no sample flagged, no grid.</p>')
+                grids.append(f"<p>{_e(space)}: no sample flagged, no grid.</p>")
         out += (f"<h3>eval/{_e(name)}</h3>" + _table(("space", "samples", "flagged", "fraction", "d1/d2 p05",
                                                       "d1/d2 median"), rows)
                 + f'<div class="charts grid">{"".join(grids)}</div>')
