@@ -82,6 +82,7 @@ def image_run(root: Path, name: str = "run") -> Path:
                                                                   "flagged": 0, "fraction": 0.0}}}
     (evaluation / "results.json").write_text(json.dumps(results))
     png(evaluation / "memorization-pixel.png", (128, 128, 128), (24, 8))
+    png(evaluation / "memorization-inception-fast-96-nearest.png", (64, 64, 64), (24, 16))
     (run / "posthoc").mkdir()
     (run / "posthoc" / "sweep.json").write_text(json.dumps(SWEEP))
     return run

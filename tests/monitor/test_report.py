@@ -127,7 +127,8 @@ def test_every_section_of_a_full_run_holds_its_charts_and_images(run):
     alts = {section: [alt for alt, _ in images] for section, images in page.images.items()}
     assert alts == {"summary": [], "loss": ["training loss", "learning rate"],
                     "noise-levels": ["mean loss per noise level", "gap per noise level"], "fid": ["FID", "KID"],
-                    "samples": ["sample grid"], "memorization": ["memorization grid pixel"],
+                    "samples": ["sample grid"],
+                    "memorization": ["memorization grid pixel", "nearest neighbours inception-fast-96"],
                     "posthoc": ["FID against sigma_rel"], "throughput": ["throughput", "memory"],
                     "config": [], "environment": []}
     # only what this run lacks is "not recorded": a gradient norm and GPU memory
@@ -200,8 +201,9 @@ def test_an_autoencoder_run_shows_reconstruction_quality_and_rfid(tmp_path):
                  "reconstruction": True}]
     write_metrics(run, records)
     png(run / "samples" / "grid-000000000128.png", (0, 0, 0))
-    page = Page(render_report(read_run(run)))
-    assert "<h2>Reconstruction quality</h2>" in render_report(read_run(run))
+    text = render_report(read_run(run))
+    page = Page(text)
+    assert "<h2>Reconstruction quality</h2>" in text
     assert [a for a, _ in page.images["noise-levels"]] == ["reconstruction psnr", "reconstruction l1",
                                                           "reconstruction kl"]
     assert [a for a, _ in page.images["loss"]] == ["training loss", "learning rate", "autoencoder loss terms"]

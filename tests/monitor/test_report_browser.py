@@ -35,7 +35,8 @@ def test_the_report_loads_cleanly_in_chromium_and_its_slider_steps_through_the_g
     assert check.sections == ["summary", *(ident for ident, _ in SECTIONS)]
     assert sorted(i["alt"] for i in check.images) == sorted([
         "training loss", "learning rate", "mean loss per noise level", "gap per noise level", "FID", "KID",
-        "sample grid", "memorization grid pixel", "FID against sigma_rel", "throughput", "memory"])
+        "sample grid", "memorization grid pixel", "nearest neighbours inception-fast-96", "FID against sigma_rel",
+        "throughput", "memory"])
     charts = [i for i in check.images if i["alt"] == "training loss"]
     assert charts[0]["width"] == 640  # decoded at the chart's size
     assert [s["label"] for s in check.slider] == [f"{n} images" for n in GRID_NIMG]

@@ -286,7 +286,8 @@ def _memorization_section(run: RunFiles) -> str:
                         "nearest-neighbour grids in RUN/eval/ appear here)")
     out = ('<p class="note">Each generated sample against its two nearest training images: a sample whose nearest '
            "neighbour is under a third as far as the second nearest is flagged as a copy (Yoon et al. 2023). The "
-           "grids show flagged samples (left) beside their nearest training images, most copied first.</p>")
+           "grids show samples (left) beside their nearest training images, smallest ratio first: the flagged "
+           "ones, and the closest ones whether flagged or not (<code>diffusekit eval</code> writes both).</p>")
     for name, spaces, folder in checks:
         rows = []
         grids = []
@@ -298,10 +299,14 @@ def _memorization_section(run: RunFiles) -> str:
                          quantiles.get("p50")))
             grid = folder / f"memorization-{space}.png"
             if grid.is_file():
-                grids.append(f"<figure><figcaption>{_e(space)}</figcaption>"
+                grids.append(f"<figure><figcaption>{_e(space)}: flagged samples</figcaption>"
                              f"{_image_file(grid, f'memorization grid {space}')}</figure>")
             else:
                 grids.append(f"<p>{_e(space)}: no sample flagged, no grid.</p>")
+            nearest = folder / f"memorization-{space}-nearest.png"
+            if nearest.is_file():
+                grids.append(f"<figure><figcaption>{_e(space)}: smallest ratios, flagged or not</figcaption>"
+                             f"{_image_file(nearest, f'nearest neighbours {space}')}</figure>")
         out += (f"<h3>eval/{_e(name)}</h3>" + _table(("space", "samples", "flagged", "fraction", "d1/d2 p05",
                                                       "d1/d2 median"), rows)
                 + f'<div class="charts grid">{"".join(grids)}</div>')
