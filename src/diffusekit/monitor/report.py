@@ -268,7 +268,8 @@ def _samples_section(run: RunFiles, max_grids: int) -> str:
     data = json.dumps(grids).replace("</", "<\\/")
     last = len(grids) - 1
     shown = "" if len(picked) == len(run.grids) else f" ({len(picked)} of {len(run.grids)} shown)"
-    out = (f"<p>{_e(what)}; {len(run.grids)} grids{shown}. Drag the slider to step through training.</p>"
+    count = f"{len(run.grids)} grid" + ("s" if len(run.grids) > 1 else "")
+    out = (f"<p>{_e(what)}; {count}{shown}. Drag the slider to step through training.</p>"
            f'<div class="slider"><input type="range" id="grid-slider" min="0" max="{last}" value="{last}" '
            f'aria-label="checkpoint"><span id="grid-label">{_e(grids[-1]["label"])}</span></div>'
            f'<div class="grid"><img id="grid-image" alt="sample grid" src="{grids[-1]["src"]}"></div>'
