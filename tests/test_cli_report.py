@@ -7,6 +7,7 @@ import pytest
 
 import diffusekit.cli as cli
 import diffusekit.cli.report as cli_report
+from diffusekit.errors import UsageError
 
 from .monitor.report_run import image_run, metrics_records, write_metrics
 
@@ -18,6 +19,7 @@ def _main(argv, capsys) -> tuple[int, str]:
 
 def test_report_writes_run_dir_report_html_by_default_and_out_elsewhere(tmp_path, capsys):
     run = image_run(tmp_path)
+    write_metrics(run, metrics_records()[:2])  # fewer charts: a faster test
     code, err = _main(["report", str(run)], capsys)
     assert (code, err) == (0, f"wrote {run / 'report.html'}\n")
     assert (run / "report.html").read_text().startswith("<!DOCTYPE html>")
@@ -62,6 +64,22 @@ def test_watch_regenerates_then_sleeps_until_ctrl_c():
     calls.clear()
     assert cli_report.watch(regenerate, 1.0, sleep=calls.append, iterations=2) == 2
     assert calls == ["write", 1.0, "write", 1.0]
+
+
+def test_a_failure_after_the_first_report_is_reported_and_the_watch_goes_on():
+    outcomes = iter([None, UsageError("run gone"), OSError("disk full"), None])
+    warnings = []
+
+    def regenerate():
+        outcome = next(outcomes)
+        if outcome is not None:
+            raise outcome
+
+    assert cli_report.watch(regenerate, 1.0, sleep=lambda s: None, iterations=4, warn=warnings.append) == 2
+    assert [str(w) for w in warnings] == ["run gone", "disk full"]
+    outcomes = iter([UsageError("bad run")])
+    with pytest.raises(UsageError, match="bad run"):  # the first report failing is bad input: no loop
+        cli_report.watch(regenerate, 1.0, sleep=lambda s: None, warn=warnings.append)
 
 
 def test_ctrl_c_while_writing_ends_the_watch_cleanly():

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import UsageError, UserError
 from ..monitor.report import MAX_GRIDS, write_report
 from .flags import positive_int
 
@@ -39,14 +39,22 @@ def _check_out(out: Path) -> None:
 
 
 def watch(regenerate: Callable[[], Path], every_s: float, sleep: Callable[[float], None] = time.sleep,
-          iterations: int | None = None) -> int:
+          iterations: int | None = None, warn: Callable[[Exception], None] | None = None) -> int:
     """Call ``regenerate`` and then ``sleep(every_s)``, ``iterations`` times (None: until Ctrl-C). Ctrl-C ends it
-    cleanly: a report being written is left whole (its temporary file is removed). Returns the reports written."""
-    written = 0
+    cleanly: a report being written is left whole (its temporary file is removed). A failure of the first call is
+    raised (bad input); a later UserError or OSError (the run started over, a disk briefly full) goes to ``warn``
+    and the loop goes on. Returns the reports written."""
+    written = attempts = 0
     try:
-        while iterations is None or written < iterations:
-            regenerate()
-            written += 1
+        while iterations is None or attempts < iterations:
+            attempts += 1
+            try:
+                regenerate()
+                written += 1
+            except (UserError, OSError) as e:
+                if attempts == 1 or warn is None:
+                    raise
+                warn(e)
             sleep(every_s)
     except KeyboardInterrupt:
         pass
@@ -63,7 +71,8 @@ def cmd_report(args) -> int:
         return 0
     print(f"writing {out} every {args.watch:g} s (the page reloads itself); Ctrl-C stops", file=sys.stderr)
     written = watch(lambda: write_report(args.run, out, refresh_s=args.watch, max_grids=args.max_grids),
-                    args.watch, sleep=_sleep)
+                    args.watch, sleep=_sleep,
+                    warn=lambda e: print(f"diffusekit report: {e}; trying again in {args.watch:g} s", file=sys.stderr))
     print(f"stopped after {written} report(s); {out} is complete", file=sys.stderr)
     return 0
 

@@ -97,10 +97,9 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _image_file(path: Path, alt: str, element_id: str | None = None) -> str:
+def _image_file(path: Path, alt: str) -> str:
     mime = "image/gif" if path.suffix.lower() == ".gif" else "image/png"
-    ident = f' id="{element_id}"' if element_id else ""
-    return f'<img{ident} alt="{_e(alt)}" src="{_data_uri(path.read_bytes(), mime)}">'
+    return f'<img alt="{_e(alt)}" src="{_data_uri(path.read_bytes(), mime)}">'
 
 
 # -- sections ---------------------------------------------------------------------------------------------------
