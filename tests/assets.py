@@ -17,9 +17,10 @@ import pytest
 
 __all__ = ["on_ci", "require_asset", "require_mnist", "require_cahn_hilliard", "require_text_encoder",
            "inception_weights_available", "require_inception_weights", "require_twemoji", "require_scikit_learn",
-           "require_crawl_tiles"]
+           "require_crawl_tiles", "require_browser", "CHROMIUM"]
 
 MAKE_VENV = "make venv installs it"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")  # tools/report_screenshot.py reads the same variable
 
 
 def on_ci() -> bool:
@@ -110,3 +111,11 @@ def require_crawl_tiles() -> None:
     require_asset("the Dungeon Crawl tiles (Debian crawl-tiles-data)", _crawl_tiles_present(),
                   "apt-get install crawl-tiles-data; the Makefile does not install Debian packages",
                   installed_by_project=False)
+
+
+def require_browser() -> None:
+    """Headless Chromium driven by Playwright: the Debian package (``make browser``, run by ``make test``) and the
+    dev dependency."""
+    require_asset("Playwright (a dev dependency)", _has_package("playwright"), f"pip install playwright; {MAKE_VENV}")
+    require_asset(f"Chromium ({CHROMIUM})", os.path.exists(CHROMIUM),
+                  "apt-get install chromium; `make browser` (a step of `make test`) installs it")

@@ -57,7 +57,7 @@ def test_a_present_asset_passes_either_way(where, request):
 def test_the_real_checks_see_a_missing_asset(monkeypatch, tmp_path):
     monkeypatch.setattr(assets.importlib.util, "find_spec", lambda name: None)
     for require in (assets.require_mnist, assets.require_cahn_hilliard, assets.require_twemoji,
-                    assets.require_scikit_learn):
+                    assets.require_scikit_learn, assets.require_browser):
         with pytest.raises(FAIL, match="CI=true"):
             require()
     monkeypatch.setenv("DIFFUSEKIT_TEXT_ENCODER", str(tmp_path))  # a directory without the model files
@@ -70,3 +70,7 @@ def test_the_real_checks_see_a_missing_asset(monkeypatch, tmp_path):
     monkeypatch.setattr(assets, "_crawl_tiles_present", lambda: False)
     with pytest.raises(SKIP, match="crawl-tiles-data"):
         assets.require_crawl_tiles()
+    monkeypatch.setattr(assets.importlib.util, "find_spec", lambda name: object())  # Playwright there, Chromium not
+    monkeypatch.setattr(assets, "CHROMIUM", str(tmp_path / "no-chromium"))
+    with pytest.raises(FAIL, match="make browser"):
+        assets.require_browser()

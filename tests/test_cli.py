@@ -37,6 +37,7 @@ def test_run_directory_contents(run):
     sessions = json.loads((run / "environment.json").read_text())["sessions"]
     assert [s["start_nimg"] for s in sessions] == [0, 128]
     assert {"torch", "python", "git", "device", "command"} <= set(sessions[0])
+    assert [s["world_size"] for s in sessions] == [1, 1]
     records = read_metrics(run / "metrics.jsonl")
     assert [r["cur_nimg"] for r in records] == [32, 64, 96, 128, 160, 192]  # no duplicates after the resume
     assert all(r["loss"] > 0 and r["img_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in records)

@@ -108,6 +108,9 @@ def test_eval_of_a_run_writes_results_and_memorization_grids(tmp_path, capsys):
     assert result["n"] == 12 and result["extractor"] == "inception-fast-75" and not result["comparable_to_published"]
     assert np.isfinite(result["fid"]) and "kid_std" in result and 0 <= result["precision"] <= 1
     assert result["memorization"]["pixel"]["n"] == 12
+    # the 12 samples of smallest ratio beside their 2 nearest training digits (16x16 tiles, 2-pixel borders)
+    assert result["memorization"]["pixel"]["nearest_grid"] == str(out / "memorization-pixel-nearest.png")
+    assert Image.open(out / "memorization-pixel-nearest.png").size == (3 * 18 + 2, 12 * 18 + 2)
     assert json.loads((out / "results.json").read_text())["fid"] == result["fid"]
     assert (out / "samples.png").exists()
     # per-sample seeds: the same command gives the same numbers

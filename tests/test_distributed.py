@@ -86,7 +86,9 @@ def test_two_processes_match_one_and_checkpoints_cross_world_sizes(one_process, 
         assert difference < TOLERANCE, (run.name, difference)
         assert difference > 0 or run is two_then_one  # really another sum order (no silent single process)
     environment = json.loads((two / "environment.json").read_text())["sessions"]
-    assert len(environment) == 2
+    assert [s["world_size"] for s in environment] == [2, 2]
+    sessions = json.loads((two_then_one / "environment.json").read_text())["sessions"]
+    assert [s["world_size"] for s in sessions] == [2, 1]
 
 
 def test_fsdp_matches_one_process_and_its_checkpoints_resume_either_way(one_process, tmp_path):

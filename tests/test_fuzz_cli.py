@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 import diffusekit.cli as cli
 import diffusekit.cli.evaluation as cli_evaluation
+import diffusekit.cli.report as cli_report
 import diffusekit.cli.train as cli_train
 import diffusekit.metrics.evaluate as evaluate_module
 import diffusekit.metrics.inception as inception
@@ -100,7 +101,12 @@ def light(monkeypatch, tmp_path):
     monkeypatch.setattr(Trainer, "run", lambda self, *a, **k: None)
     monkeypatch.setattr(inception, "get_extractor", lambda *a, **k: FakeExtractor())
     monkeypatch.setattr(cli_train, "_torchrun", lambda args: 0)
+    monkeypatch.setattr(cli_report, "_sleep", _ctrl_c)  # report --watch: one report, then Ctrl-C
     monkeypatch.setenv("DIFFUSEKIT_CACHE", str(tmp_path / "cache"))
+
+
+def _ctrl_c(seconds: float) -> None:
+    raise KeyboardInterrupt
 
 
 def _flags(command: str) -> list[argparse.Action]:
@@ -109,7 +115,7 @@ def _flags(command: str) -> list[argparse.Action]:
 
 # positional arguments that lead somewhere (names of `world` paths)
 GOOD = {("sample", "source"): ["run", "checkpoint"], ("eval", "source"): ["run", "checkpoint"],
-        ("info", "run_dir"): ["run"], ("fid", "a"): ["samples"], ("fid", "b"): ["samples"],
+        ("info", "run_dir"): ["run"], ("report", "run"): ["run"], ("fid", "a"): ["samples"], ("fid", "b"): ["samples"],
         ("ref-stats", "dataset"): ["folder", "samples"], ("restore", "source"): ["run", "checkpoint"]}
 JUNK = st.sampled_from(["", "-1", "0", "1", "2", "3", "nan", "inf", "-inf", "1e9", "abc", "--", "-", "x=y", "=",
                         "a.b=1", "optim.lr=1e-3", "run.total_images=-5", "network.kind=vit", "data.name=../..",
@@ -177,7 +183,7 @@ def _run(argv) -> tuple[int, str]:
 
 
 def test_the_grammar_covers_every_command_and_flag():
-    assert set(COMMANDS) >= {"train", "sample", "eval", "fid", "ref-stats", "info", "presets", "restore"}
+    assert set(COMMANDS) >= {"train", "sample", "eval", "fid", "ref-stats", "info", "presets", "restore", "report"}
     assert any("--guidance-interval" in a.option_strings for a in _flags("sample"))  # nargs=2 flags too
 
 

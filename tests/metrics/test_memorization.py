@@ -202,6 +202,13 @@ def test_grid_rows_columns_and_order(tmp_path, channels):
     path = write_memorization_grid(tmp_path / "small.png", result, samples.transpose(0, 2, 3, 1),
                                    training.permute(0, 2, 3, 1), neighbours=1, max_rows=2)
     assert Image.open(path).size == (2 * (5 + 2) + 2, 2 * (6 + 2) + 2)  # PIL: (width, height)
+    # only_flagged=False: the smallest ratios whether flagged or not, so sample 1 (0.9, not flagged) comes last
+    path = write_memorization_grid(tmp_path / "nearest.png", result, samples, training, only_flagged=False)
+    grid = np.asarray(Image.open(path))
+    grid = grid[..., None] if grid.ndim == 2 else grid
+    assert grid.shape == (4 * (6 + 2) + 2, 3 * (5 + 2) + 2, channels)
+    for row, i in enumerate([2, 0, 3, 1]):
+        assert np.array_equal(tile(row, 0), samples[i].transpose(1, 2, 0))
 
 
 def test_grid_nothing_flagged_writes_nothing(tmp_path):
@@ -209,6 +216,10 @@ def test_grid_nothing_flagged_writes_nothing(tmp_path):
     result = _toy_result([False, False], [0.5, 1.0])
     assert write_memorization_grid(tmp_path / "grid.png", result, images, np.zeros((5, 1, 4, 4), np.uint8)) is None
     assert list(tmp_path.iterdir()) == []
+    assert write_memorization_grid(tmp_path / "nearest.png", result, images, np.zeros((5, 1, 4, 4), np.uint8),
+                                   only_flagged=False, max_rows=1) == tmp_path / "nearest.png"
+    assert Image.open(tmp_path / "nearest.png").size == (3 * (4 + 2) + 2, 4 + 2 + 2)  # one row: the smallest ratio
+    (tmp_path / "nearest.png").unlink()
     with pytest.raises(ValueError, match="neighbours must be between 1 and 2"):
         write_memorization_grid(tmp_path / "grid.png", result, images, images, neighbours=3)
     with pytest.raises(ValueError, match="2 samples but 3 sample images"):

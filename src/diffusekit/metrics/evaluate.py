@@ -36,6 +36,7 @@ from .stats import FeatureStats, check_compatible
 __all__ = ["SamplingSettings", "shard_batches", "sample_for_evaluation", "feature_metrics", "METRICS"]
 
 METRICS = ("fid", "kid", "precision_recall", "memorization")
+NEAREST_ROWS = 16  # samples of smallest nearest / second-nearest ratio shown beside their neighbours
 
 
 @dataclass
@@ -192,7 +193,8 @@ def memorization_metrics(samples: Tensor, data_config, *, feature_extractor: Inc
                          out_dir=None, batch_size: int = 50, progress=None, log=None) -> dict:
     """Nearest training neighbours of ``samples`` (uint8 NCHW) over the run's whole training set, in pixel space
     and, with ``feature_extractor``, in its feature space (training features cached). Writes a PNG grid per
-    space of the flagged samples beside their neighbours into ``out_dir``."""
+    space of the flagged samples beside their neighbours into ``out_dir``, and one of the ``NEAREST_ROWS`` samples
+    of smallest ratio, flagged or not (``memorization-<space>-nearest.png``)."""
     training = load_training_data(data_config)
     train_pixels = torch.from_numpy(np.array(training.images, copy=True)).permute(0, 3, 1, 2)  # writable, contiguous
     results = {}
@@ -208,6 +210,9 @@ def memorization_metrics(samples: Tensor, data_config, *, feature_extractor: Inc
         if out_dir is not None:
             path = write_memorization_grid(Path(out_dir) / f"memorization-{space}.png", result, samples, train_pixels)
             summary["grid"] = str(path) if path is not None else None
+            nearest = write_memorization_grid(Path(out_dir) / f"memorization-{space}-nearest.png", result, samples,
+                                              train_pixels, max_rows=NEAREST_ROWS, only_flagged=False)
+            summary["nearest_grid"] = str(nearest)
         results[space] = summary
     return results
 

@@ -165,13 +165,15 @@ def _nchw_uint8(images, name: str) -> Tensor:
 
 
 def write_memorization_grid(path, result: MemorizationResult, samples_uint8, training_uint8, *, neighbours: int = 2,
-                            max_rows: int = 64) -> Path | None:
+                            max_rows: int = 64, only_flagged: bool = True) -> Path | None:
     """Write a PNG with one row per flagged sample: the sample, then its ``neighbours`` nearest training images.
 
-    Rows go from the most copied (smallest ratio) down, at most ``max_rows``. ``samples_uint8`` (indexed like the
+    Rows go from the most copied (smallest ratio) down, at most ``max_rows``. ``only_flagged=False``: the rows
+    are the samples of smallest ratio whether flagged or not (what the closest samples look like beside
+    their neighbours, even when none is a copy). ``samples_uint8`` (indexed like the
     result) and ``training_uint8`` are uint8 images, NCHW with C = 1 or 3 (NHWC is accepted when axis 1 is not 1
     or 3), tensors or numpy arrays. Writes atomically and returns the path, or writes nothing and returns None when
-    no sample is flagged.
+    there is no row (no sample flagged).
     """
     if not 1 <= neighbours <= result.indices.shape[1]:
         raise ValueError(f"neighbours must be between 1 and {result.indices.shape[1]}, got {neighbours}")
@@ -183,7 +185,7 @@ def write_memorization_grid(path, result: MemorizationResult, samples_uint8, tra
     if samples.shape[1:] != training.shape[1:]:
         raise ValueError(f"sample and training images differ in shape: {tuple(samples.shape[1:])} and "
                          f"{tuple(training.shape[1:])}")
-    flagged = torch.nonzero(result.flagged).flatten()
+    flagged = torch.nonzero(result.flagged if only_flagged else torch.ones_like(result.flagged)).flatten()
     if len(flagged) == 0:
         return None
     order = flagged[torch.sort(result.ratio[flagged], stable=True).indices][:max_rows]

@@ -3,7 +3,7 @@
 ```
 RUN_DIR/
   config.yaml          the resolved configuration (what `diffusekit train` ran)
-  environment.json     versions, git hash, host, device, command line: one entry per start or resume
+  environment.json     versions, git hash, host, device, world size, command line: one entry per start or resume
   metrics.jsonl        one record per log interval: cur_nimg, loss, lr, img/s, elapsed, peak memory
   tensorboard/         the same scalars as TensorBoard event files
   samples/grid-<nimg>.png   sample grids from the EMA, same noise every time; samples.png is the newest
@@ -11,6 +11,7 @@ RUN_DIR/
   loss.png             the loss curve (raw and smoothed), redrawn at each checkpoint
   checkpoints/ckpt-<nimg>/  weights (safetensors) + training state (weights_only) + checksums
   posthoc/phema-<nimg>.safetensors  with ema.posthoc: snapshots of the power-function EMAs (docs/ema.md)
+  report.html          all of the above on one page, written by `diffusekit report`
 ```
 
 On resume, records logged after the checkpoint are dropped from metrics.jsonl (and purged from
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy
 import torch
 
-from .. import __version__
+from .. import __version__, distributed
 from ..cascade import downsample, sampling_condition
 from ..config import Config, ConfigError, from_dict, read_file, to_dict, write_yaml
 from ..generate import class_major_labels, generate
@@ -96,7 +97,8 @@ def environment(device: torch.device) -> dict:
     env = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv, "host": platform.node(),
            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
            "numpy": numpy.__version__, "diffusekit": __version__, "git": _git_hash(), "device": str(device),
-           "threads": torch.get_num_threads(), "native_bf16": native_bf16(device)}  # what precision auto picked
+           "threads": torch.get_num_threads(), "native_bf16": native_bf16(device),  # what precision auto picked
+           "world_size": distributed.context().world_size}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
