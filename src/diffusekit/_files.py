@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["file_digest", "atomic_write", "cache_dir"]
+__all__ = ["file_digest", "atomic_write", "cache_dir", "fsync_file"]
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
@@ -19,6 +19,15 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a written file to the disk, so a rename that follows it never publishes data still in the page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | Path, write: Callable[[str], Any], suffix: str = ".tmp") -> Path:

@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..errors import MissingFileError, UsageError
 from .folder_transform import FolderTransform
 
 __all__ = ["DECODE_ERRORS", "GREY_MODES", "IMAGE_EXTENSIONS", "SKIP_CATEGORIES", "FolderReport", "TooSmall",
-           "describe_skipped", "files_under", "flatten_image", "is_image", "read_header", "read_image"]
+           "describe_skipped", "existing_folder", "files_under", "flatten_image", "is_image", "read_header",
+           "read_image"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # what Pillow raises for a corrupt, truncated or hostile file (UnidentifiedImageError is an OSError)
@@ -41,6 +43,17 @@ SKIP_CATEGORIES = {"unreadable": "unreadable (truncated or corrupt: {examples})"
                    "no_caption": "images without a caption ({examples})"}
 # Pillow modes without colour: a folder of these alone is grey (data.channels null -> 1)
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def existing_folder(path: str | Path, what: str) -> Path:
+    """``path`` with ``~`` expanded, checked to be a directory; ``what`` names its contents in the error
+    ("images", "videos")."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise MissingFileError(f"{what[:-1]} folder {root} does not exist")
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a directory: give a folder of {what}")
+    return root
 
 
 @dataclass

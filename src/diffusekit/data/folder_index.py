@@ -24,8 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadFileError, MissingFileError, UsageError
-from .folder_files import DECODE_ERRORS, GREY_MODES, IMAGE_EXTENSIONS, FolderReport, files_under, is_image, read_header
+from ..errors import BadFileError, UsageError
+from .folder_files import (
+    DECODE_ERRORS,
+    GREY_MODES,
+    IMAGE_EXTENSIONS,
+    FolderReport,
+    existing_folder,
+    files_under,
+    is_image,
+    read_header,
+)
 from .folder_meta import LABELS_FILE, METADATA_FILE, class_order, is_held_out, read_metadata
 
 __all__ = ["FolderIndex", "index_folder", "split_index"]
@@ -108,11 +117,7 @@ def _header(path: Path) -> tuple[tuple[int, int], str] | Exception:
 
 def index_folder(path: str | Path, min_size: int = 8, workers: int | None = None) -> FolderIndex:
     """Index the folder at ``path`` (module docstring). Raises BadFileError when no image is usable."""
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise MissingFileError(f"image folder {root} does not exist")
-    if not root.is_dir():
-        raise UsageError(f"{root} is not a directory: give a folder of images")
+    root = existing_folder(path, "images")
     if min_size < 1:
         raise UsageError(f"min_size must be positive, got {min_size}")
     report = FolderReport(root, min_size=min_size)

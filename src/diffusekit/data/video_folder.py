@@ -33,8 +33,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..errors import BadFileError, MissingFileError, UsageError
-from .folder_files import IMAGE_EXTENSIONS, describe_skipped, flatten_image, read_image
+from ..errors import BadFileError, UsageError
+from .folder_files import IMAGE_EXTENSIONS, describe_skipped, existing_folder, flatten_image, read_image
 from .transform import fit_square
 
 __all__ = ["VIDEO_EXTENSIONS", "FRAME_EXTENSIONS", "VIDEO_SKIP_CATEGORIES", "Video", "VideoFolder",
@@ -152,11 +152,7 @@ class VideoFolder:
 
     def __init__(self, path: str | Path, frames: int, resolution: int, channels: int = 3, *,
                  stride: int | None = None, min_frames: int | None = None):
-        root = Path(path).expanduser()
-        if not root.exists():
-            raise MissingFileError(f"video folder {root} does not exist")
-        if not root.is_dir():
-            raise UsageError(f"{root} is not a directory: give a folder of videos")
+        root = existing_folder(path, "videos")
         if frames < 1:
             raise UsageError(f"frames must be at least 1, got {frames}")
         if resolution < 1:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .._files import file_digest
+from .._files import file_digest, fsync_file
 from ..errors import CheckpointError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "verify_checkpoint", "latest_valid", "prune", "remove_partial_writes",
@@ -33,14 +33,6 @@ __all__ = ["save_checkpoint", "load_checkpoint", "verify_checkpoint", "latest_va
 
 _PREFIX = "ckpt-"
 FORMAT_VERSION = 1
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _flatten_weights(model_state: dict, ema_states: dict[str, dict]) -> dict[str, torch.Tensor]:
@@ -69,11 +61,11 @@ def save_checkpoint(directory: str | Path, cur_nimg: int, model_state: dict, ema
                 "sha256": {name: file_digest(tmp / name) for name in ("weights.safetensors", "state.pt")}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         for name in ("weights.safetensors", "state.pt", "meta.json"):
-            _fsync(tmp / name)
+            fsync_file(tmp / name)
         if final.exists():  # re-saving the same image count (e.g. a preemption right after a save)
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync(directory)
+        fsync_file(directory)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -26,6 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
+from .._files import fsync_file
 from ..config import Config, ConfigError
 from ..errors import BadFileError
 from ..posthoc_ema import gamma_of_sigma_rel, sigma_rel_label
@@ -101,14 +102,6 @@ def _path(directory: Path, cur_nimg: int) -> Path:
     return directory / f"{_PREFIX}{cur_nimg:012d}{_SUFFIX}"
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_snapshot(directory: str | Path, cur_nimg: int, batch_size: int,
                    states: dict[float, dict[str, torch.Tensor]], budget_mb: float | None = None,
                    every: int | None = None) -> Path:
@@ -133,7 +126,7 @@ def write_snapshot(directory: str | Path, cur_nimg: int, batch_size: int,
     if budget_mb is not None:
         _thin(directory, cur_nimg, every or batch_size, tmp.stat().st_size, budget_mb * 1e6, keep=final)
     os.replace(tmp, final)
-    _fsync(directory)
+    fsync_file(directory)
     return final
 
 
