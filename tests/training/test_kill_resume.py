@@ -31,11 +31,11 @@ require_mnist()  # the tiny preset trains on MNIST
 WRAPPER = """
 import os, sys, time
 import diffusekit.models.checkpoint as checkpoint
-delay, fsync = float(os.environ.get("DIFFUSEKIT_TEST_FSYNC_DELAY", "0")), checkpoint._fsync
+delay, fsync = float(os.environ.get("DIFFUSEKIT_TEST_FSYNC_DELAY", "0")), checkpoint.fsync_file
 def slow_fsync(path):
     time.sleep(delay)
     fsync(path)
-checkpoint._fsync = slow_fsync
+checkpoint.fsync_file = slow_fsync
 from diffusekit.cli import main
 sys.exit(main(sys.argv[1:]))
 """
