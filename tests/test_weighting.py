@@ -40,3 +40,27 @@ def test_min_snr_gamma():
 def test_bad_names():
     with pytest.raises(ValueError, match="unknown loss weighting 'p2'"):
         weighting.get("p2")
+
+
+def test_elbo_weight_is_minus_half_dlogsnr_on_eps():
+    """VDM (Kingma et al. 2021, eq. 17): on the eps error the weight is -lambda'/2. Rectified flow:
+    lambda = 2 log((1 - t) / t), so -lambda'/2 = 1 / (t (1 - t))."""
+    t = T.to(torch.float64)
+    at = schedules.get("rectified_flow")(t)
+    torch.testing.assert_close(weighting.get("elbo")(at, parameterizations.get("eps")), 1 / (t * (1 - t)))
+    # x0 space: SNR * 1 / (t (1 - t)) = (1 - t) / t^3
+    torch.testing.assert_close(weighting.get("elbo").x0_weight(at), (1 - t) / t**3)
+    # EDM's VE path: alpha = 1, sigma = 80 t, lambda = -2 log(80 t), -lambda'/2 SNR = 1 / (80^2 t^3)
+    torch.testing.assert_close(weighting.get("elbo").x0_weight(schedules.get("edm")(t)), 1 / (80.0**2 * t**3))
+
+
+def test_elbo_weight_is_zero_at_zero_terminal_snr():
+    """Where alpha = 0 the SNR vanishes and so does the weight: exactly 0, not NaN."""
+    for name in ("rectified_flow", "cosine"):
+        at = schedules.get(name)(torch.tensor([1.0], dtype=torch.float64))
+        assert float(weighting.get("elbo").x0_weight(at)) == 0.0
+    # the VP-SDE: lambda' = -beta(t) / sigma^2 (Song et al. 2021), so -lambda'/2 SNR = beta alpha^2 / (2 sigma^4)
+    t = T.to(torch.float64)
+    at = schedules.get("linear_vp")(t)
+    beta = 0.1 + (20.0 - 0.1) * t
+    torch.testing.assert_close(weighting.get("elbo").x0_weight(at), beta * at.alpha**2 / (2 * at.sigma**4))

@@ -11,6 +11,15 @@ network-output (F-space) MSE that the loss computes (docs/design.md). So:
   Table 1), which is the unit weight of the edm parameterization.
 - ``sigmoid``: sigmoid(b - logsnr) on the eps-MSE (Kingma & Gao 2023, 'VDM++', b = 0 default);
   in x0 space SNR * sigmoid(b - logsnr).
+- ``elbo``: -1/2 lambda'(t) SNR(t), lambda = logsnr (Kingma et al. 2021, 'VDM', eq. 17 and appendix): the
+  continuous-time diffusion loss of the variational bound. Per unit of *uniform* time density it is the
+  ELBO's integrand, so for t ~ U(0, 1) with no importance weight
+  ``D * E_{t, noise}[DiffusionLoss(weighting="elbo").loss]`` equals the diffusion term
+  ``L_inf = -1/2 E_{t ~ U(0,1), noise}[lambda'(t) ||eps - eps_hat||^2]`` of one example, in nats: the loss
+  averages the squared error over the D = numel(x0) / batch dimensions of an example, the bound sums them.
+  Over a time window U(t_min, t_max) the same product times (t_max - t_min) is the integral over the window
+  (:func:`diffusekit.likelihood.elbo` uses exactly this). Other time distributions (lognormal, importance)
+  estimate a *differently weighted* integral; only uniform t gives the bound.
 """
 
 from __future__ import annotations
@@ -94,7 +103,20 @@ class Sigmoid(Weighting):
         return _snr(at) * torch.sigmoid(self.bias - at.logsnr)
 
 
-_CLASSES = {cls.name: cls for cls in (Unit, SNR, MinSNR, EDMWeight, Sigmoid)}
+class ELBO(Weighting):
+    """-1/2 lambda'(t) SNR(t) on the x0 error (Kingma et al. 2021, eq. 17 with ||eps - eps_hat||^2 =
+    SNR ||x0 - x0_hat||^2). With lambda' = 2 (alpha'/alpha - sigma'/sigma) and SNR = alpha^2 / sigma^2 it is
+    ``alpha (alpha sigma' - sigma alpha') / sigma^3``, written so that it is exactly 0 (not 0 * inf) where
+    alpha = 0 (zero terminal SNR: rectified flow and cosine at t = 1). It is >= 0 for every schedule whose
+    log-SNR decreases, and infinite at t = 0 (sigma = 0), where the time samplers never land."""
+
+    name = "elbo"
+
+    def x0_weight(self, at):
+        return at.alpha * (at.alpha * at.d_sigma - at.sigma * at.d_alpha) / at.sigma**3
+
+
+_CLASSES = {cls.name: cls for cls in (Unit, SNR, MinSNR, EDMWeight, Sigmoid, ELBO)}
 NAMES = tuple(_CLASSES)
 
 

@@ -27,6 +27,13 @@ from ..metrics.evaluate import (
 )
 from ..metrics.features import array_batches, compute_stats, open_source
 from ..metrics.fid import fid_from_stats
+from ..metrics.likelihood import (
+    CONDITIONS,
+    LIKELIHOOD_METRICS,
+    LikelihoodSettings,
+    check_likelihood_model,
+    likelihood_metrics,
+)
 from ..metrics.stats import load_stats
 from .flags import (
     add_guidance_arguments,
@@ -120,9 +127,10 @@ def _eval_out_dir(args, model) -> Path:
 
 def cmd_eval(args) -> int:
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
-    unknown = sorted(set(metrics) - set(METRICS))
+    known = METRICS + LIKELIHOOD_METRICS
+    unknown = sorted(set(metrics) - set(known))
     if unknown or not metrics:
-        raise UsageError(f"--metrics: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}")
+        raise UsageError(f"--metrics: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}")
     set_threads(args)
     context = distributed.init(args.device or "cpu")  # under torchrun: each process draws a share of the samples
     try:
@@ -136,6 +144,9 @@ def _evaluate(args, metrics: tuple[str, ...], context) -> int:
     device = distributed.device_for(args.device or "cpu")
     model = load_model(args.source, ema=args.ema, device=device)
     model.require_images("diffusekit eval")
+    likelihoods = _likelihoods(args, model, metrics, context, device)  # first: refuses a model without a likelihood
+    if not any(m in METRICS for m in metrics):
+        return _write_likelihoods(args, model, likelihoods, context)
     options = parse_options(args.option)
     settings = SamplingSettings.from_config(model.config.sample, sampler=args.sampler, steps=args.steps,
                                             spacing=args.spacing,
@@ -156,7 +167,7 @@ def _evaluate(args, metrics: tuple[str, ...], context) -> int:
                                                  world_size=context.world_size, progress=bar.update,
                                                  decode=model.decode)
     sampling_s = time.perf_counter() - started
-    feature_names = tuple(m for m in metrics if m != "memorization")
+    feature_names = tuple(m for m in metrics if m in METRICS and m != "memorization")
     extractor = _extractor(args, device=device) if feature_names else None
     with progress_bar(args.n, quiet or extractor is None, "sample features") as bar:
         images, features = distributed_evaluation_features(images, index, extractor,
@@ -186,6 +197,7 @@ def _evaluate(args, metrics: tuple[str, ...], context) -> int:
             extractor = inception.get_extractor("inception-fast", args.preprocess, MEMORIZATION_RESOLUTION, device)
         result["memorization"] = memorization_metrics(images, model.config.data, feature_extractor=extractor,
                                                       out_dir=out_dir, batch_size=args.feature_batch_size, log=log)
+    result.update(likelihoods)
     result["seconds"] = round(time.perf_counter() - started, 2)
     (out_dir / "results.json").write_text(json.dumps(as_json(result), indent=1))
     result["out_dir"] = str(out_dir)
@@ -200,9 +212,60 @@ def _evaluate(args, metrics: tuple[str, ...], context) -> int:
     for space, summary in result.get("memorization", {}).items():
         lines.append(f"memorization ({space}): {summary['flagged']}/{summary['n']} flagged "
                      f"({100 * summary['fraction']:.1f}%), median d1/d2 {summary['ratio_quantiles']['p50']:.3f}")
+    lines.extend(_likelihood_lines(likelihoods))
     lines.append(f"results in {out_dir}")
     _print(result, args.json, lines)
     return 0
+
+
+def _likelihood_settings(args) -> LikelihoodSettings:
+    return LikelihoodSettings(n=args.nll_n, batch_size=args.nll_batch_size, cond=args.nll_cond, seed=args.seed,
+                              rtol=args.nll_rtol, atol=args.nll_atol, divergence=args.nll_divergence,
+                              probes=args.nll_probes, nll_t_min=args.nll_t_min, samples=args.elbo_samples,
+                              time=args.elbo_time, nodes=args.elbo_nodes, elbo_t_min=args.elbo_t_min)
+
+
+def _likelihoods(args, model, metrics: tuple[str, ...], context, device) -> dict:
+    """The nll / elbo results on the held-out images, computed by process 0 (empty when none is asked for)."""
+    names = tuple(m for m in metrics if m in LIKELIHOOD_METRICS)
+    if not names:
+        return {}
+    settings = _likelihood_settings(args)
+    check_likelihood_model(model, settings.cond)
+    if not context.main:
+        return {}
+    bars = {name: progress_bar(settings.n, args.quiet, f"{name} (bits/dim)") for name in names}
+    try:
+        return likelihood_metrics(model, names, settings, device=device,
+                                  progress=lambda name, count: bars[name].update(count))
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def _write_likelihoods(args, model, values: dict, context) -> int:
+    """results.json of an evaluation with likelihood metrics only (no sampling)."""
+    if not context.main:
+        return 0
+    out_dir = _eval_out_dir(args, model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"checkpoint": str(model.checkpoint), "cur_nimg": model.cur_nimg, "weights": model.weights, **values}
+    (out_dir / "results.json").write_text(json.dumps(as_json(result), indent=1))
+    result["out_dir"] = str(out_dir)
+    lines = [f"{model.checkpoint} ({model.weights}, {model.cur_nimg:,} images)", *_likelihood_lines(values),
+             f"results in {out_dir}"]
+    _print(result, args.json, lines)
+    return 0
+
+
+def _likelihood_lines(values: dict) -> list[str]:
+    lines = []
+    for name, summary in values.items():
+        parts = ", ".join(f"{key[:-4]} {summary[key]:.3f}" for key in summary
+                          if key.endswith("_bpd") and key not in ("mc_stderr_bpd",))
+        lines.append(f"{name}: {summary['bpd']:.4f} +- {summary['bpd_stderr']:.4f} bits/dim on {summary['n']} "
+                     f"{summary['split']} images ({summary['dequantization']} dequantisation; {parts})")
+    return lines
 
 
 def _extractor_arguments(parser, default_extractor: str = "inception") -> None:
@@ -253,7 +316,9 @@ def add_parsers(sub) -> None:
                                    "compares with the whole training set. Results go to --out (default "
                                    "RUN/eval/<checkpoint>-<weights>/).")
     e.add_argument("source", metavar="RUN_OR_CKPT")
-    e.add_argument("--metrics", default="fid,kid", help="comma-separated: fid, kid, precision_recall, memorization")
+    e.add_argument("--metrics", default="fid,kid",
+                   help="comma-separated: fid, kid, precision_recall, memorization, nll, elbo (bits/dim of held-out "
+                        "images: PF-ODE likelihood, variational bound)")
     e.add_argument("--n", type=positive_int, default=1000, help="number of samples (default 1000)")
     e.add_argument("--sampler")
     e.add_argument("--steps", type=positive_int)
@@ -270,5 +335,32 @@ def add_parsers(sub) -> None:
     e.add_argument("--memorization-space", default="both", choices=("pixel", "both"),
                    help="both: pixels and inception-fast-96 features (training features computed once, cached)")
     e.add_argument("--out", help="directory for results.json, samples.png and memorization grids")
+    _likelihood_arguments(e)
     _extractor_arguments(e)
     e.set_defaults(func=cmd_eval)
+
+
+def _likelihood_arguments(e) -> None:
+    defaults = LikelihoodSettings()
+    e.add_argument("--nll-n", type=positive_int, default=defaults.n,
+                   help=f"nll / elbo: held-out images (the run's test split; default {defaults.n})")
+    e.add_argument("--nll-batch-size", type=positive_int, default=defaults.batch_size,
+                   help=f"nll / elbo: images per batch (default {defaults.batch_size})")
+    e.add_argument("--nll-cond", default=defaults.cond, choices=CONDITIONS,
+                   help="class-conditional models: label: -log p(x | y) (default); null: unconditional through the "
+                        "null label (needs objective.p_uncond > 0)")
+    e.add_argument("--nll-rtol", type=float, default=defaults.rtol, help="nll: the ODE solver's relative tolerance")
+    e.add_argument("--nll-atol", type=float, default=defaults.atol, help="nll: the ODE solver's absolute tolerance")
+    e.add_argument("--nll-divergence", default=defaults.divergence, choices=("exact", "hutchinson"),
+                   help="nll: the exact divergence (D network calls per step) or Hutchinson's estimate")
+    e.add_argument("--nll-probes", type=positive_int, default=defaults.probes,
+                   help="nll: Hutchinson probes per step (default 1)")
+    e.add_argument("--nll-t-min", type=float, help="nll: where the ODE stops (default: ode_nll's)")
+    e.add_argument("--elbo-samples", type=positive_int, default=defaults.samples,
+                   help=f"elbo: noise draws per image (default {defaults.samples})")
+    e.add_argument("--elbo-time", default=defaults.time, choices=("quadrature", "low_discrepancy", "uniform"),
+                   help="elbo: the time integral by log-SNR quadrature (default) or Monte Carlo in t")
+    e.add_argument("--elbo-nodes", type=positive_int, default=defaults.nodes,
+                   help=f"elbo: quadrature points, a multiple of 8 (default {defaults.nodes})")
+    e.add_argument("--elbo-t-min", type=float, help="elbo: the lower end of the time window (default: sigma / alpha "
+                                                    "= 1e-3)")

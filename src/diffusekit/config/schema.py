@@ -61,7 +61,7 @@ class ObjectiveConfig:
     time_distribution: str = "logit_normal"  # the density of training times: uniform | lognormal | logit_normal
     time_mode: str = "stratified"  # iid | stratified | low_discrepancy | importance
     time_options: dict = field(default_factory=dict)  # the distribution's options, e.g. {mean: 0, std: 1}
-    weighting: str = "unit"  # the per-time loss weight: unit | snr | min_snr | edm | sigmoid
+    weighting: str = "unit"  # the per-time loss weight: unit | snr | min_snr | edm | sigmoid | elbo
     weighting_options: dict = field(default_factory=dict)  # the weighting's options, e.g. {gamma: 5} for min_snr
     sigma_data: float = 0.5  # the data's standard deviation assumed by the edm parameterization and weighting
     noise_conditioning: Literal["logsnr", "t", "timestep"] = "logsnr"  # what the network is told about the noise level
