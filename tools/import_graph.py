@@ -25,8 +25,8 @@ PACKAGE = "diffusekit"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("diffusekit", "errors", "_files", "_tensors", "_registry", "conditions")),  # no diffusekit imports
     # the Gaussian-path maths and the denoise -> denoise wrappers: tensors in, tensors out
-    ("maths", ("schedules", "parameterizations", "time_sampling", "weighting", "targets", "derived", "denoiser",
-               "loss", "cascade", "guidance", "images", "posthoc_ema")),
+    ("maths", ("schedules", "learned_schedule", "parameterizations", "time_sampling", "weighting", "targets",
+               "derived", "denoiser", "loss", "cascade", "guidance", "images", "posthoc_ema")),
     ("parts", ("sampling", "networks", "text", "distributed", "monitor", "inverse",
                "likelihood")),  # each usable on its own
     ("data", ("data",)),  # reads a DataConfig without importing config (config validates against data)

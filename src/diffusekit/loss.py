@@ -12,10 +12,15 @@ drawn apart from the noise, while the target is still built from the clean (x0, 
 learns to undo errors of the size a sampler accumulates, which the paper reports closes part of the gap
 between training inputs and sampling inputs (gamma = 0.1 there). Only training applies it: the trainer draws
 xi (:meth:`DiffusionLoss.draw_perturbation`) and passes it; evaluation losses are the plain objective.
+
+A learned schedule (:class:`~diffusekit.schedules.LearnedVP`) is trained through this loss: its
+evaluations for the batch (here and inside ``network_fn``) are recorded, and the gradient reaching the shape of
+gamma(t) is that of the mean of loss_i^2 instead of loss_i (VDM's variance trick), in the same backward pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +29,7 @@ from torch import Tensor
 from ._tensors import append_dims
 from .conditions import Conditions, as_conditions
 from .parameterizations import Parameterization
-from .schedules import Schedule, ScheduleAt
+from .schedules import LearnedVP, Schedule, ScheduleAt
 from .time_sampling import TimeDraw, TimeSampler
 from .weighting import Weighting
 
@@ -95,12 +100,9 @@ class DiffusionLoss:
             importance, u = torch.ones(n, dtype=torch.float64), None
         if noise is None:
             noise = _randn(tuple(x0.shape), generator, x0.dtype, x0.device)
-        at = self.at(t.to(x0.device))
-        x_t = append_dims(at.alpha, x0) * x0 + append_dims(at.sigma, x0) * noise
-        target = self.parameterization.training_target(x0, noise, at)
-        if perturbation is not None and self.input_perturbation > 0:
-            x_t = x_t + self.input_perturbation * append_dims(at.sigma, x0) * perturbation
-        output = network_fn(x_t, at.t.to(x0.dtype), as_conditions(cond))
+        learned = isinstance(self.schedule, LearnedVP) and torch.is_grad_enabled()
+        with self.schedule.tape() if learned else contextlib.nullcontext() as tape:
+            at, output, target = self._forward(network_fn, x0, noise, t, cond, perturbation)
         squared = (output - target).pow(2)
         if mask is None:
             mse = squared.reshape(n, -1).mean(1)
@@ -111,7 +113,19 @@ class DiffusionLoss:
         if u is not None and update_sampler:
             self.time_sampler.update(u, unweighted)
         loss = importance.to(device=mse.device, dtype=mse.dtype) * unweighted
+        if tape is not None:
+            tape.scale_gradients(loss)
         return LossOutput(loss, unweighted, at.t, at.logsnr)
+
+    def _forward(self, network_fn, x0: Tensor, noise: Tensor, t: Tensor, cond: Conditions | None,
+                 perturbation: Tensor | None) -> tuple[ScheduleAt, Tensor, Tensor]:
+        """(schedule at t, network output F, its target) for a batch."""
+        at = self.at(t.to(x0.device))
+        x_t = append_dims(at.alpha, x0) * x0 + append_dims(at.sigma, x0) * noise
+        target = self.parameterization.training_target(x0, noise, at)
+        if perturbation is not None and self.input_perturbation > 0:
+            x_t = x_t + self.input_perturbation * append_dims(at.sigma, x0) * perturbation
+        return at, network_fn(x_t, at.t.to(x0.dtype), as_conditions(cond)), target
 
 
 def loss_by_logsnr_bins(losses: Tensor, logsnr: Tensor, edges: Tensor) -> tuple[Tensor, Tensor]:

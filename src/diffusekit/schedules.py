@@ -16,6 +16,9 @@ Conventions (docs/design.md): ``t`` in [0, 1], t=0 is data, t=1 is noise. A sche
   between them, so that models trained on integer timesteps see exactly their training noise levels.
 - ``edm``: EDM's VE schedule (Karras et al. 2022, Table 1): alpha = 1, sigma = sigma_max * t, so that
   t and ve_sigma are interchangeable up to the scale sigma_max (default 80).
+- ``learned``: VDM's learned VP schedule gamma(t) = -logsnr(t) (Kingma et al. 2021), a monotone network with
+  torch parameters (the maths and its training: :mod:`diffusekit.learned_schedule`; options hidden,
+  gamma_min, gamma_max, learn_endpoints, lr_scale, seed).
 
 Options for every name:
 
@@ -31,16 +34,18 @@ Options for every name:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.functional import softplus
 
 from ._registry import build
 
 __all__ = ["ScheduleAt", "Schedule", "RectifiedFlow", "Cosine", "LinearVP", "DiscreteVP", "EDM",
-           "ZeroTerminalSNR", "Shifted", "get", "NAMES"]
+           "ZeroTerminalSNR", "Shifted", "MonotoneNetwork", "VarianceTape", "LearnedVP", "get", "NAMES"]
 
 
 @dataclass(frozen=True)
@@ -300,6 +305,193 @@ class Shifted(Schedule):
         return self.base.t_from_logsnr(torch.as_tensor(logsnr) + 2 * math.log(self.shift))
 
 
+# -- VDM's learned schedule (the maths: diffusekit.learned_schedule) ---------------------------------------------
+
+_INVERSE_SOFTPLUS_1 = math.log(math.e - 1)  # softplus(x) = 1
+
+
+class MonotoneNetwork(nn.Module):
+    """g(t) = l1(t) + l3(sigmoid(l2(l1(t)))) with positive weights, and the endpoints gamma_min, gamma_max.
+
+    ``interior(t)`` returns s(t) = (g(t) - g(0)) / (g(1) - g(0)) in [0, 1] and s'(t), with ``t``'s shape and
+    dtype (the float32 parameters are cast to it, so float64 evaluation is exact to float64).
+    """
+
+    def __init__(self, hidden: int = 1024, gamma_min: float = -13.3, gamma_max: float = 5.0,
+                 learn_endpoints: bool = True, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w1 = nn.Parameter(torch.tensor([_INVERSE_SOFTPLUS_1]))  # l1(t) = t at initialisation
+        self.b1 = nn.Parameter(torch.zeros(1))
+        self.w2 = nn.Parameter(torch.randn(hidden, generator=g))  # softplus: slopes ~0.3 .. 2
+        # sigmoid transitions centred at l1 = 1/2 (VDM feeds l2 with 2 (t - 1/2))
+        self.b2 = nn.Parameter(-softplus(self.w2.detach()) / 2)
+        self.w3 = nn.Parameter(torch.randn(hidden, generator=g))
+        self.gamma_min = nn.Parameter(torch.tensor(float(gamma_min)), requires_grad=learn_endpoints)
+        self.gamma_max = nn.Parameter(torch.tensor(float(gamma_max)), requires_grad=learn_endpoints)
+
+    @property
+    def hidden(self) -> int:
+        return self.w2.numel()
+
+    def shape_parameters(self) -> list[nn.Parameter]:
+        """The parameters of g (trained on the variance), not the endpoints."""
+        return [self.w1, self.b1, self.w2, self.b2, self.w3]
+
+    def g(self, t: Tensor, detach: bool = False) -> tuple[Tensor, Tensor]:
+        """(g(t), g'(t)) for a 1-D ``t``; ``detach``: as constants of the parameters (gradients to t only)."""
+        # cast before the softplus: a float64 schedule is then exact to float64 for the stored parameters
+        w1, b1, w2, b2, w3 = ((p.detach() if detach else p).to(t.dtype) for p in self.shape_parameters())
+        w1, w2, w3 = softplus(w1), softplus(w2), softplus(w3) / self.hidden
+        u = w1 * t + b1  # [N]
+        h = torch.sigmoid(u[:, None] * w2 + b2)  # [N, hidden]
+        value = u + h @ w3
+        slope = w1 * (1 + (h * (1 - h) * w2) @ w3)
+        return value, slope
+
+    def interior(self, t: Tensor, detach: bool = False) -> tuple[Tensor, Tensor]:
+        """(s(t), s'(t)), each of ``t``'s shape."""
+        flat = t.reshape(-1)
+        ends = torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device)
+        value, slope = self.g(torch.cat([flat, ends]), detach)
+        g0, g1 = value[-2], value[-1]
+        span = g1 - g0
+        s = ((value[:-2] - g0) / span).clamp(0.0, 1.0)
+        return s.reshape(t.shape), (slope[:-2] / span).reshape(t.shape)
+
+    def endpoints(self, dtype: torch.dtype, detach: bool = False) -> tuple[Tensor, Tensor]:
+        low, high = (self.gamma_min, self.gamma_max) if not detach else (self.gamma_min.detach(),
+                                                                          self.gamma_max.detach())
+        return low.to(dtype), high.to(dtype)
+
+
+class VarianceTape:
+    """The evaluations (s, s') of a learned schedule made while recording; see the module docstring."""
+
+    def __init__(self):
+        self.records: list[tuple[Tensor, Tensor]] = []
+
+    def scale_gradients(self, losses: Tensor) -> None:
+        """Make the gradient that reaches g through the recorded evaluations that of mean(L^2) instead of
+        mean(L): each example's gradient is multiplied by 2 L_i. ``losses``: [batch], the per-example L whose
+        mean is backpropagated; every recorded evaluation must be of one time per example."""
+        scale = 2 * losses.detach()
+        for s, ds in self.records:
+            for value in (s, ds):
+                if not value.requires_grad:
+                    continue
+                if value.shape != scale.shape:
+                    raise ValueError(f"the learned schedule was evaluated at {tuple(value.shape)} times while "
+                                     f"building a loss of {tuple(scale.shape)} examples: the variance gradient "
+                                     "needs one time per example")
+                value.register_hook(lambda grad, c=scale: grad * c.to(device=grad.device, dtype=grad.dtype))
+
+
+class LearnedVP(Schedule):
+    """VDM's learned variance-preserving schedule; see the module docstring.
+
+    ``hidden``: g's width (VDM: 1024). ``gamma_min``, ``gamma_max``: the initial endpoints (VDM: -13.3, 5.0).
+    ``learn_endpoints``: train them on the bound (else fixed). ``lr_scale``: the schedule's learning rate
+    relative to the model's. ``seed``: g's initialisation. The torch parameters live in :attr:`module`.
+    """
+
+    variance_preserving = True
+
+    def __init__(self, hidden: int = 1024, gamma_min: float = -13.3, gamma_max: float = 5.0,
+                 learn_endpoints: bool = True, lr_scale: float = 1.0, seed: int = 0):
+        if not (isinstance(hidden, int) and hidden >= 1):
+            raise ValueError(f"the learned schedule's hidden width must be a positive integer, got {hidden!r}")
+        if not gamma_min < gamma_max:
+            raise ValueError(f"the learned schedule needs gamma_min < gamma_max, got {gamma_min}, {gamma_max}")
+        if not lr_scale > 0:
+            raise ValueError(f"the learned schedule's lr_scale must be > 0, got {lr_scale}")
+        self.hidden, self.learn_endpoints, self.lr_scale = hidden, bool(learn_endpoints), float(lr_scale)
+        self.module = MonotoneNetwork(hidden, gamma_min, gamma_max, learn_endpoints, seed)
+        self._tape: VarianceTape | None = None
+
+    # -- the torch side -------------------------------------------------------------------------------
+    def parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters (the endpoints only with ``learn_endpoints``)."""
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        try:
+            self.module.load_state_dict(state)
+        except RuntimeError as e:
+            first = str(e).splitlines()[0]
+            raise ValueError(f"the stored learned schedule does not fit this one (hidden {self.hidden}): "
+                             f"{first}") from None
+
+    def to(self, device: torch.device | str) -> LearnedVP:
+        self.module.to(device)
+        return self
+
+    @property
+    def gamma_range(self) -> tuple[float, float]:
+        """(gamma_min, gamma_max) now."""
+        return float(self.module.gamma_min.detach()), float(self.module.gamma_max.detach())
+
+    @contextlib.contextmanager
+    def tape(self):
+        """Inside the block the schedule's outputs carry gradients to its parameters, and every evaluation of
+        s, s' is recorded (see :class:`VarianceTape`)."""
+        tape = self._tape = VarianceTape()
+        try:
+            yield tape
+        finally:
+            self._tape = None
+
+    # -- the schedule -----------------------------------------------------------------------------------
+    def gamma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(gamma(t), gamma'(t)). Gradients reach the parameters only inside :meth:`tape` (training); elsewhere
+        (sampling, evaluation) the schedule is a fixed function of t."""
+        t = t.to(device=self.module.w1.device)
+        detach = self._tape is None
+        s, ds = self.module.interior(t, detach)
+        if not detach:
+            self._tape.records.append((s, ds))
+        gamma_min, gamma_max = self.module.endpoints(t.dtype, detach)
+        return gamma_min + (gamma_max - gamma_min) * s, (gamma_max - gamma_min) * ds
+
+    def coefficients(self, t):
+        gamma, d_gamma = self.gamma(t)
+        alpha2, sigma2 = torch.sigmoid(-gamma), torch.sigmoid(gamma)
+        alpha, sigma = alpha2.sqrt(), sigma2.sqrt()
+        # alpha^2 = sigmoid(-gamma): 2 alpha alpha' = -alpha^2 sigma^2 gamma', and sigma' the mirror image
+        return alpha, sigma, -0.5 * alpha * sigma2 * d_gamma, 0.5 * sigma * alpha2 * d_gamma
+
+    def t_from_logsnr(self, logsnr):
+        """gamma(t) = -logsnr, solved in float64 (gamma increases strictly) and clamped to [0, 1]: 12 bisection
+        steps bracket t to 2.4e-4, then Newton steps on gamma, kept inside the bracket, converge quadratically
+        to float64's resolution."""
+        logsnr = torch.as_tensor(logsnr)
+        target = -logsnr.detach().to(torch.float64)
+        flat = target.reshape(-1).to(self.module.w1.device)
+        with torch.no_grad():
+            lo, hi = torch.zeros_like(flat), torch.ones_like(flat)
+            for _ in range(12):
+                mid = (lo + hi) / 2
+                below = self.gamma(mid)[0] < flat
+                lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+            t = (lo + hi) / 2
+            for _ in range(6):
+                gamma, d_gamma = self.gamma(t)
+                t = torch.minimum(torch.maximum(t - (gamma - flat) / d_gamma, lo), hi)
+            gamma_min, gamma_max = self.gamma_range
+            t = torch.where(flat <= gamma_min, torch.zeros_like(t),
+                            torch.where(flat >= gamma_max, torch.ones_like(t), t))
+        t = t.reshape(target.shape).to(logsnr.device)
+        return t.to(logsnr.dtype if logsnr.is_floating_point() else torch.float64)
+
+    def __repr__(self) -> str:
+        low, high = self.gamma_range
+        return (f"LearnedVP(hidden={self.hidden}, gamma_min={low:.4g}, gamma_max={high:.4g}, "
+                f"learn_endpoints={self.learn_endpoints})")
+
+
 def _linear_vp(discrete: bool = False, beta_start: float = 1e-4, beta_end: float = 0.02, T: int = 1000):
     if discrete:
         return DiscreteVP.linear(beta_start, beta_end, T)
@@ -311,6 +503,7 @@ _BUILDERS = {
     "cosine": Cosine,
     "linear_vp": _linear_vp,
     "edm": EDM,
+    "learned": LearnedVP,
 }
 NAMES = tuple(_BUILDERS)
 
@@ -327,6 +520,9 @@ def _zero_terminal(schedule: Schedule) -> Schedule:
 
 def get(name: str, *, zero_terminal_snr: bool = False, shift: float | None = None, **options) -> Schedule:
     """Build a schedule by name; see the module docstring for names and options."""
+    if name == "learned" and (zero_terminal_snr or shift not in (None, 1.0)):
+        raise ValueError("the learned schedule takes no zero_terminal_snr or shift: its endpoints gamma_min, "
+                         "gamma_max set its noise range")
     schedule = build("schedule", _BUILDERS, name, options)
     if zero_terminal_snr:
         schedule = _zero_terminal(schedule)

@@ -53,9 +53,11 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
-    # the Gaussian path alpha(t), sigma(t): rectified_flow | cosine | linear_vp | edm (docs/objectives.md)
+    # the Gaussian path alpha(t), sigma(t): rectified_flow | cosine | linear_vp | edm | learned (VDM's, trained with
+    # the model; docs/objectives.md)
     schedule: str = "rectified_flow"
-    schedule_options: dict = field(default_factory=dict)  # e.g. {zero_terminal_snr: true, shift: 3}
+    # e.g. {zero_terminal_snr: true, shift: 3}; learned: {hidden, gamma_min, gamma_max, learn_endpoints, lr_scale}
+    schedule_options: dict = field(default_factory=dict)
     parameterization: str = "velocity"  # what the network predicts: x0 | eps | v | velocity | score | edm
     parameterization_options: dict = field(default_factory=dict)  # constructor options of the parameterization
     time_distribution: str = "logit_normal"  # the density of training times: uniform | lognormal | logit_normal

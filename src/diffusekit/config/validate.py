@@ -59,6 +59,8 @@ def validate(config: Config) -> Config:
     if not 0.0 <= o.input_perturbation < 1.0:
         raise ConfigError(f"objective.input_perturbation must be in [0, 1), got {o.input_perturbation}")
     _positive("objective.sigma_data", o.sigma_data)
+    if o.schedule == "learned":
+        _validate_learned_schedule(config)
 
     presets = {"unet": unet.PRESETS, "dit": dit.PRESETS, "autoencoder": autoencoder.PRESETS,
                "video_unet": video.PRESETS}[config.network.kind]
@@ -160,6 +162,29 @@ def validate(config: Config) -> Config:
         _check("data.intensity", check_intensity, d.intensity)
     _validate_folder(config)
     return config
+
+
+def _validate_learned_schedule(config: Config) -> None:
+    """VDM's learned schedule trains its shape on the variance of the bound's estimator, which is free only where
+    the loss is the bound (docs/objectives.md, "Learned noise schedule"): anything else would change the objective
+    as the schedule moves."""
+    o = config.objective
+    if o.weighting != "elbo":
+        raise ConfigError(f"objective.weighting: the learned schedule trains on the variational bound; use elbo, not "
+                          f"{o.weighting} (another weighting is not invariant to the schedule's shape)")
+    if o.time_distribution != "uniform" or o.time_options:
+        raise ConfigError("objective.time_distribution: the learned schedule needs uniform t on [0, 1] with no "
+                          "options (the bound is the integral over uniform t; the schedule itself moves the noise "
+                          "levels)")
+    if o.time_mode == "importance":
+        raise ConfigError("objective.time_mode: importance sampling does not go with the learned schedule (its "
+                          "statistics would go stale as the schedule moves); use low_discrepancy or stratified")
+    if o.noise_conditioning != "logsnr":
+        raise ConfigError(f"objective.noise_conditioning: the learned schedule needs logsnr, not "
+                          f"{o.noise_conditioning} (a network told t would see its noise levels move)")
+    if o.schedule_options.get("learn_endpoints", True) and config.latent.autoencoder is not None:
+        raise ConfigError("objective.schedule_options.learn_endpoints: the endpoints train on a decoder of 8-bit "
+                          "pixels; a latent run keeps them fixed (learn_endpoints: false)")
 
 
 def _validate_posthoc(config: Config) -> None:

@@ -17,6 +17,7 @@ from .build import (
     build_denoiser,
     build_loss,
     build_network,
+    build_schedule,
     cascade_settings,
     network_conditioning,
 )
@@ -33,8 +34,8 @@ from .execution import PRECISIONS, ExecutedNetwork, Execution, native_bf16, reso
 from .load import LoadedModel, load_guide, load_model, resolve_checkpoint, select_weights
 from .transfer import TransferReport, TransferSource, read_source, source_optimizer_state, transfer_weights
 
-__all__ = ["TEXT_DIM", "augment_settings", "build_denoiser", "build_loss", "build_network", "cascade_settings",
-           "network_conditioning", "CheckpointError", "latest_valid", "load_checkpoint", "prune",
+__all__ = ["TEXT_DIM", "augment_settings", "build_denoiser", "build_loss", "build_network", "build_schedule",
+           "cascade_settings", "network_conditioning", "CheckpointError", "latest_valid", "load_checkpoint", "prune",
            "remove_partial_writes", "save_checkpoint", "verify_checkpoint", "LoadedModel", "load_guide", "load_model",
            "resolve_checkpoint", "select_weights", "PRECISIONS", "Execution", "ExecutedNetwork", "native_bf16",
            "resolve_precision", "TransferReport", "TransferSource", "read_source", "source_optimizer_state",

@@ -20,7 +20,7 @@ from ..networks.unet import UNet
 from ..networks.video import VideoUNet
 
 __all__ = ["TEXT_DIM", "build_network", "network_conditioning", "cascade_settings", "augment_settings",
-           "build_denoiser", "build_loss"]
+           "build_schedule", "build_denoiser", "build_loss"]
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2's width (diffusekit.text.TextEncoder)
 
@@ -101,16 +101,26 @@ def build_network(network: NetworkConfig, image_shape: tuple[int, ...], num_clas
                           f"{e}") from None
 
 
-def build_denoiser(config: Config, network: nn.Module) -> Denoiser:
+def build_schedule(config: Config) -> schedules.Schedule:
+    """The configured schedule. A learned one (``objective.schedule: learned``) is a fresh initialisation: a run
+    builds it once and hands it to both :func:`build_denoiser` and :func:`build_loss`, and a checkpoint's trained
+    one is loaded into it (``training_state["schedule"]``)."""
     o = config.objective
-    return Denoiser(network, schedules.get(o.schedule, **o.schedule_options),
+    return schedules.get(o.schedule, **o.schedule_options)
+
+
+def build_denoiser(config: Config, network: nn.Module, schedule: schedules.Schedule | None = None) -> Denoiser:
+    """``schedule``: the run's own (a learned schedule's trained state); None builds the configured one."""
+    o = config.objective
+    return Denoiser(network, schedule if schedule is not None else build_schedule(config),
                     parameterizations.get(o.parameterization, **o.parameterization_options),
                     sigma_data=o.sigma_data, noise_conditioning=o.noise_conditioning)
 
 
-def build_loss(config: Config) -> DiffusionLoss:
+def build_loss(config: Config, schedule: schedules.Schedule | None = None) -> DiffusionLoss:
+    """``schedule``: as in :func:`build_denoiser`."""
     o = config.objective
-    return DiffusionLoss(schedules.get(o.schedule, **o.schedule_options),
+    return DiffusionLoss(schedule if schedule is not None else build_schedule(config),
                          parameterizations.get(o.parameterization, **o.parameterization_options),
                          time_sampling.get(o.time_distribution, o.time_mode, **o.time_options),
                          weighting.get(o.weighting, **o.weighting_options), o.input_perturbation)

@@ -17,11 +17,12 @@ from ..config import Config, from_dict
 from ..denoiser import Denoiser
 from ..errors import UsageError
 from ..guidance import GuidanceSettings
-from .build import build_denoiser, build_network, network_conditioning
+from ..learned_schedule import LearnedVP
+from .build import build_denoiser, build_network, build_schedule, network_conditioning
 from .checkpoint import CheckpointError, latest_valid, load_checkpoint
 from .execution import ExecutedNetwork, Execution
 
-__all__ = ["LoadedModel", "load_model", "load_guide", "resolve_checkpoint", "select_weights"]
+__all__ = ["LoadedModel", "load_model", "load_guide", "trained_schedule", "resolve_checkpoint", "select_weights"]
 
 
 def select_weights(checkpoint: Path, name: str, model_state: dict, ema_states: dict) -> dict:
@@ -113,8 +114,27 @@ def load_model(path: str | Path, ema: str | None = None, device: str | torch.dev
     network.to(device, torch.float32).eval().requires_grad_(False)
     if execution is not None and execution != Execution():
         network = ExecutedNetwork(network, execution, device)
-    return LoadedModel(build_denoiser(config, network), config, tuple(info["image_shape"]), info["num_classes"],
-                       list(info["class_names"]), cur_nimg, checkpoint, name, info.get("latent"))
+    schedule = trained_schedule(config, state, checkpoint)
+    if isinstance(schedule, LearnedVP):  # its parameters on the network's device
+        schedule.to(device)
+    return LoadedModel(build_denoiser(config, network, schedule), config, tuple(info["image_shape"]),
+                       info["num_classes"], list(info["class_names"]), cur_nimg, checkpoint, name, info.get("latent"))
+
+
+def trained_schedule(config: Config, state: dict, checkpoint: Path):
+    """The run's schedule: a learned one (``objective.schedule: learned``) with its trained parameters, stored
+    in the checkpoint's training state under ``schedule``."""
+    schedule = build_schedule(config)
+    if not isinstance(schedule, LearnedVP):
+        return schedule
+    if "schedule" not in state:
+        raise CheckpointError(f"{checkpoint} was trained with a learned schedule but holds no schedule parameters "
+                              "(written by another version)")
+    try:
+        schedule.load_state_dict(state["schedule"])
+    except ValueError as e:
+        raise CheckpointError(f"{checkpoint}: {e}") from None
+    return schedule
 
 
 def load_guide(settings: GuidanceSettings, image_shape: tuple[int, int, int], num_classes: int,

@@ -22,7 +22,14 @@ from ..schedules import DiscreteVP, Schedule
 __all__ = ["timesteps", "SPACINGS"]
 
 
+def _terminal(schedule: Schedule, sigma_max: float) -> float:
+    """sigma_max, lowered to the schedule's own noise level at t = 1 where that is smaller (VDM's learned
+    schedule ends at ve_sigma = exp(gamma_max / 2), 12.2 at its initial gamma_max = 5)."""
+    return min(sigma_max, float(schedule(1.0).ve_sigma))
+
+
 def _karras(schedule: Schedule, steps: int, sigma_min=0.002, sigma_max=80.0, rho=7.0) -> Tensor:
+    sigma_max = _terminal(schedule, sigma_max)
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
     inv_max, inv_min = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
     ve_sigma = (inv_max + ramp * (inv_min - inv_max)) ** rho
@@ -30,6 +37,7 @@ def _karras(schedule: Schedule, steps: int, sigma_min=0.002, sigma_max=80.0, rho
 
 
 def _logsnr(schedule: Schedule, steps: int, sigma_min=0.002, sigma_max=80.0) -> Tensor:
+    sigma_max = _terminal(schedule, sigma_max)
     logsnr = torch.linspace(-2 * torch.log(torch.tensor(sigma_max, dtype=torch.float64)).item(),
                             -2 * torch.log(torch.tensor(sigma_min, dtype=torch.float64)).item(),
                             steps, dtype=torch.float64)

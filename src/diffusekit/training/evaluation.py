@@ -111,7 +111,8 @@ class TrainingEvaluator:
     def noise_levels(self, trainer) -> dict:
         e = self.config.eval
         if self._probe is None:
-            self._probe = NoiseLevelProbe.from_arrays(build_loss(self.config), self.data, self._validation_data(),
+            loss = build_loss(self.config, trainer.loss.schedule)  # a learned schedule: the run's own
+            self._probe = NoiseLevelProbe.from_arrays(loss, self.data, self._validation_data(),
                                                       conditional=bool(trainer.num_classes), bins=e.loss_bins,
                                                       per_bin=e.loss_per_bin, seed=self.config.run.seed)
         # the trainer's denoiser: the network as it trains (precision, memory format, compilation)
@@ -135,7 +136,7 @@ class TrainingEvaluator:
         config, e = self.config, self.config.eval
         self._prepare(trainer.device)
         ema_name = config.sample.ema or next(iter(trainer.emas.emas))
-        denoiser = build_denoiser(config, trainer.emas[ema_name].model)
+        denoiser = build_denoiser(config, trainer.emas[ema_name].model, trainer.loss.schedule)
         settings = SamplingSettings.from_config(config.sample, steps=e.steps, guidance=e.guidance,
                                                 seed=config.run.seed)
         ctx = trainer.dist  # several processes: each draws its share of the samples and their features

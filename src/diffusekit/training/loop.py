@@ -45,6 +45,7 @@ from ..data.augment import augment
 from ..errors import NonFiniteError
 from ..guidance import drop_conditions
 from ..latent import encode_dataset, load_autoencoder
+from ..learned_schedule import LearnedVP, endpoint_terms
 from ..models import (
     ExecutedNetwork,
     Execution,
@@ -52,6 +53,7 @@ from ..models import (
     build_denoiser,
     build_loss,
     build_network,
+    build_schedule,
     cascade_settings,
     latest_valid,
     load_checkpoint,
@@ -146,7 +148,7 @@ class Trainer:
         self._build_objective(ExecutedNetwork(module, self.execution, self.device))
         opt = config.optim
         # fused (one kernel over all tensors) except under FSDP, whose sharded DTensor parameters take the foreach path
-        self.optimizer = make_optimizer(self.network.parameters(), opt.optimizer, opt.lr,
+        self.optimizer = make_optimizer(self._parameter_groups(), opt.optimizer, opt.lr,
                                         implementation="foreach" if self.fsdp else "fused")
         if source is not None and config.run.init_optimizer:
             self._load_source_optimizer(source)
@@ -193,10 +195,31 @@ class Trainer:
         return data_info(data, self.config.data.conditional, self.config.data.captions)
 
     def _build_objective(self, network: nn.Module) -> None:
-        """The denoiser around the (executed, possibly DDP-wrapped) network and the diffusion loss."""
+        """The denoiser around the (executed, possibly DDP-wrapped) network and the diffusion loss, sharing one
+        schedule (a learned one trains through the loss and is what the denoiser samples with)."""
         check_guidance(self.config, bool(self.num_classes) or self.config.data.captions)  # a folder without classes
-        self.denoiser = build_denoiser(self.config, network)
-        self.loss = build_loss(self.config)
+        schedule = build_schedule(self.config)
+        if isinstance(schedule, LearnedVP):
+            if self.fsdp:
+                raise ConfigError("objective.schedule learned is not supported with run.parallel fsdp (use ddp)")
+            schedule.to(self.device)
+        self.denoiser = build_denoiser(self.config, network, schedule)
+        self.loss = build_loss(self.config, schedule)
+
+    @property
+    def learned_schedule(self) -> LearnedVP | None:
+        """The schedule when it is trained with the model (``objective.schedule: learned``), else None."""
+        schedule = getattr(self, "loss", None)
+        schedule = getattr(schedule, "schedule", None)
+        return schedule if isinstance(schedule, LearnedVP) else None
+
+    def _parameter_groups(self) -> list[dict]:
+        """The optimizer's groups: the network, then a learned schedule's parameters at ``lr_scale`` times the
+        learning rate."""
+        groups = [{"params": list(self.network.parameters()), "lr_scale": 1.0}]
+        if self.learned_schedule is not None and self.learned_schedule.parameters():
+            groups.append({"params": self.learned_schedule.parameters(), "lr_scale": self.learned_schedule.lr_scale})
+        return groups
 
     def _video_batches(self, config: Config, data) -> VideoBatches | None:
         """A video run's image groups and context frames (None for an image run)."""
@@ -211,11 +234,19 @@ class Trainer:
         return TrainingEvaluator(self.config, self.data, autoencoder=self.autoencoder)
 
     def _objective_state(self) -> dict:
-        """The objective's own resumable state (the time sampler's importance statistics)."""
-        return {"time_sampler": self.loss.time_sampler.state_dict()}
+        """The objective's own resumable state (the time sampler's importance statistics, a learned schedule)."""
+        state = {"time_sampler": self.loss.time_sampler.state_dict()}
+        if self.learned_schedule is not None:
+            state["schedule"] = self.learned_schedule.state_dict()
+        return state
 
     def _load_objective_state(self, state: dict) -> None:
         self.loss.time_sampler.load_state_dict(state["time_sampler"])
+        if self.learned_schedule is not None:
+            if "schedule" not in state:
+                raise ValueError("this checkpoint holds no learned schedule: resume it with the config it was "
+                                 "trained with")
+            self.learned_schedule.load_state_dict(state["schedule"])
 
     def _encode(self, config: Config, pixels: ImageArrays, log):
         """The frozen autoencoder and the training images as its latents (process 0 encodes and caches them, the
@@ -389,6 +420,8 @@ class Trainer:
             self.stop_requested = self.stop_signal
         max_norm = opt.grad_clip if opt.grad_clip is not None else float("inf")  # inf: measure, do not clip
         grad_norm = distributed.full_tensor(nn.utils.clip_grad_norm_(self.network.parameters(), max_norm))
+        if self.learned_schedule is not None:  # clipped on its own: its variance gradient has another scale
+            grad_norm = grad_norm + self._schedule_grad_norm(max_norm)
         self.cur_nimg += opt.batch_size
         self.last_step_skipped = not bool(torch.isfinite(total) & torch.isfinite(grad_norm))
         if self.last_step_skipped:
@@ -400,7 +433,7 @@ class Trainer:
             return total
         self.nonfinite_streak = 0
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr(self.cur_nimg)
+            group["lr"] = self.lr(self.cur_nimg) * group.get("lr_scale", 1.0)
         self.optimizer.step()
         self.emas.update(self.network, self.cur_nimg, opt.batch_size)
         self._after_update()
@@ -427,10 +460,25 @@ class Trainer:
         with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
             loss = self.loss(self.denoiser.network_output, x0, noise=noise, time_draw=mine, cond=cond,
                              update_sampler=not self.dist.distributed, perturbation=xi, mask=mask)
-            (loss.loss.mean() / opt.accumulation).backward()
+            objective = loss.loss.mean()
+            schedule = self.learned_schedule
+            if schedule is not None and schedule.learn_endpoints:  # the bound's other terms train the endpoints
+                objective = objective + endpoint_terms(schedule, x0, noise).mean()
+            (objective / opt.accumulation).backward()
         if self.dist.distributed and importance:  # the sampler's statistics see every process's losses
             self.loss.time_sampler.update(draw.u, distributed.all_gather_cat(loss.unweighted.detach()))
         return loss.loss.detach().mean()
+
+    def _schedule_grad_norm(self, max_norm: float) -> torch.Tensor:
+        """A learned schedule's gradient norm after clipping it to ``max_norm`` (averaged over processes first:
+        the schedule is not inside DDP)."""
+        parameters = [p for p in self.learned_schedule.parameters() if p.grad is not None]
+        if not parameters:
+            return torch.zeros((), device=self.device)
+        if self.dist.distributed:
+            for p in parameters:
+                p.grad = distributed.all_mean(p.grad)
+        return nn.utils.clip_grad_norm_(parameters, max_norm).to(self.device)
 
     def _after_update(self) -> None:
         """Work after the optimizer step and the EMA update (an autoencoder's discriminator step)."""

@@ -231,7 +231,7 @@ class RunDirectory:
             images, columns = trainer.grid_images()
             return self._save_grid(trainer, make_grid(images, columns))
         ema_name = config.sample.ema or next(iter(trainer.emas.emas))
-        denoiser = build_denoiser(config, trainer.emas[ema_name].model)
+        denoiser = build_denoiser(config, trainer.emas[ema_name].model, trainer.loss.schedule)
         columns = config.sample.grid_columns
         video = config.video.frames is not None
         if video:  # a row per clip, its frames across: one clip per class, or 8
