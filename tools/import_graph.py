@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # the Gaussian-path maths and the denoise -> denoise wrappers: tensors in, tensors out
     ("maths", ("schedules", "parameterizations", "time_sampling", "weighting", "targets", "derived", "denoiser",
                "loss", "cascade", "guidance", "images", "posthoc_ema")),
-    ("parts", ("sampling", "networks", "text", "distributed", "monitor", "inverse")),  # each usable on its own
+    ("parts", ("sampling", "likelihood", "networks", "text", "distributed", "monitor", "inverse")),  # each usable on its own
     ("data", ("data",)),  # reads a DataConfig without importing config (config validates against data)
     ("config", ("config",)),  # validates names against the registries of everything below it
     ("models", ("models",)),  # config or checkpoint -> network, denoiser, loss, weights
