@@ -54,6 +54,14 @@ Usage::
     python benchmarks/samplers.py              # full run -> benchmarks/results/samplers.json
     python benchmarks/samplers.py --quick      # smoke run (mog2d, NFE 5/10/20, 1024 test samples, 3 grids)
     python benchmarks/samplers.py --nfe 10,20 --problems mog64 --no-search
+    python benchmarks/samplers.py --adaptive   # adaptive step size only -> results/samplers_adaptive.json
+
+``--adaptive``: our ``adaptive`` sampler (Bogacki-Shampine 3(2) and Dormand-Prince 5(4)) against k-diffusion's
+``sample_dpm_adaptive`` (DPM-Solver-12 and -23, Lu et al. 2022) at the same rtol = atol, in float64, from
+ve_sigma = 80 (EDM's start) on the test split: error against the exact PF-ODE and the NFE each used. The
+tolerances are the same numbers but not the same norm: ours is per sample on x_t / sqrt(1 + ve_sigma^2),
+k-diffusion's an RMS over the batch on x_t / alpha = x0 + ve_sigma noise; k-diffusion stops at sigma_min =
+1e-5 (it needs sigma_min > 0), ours at ve_sigma = 1e-6 followed by a denoising step.
 
 Peers come from ``make bench-deps``; without them only diffusekit's samplers run (the output says so).
 """
@@ -678,6 +686,71 @@ def run_problem(problem: Problem, samplers: list[Sampler], budgets: list[int], g
             "side_best": side_best, "pairs": pairs, "cache": cache}
 
 
+# -- adaptive step size at matched tolerances --------------------------------------------------------
+ADAPTIVE_TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5)
+ADAPTIVE_SIGMA_MIN = 1e-5  # k-diffusion's dpm_adaptive needs sigma_min > 0
+ADAPTIVE_VE_START = 80.0
+
+
+def adaptive_comparison(problem: Problem, kd) -> list[dict]:
+    """One row per (sampler, tolerance): median and RMS error against the exact PF-ODE solution from
+    ve_sigma = 80, NFE, accepted and rejected steps (module docstring, ``--adaptive``)."""
+    split = problem.splits["test"]
+    reference, _ = split.reference(ADAPTIVE_VE_START, 1.0)
+    schedule = schedules.get("edm", sigma_max=ADAPTIVE_VE_START)  # t = 1 is ve_sigma = 80
+    noise = split.noise.to(torch.float64)
+    rows = []
+
+    def row(sampler: str, tol: float, x: Tensor, calls: int, seconds: float, **extra) -> dict:
+        err = (x.to(torch.float64) - reference).pow(2).mean(1).sqrt()
+        return {"sampler": sampler, "tol": tol, "median": float(err.median()), "rmse": float(err.pow(2).mean().sqrt()),
+                "nfe": calls, "seconds": seconds, **extra}
+
+    for tol in ADAPTIVE_TOLERANCES:
+        for method in ("bs32", "dp54"):
+            seen = []
+            start = time.perf_counter()
+            x = sample(split.gmm.denoiser(schedule), noise, torch.tensor([1.0, 0.0], dtype=torch.float64), schedule,
+                       "adaptive", rtol=tol, atol=tol, method=method,
+                       callback=lambda info, seen=seen: seen.append(info["nfe"]))
+            rows.append(row(f"adaptive {method}", tol, x, seen[-1], time.perf_counter() - start))
+        if kd is not None:
+            for order in (2, 3):
+                clock = Clock()
+                start = time.perf_counter()
+                x, info = kd.sample_dpm_adaptive(clock.wrap(kd_model(split.gmm)), noise * ADAPTIVE_VE_START,
+                                                 ADAPTIVE_SIGMA_MIN, ADAPTIVE_VE_START, order=order, rtol=tol,
+                                                 atol=tol, disable=True, return_info=True)
+                rows.append(row(f"kd dpm_adaptive order {order}", tol, x, clock.calls, time.perf_counter() - start,
+                                accepted=info["n_accept"], rejected=info["n_reject"]))
+    return rows
+
+
+def adaptive_main(args) -> int:
+    torch.set_num_threads(1)
+    try:
+        kd, status = import_k_diffusion(), "ok"
+    except ImportError as e:
+        kd, status = None, f"not installed ({e}); run `make bench-deps`"
+    report = {"meta": {"versions": versions(kd is not None, False), "threads": 1, "k-diffusion": status,
+                       "tolerances": list(ADAPTIVE_TOLERANCES), "ve_start": ADAPTIVE_VE_START,
+                       "kd_sigma_min": ADAPTIVE_SIGMA_MIN}, "problems": {}}
+    print(f"# Adaptive samplers at matched rtol = atol (float64, from ve_sigma = {ADAPTIVE_VE_START:g}); "
+          f"k-diffusion: {status}")
+    for problem in make_problems(args):
+        rows = adaptive_comparison(problem, kd)
+        report["problems"][problem.name] = {"samples": problem.n, "rows": rows}
+        print(f"\n## {problem.name} ({problem.n} samples)\n\n| sampler | rtol = atol | median error | RMSE | NFE |\n"
+              "|---|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['sampler']} | {r['tol']:.0e} | {r['median']:.2e} | {r['rmse']:.2e} | {r['nfe']} |")
+    output = args.output if args.output_given else RESULTS / "samplers_adaptive.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(jsonable(report), indent=1) + "\n")
+    print(f"\nWrote {output}.")
+    return 0
+
+
 # -- reporting --------------------------------------------------------------------------------------
 def cell(sampler: Sampler, budget: int, result: dict, key: str) -> str:
     value = result[key]
@@ -865,7 +938,10 @@ def parse_args(argv=None):
                         help="search only the two identical grids (Karras rho=7, uniform flow)")
     parser.add_argument("--no-peers", action="store_true", help="run diffusekit's samplers only")
     parser.add_argument("--output", type=Path, default=None, help="JSON path")
+    parser.add_argument("--adaptive", action="store_true",
+                        help="only the adaptive samplers at matched tolerances (ours vs k-diffusion's dpm_adaptive)")
     args = parser.parse_args(argv)
+    args.output_given = args.output is not None
     try:
         args.budgets = [int(v) for v in args.nfe.split(",")] if args.nfe else \
             ([5, 10, 20] if args.quick else [5, 10, 20, 35, 50])
@@ -890,6 +966,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.adaptive:
+        return adaptive_main(args)
     torch.set_num_threads(1)
     began = time.perf_counter()
 

@@ -84,7 +84,10 @@ def test_smc_recovers_the_posterior_mean_and_mode_weights_of_noiseless_inpaintin
     assert abs(float((x[:, 1] > 0).double().mean()) - float((exact[:, 1] > 0).double().mean())) < 0.05
 
 
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
+GRIDDED = [name for name in SAMPLERS if name != "adaptive"]  # adaptive takes its own steps: no grid to measure on
+
+
+@pytest.mark.parametrize("sampler", GRIDDED)
 def test_every_sampler_runs_the_measurement_step(sampler):
     op, y, _, g = _problem(noisy=False, n=64)
     x = _solve("pocs", op, y, g, steps=12, sampler=sampler)
@@ -92,7 +95,15 @@ def test_every_sampler_runs_the_measurement_step(sampler):
     assert float((op.forward(x) - y).abs().max()) < 1e-12
 
 
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_the_adaptive_sampler_refuses_a_measurement_step_in_one_line():
+    noise = torch.zeros(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="adaptive sampler has no grid steps") as info:
+        sample(RING.denoiser(SCHEDULE), noise, timesteps(SCHEDULE, 8, "uniform"), SCHEDULE, "adaptive",
+               measure=lambda x, j: x)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("sampler", GRIDDED)
 def test_an_identity_measurement_step_changes_nothing(sampler):
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(16, 2, dtype=torch.float64, generator=g)

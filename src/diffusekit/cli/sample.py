@@ -174,6 +174,8 @@ def cmd_sample(args) -> int:
             images, extra = result.images, {"accepted": result.accepted, "rounds_used": result.rounds_used}
             rejection = {"classifier": classifier[1], **result.describe()}
     wall = time.perf_counter() - started
+    if same_sampler(sampler, "adaptive"):  # it sets its own steps from the tolerance: --steps did not apply
+        steps = None
     meta = {"checkpoint": str(model.checkpoint), "cur_nimg": model.cur_nimg, "weights": model.weights,
             "sampler": sampler, "steps": steps, "guidance": guidance.scale, "guidance_settings": guidance.describe(),
             "seed": args.seed, "options": options, "execution": execution.describe(device)}

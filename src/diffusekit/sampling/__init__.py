@@ -16,11 +16,16 @@ their options:
 | ``euler_maruyama`` | reverse SDE                | ``g="forward"`` (or a scale, or g(t))     | N             |
 | ``ddim``         | DDIM                         | ``eta=0``                                 | N             |
 | ``ddpm``         | ancestral (DDIM, eta = 1)    |                                           | N             |
+| ``adaptive``     | PF-ODE, embedded RK (error   | ``rtol=1e-3, atol=1e-3, method="bs32"``   | from the      |
+|                  | control); uses only ts[0]    | (or ``"dp54"``)                           | tolerance:    |
+|                  | and ts[-1]                   |                                           | callback nfe  |
 
-The callback receives ``{"i", "t", "x", "x0_hat"}`` after each denoiser call of the main sequence.
+The callback receives ``{"i", "t", "x", "x0_hat"}`` after each denoiser call of the main sequence (``adaptive``:
+after every call, with ``"nfe"``, the calls so far; :func:`nfe` cannot know its count in advance and raises).
 ``measure(x, j) -> x``, when given, is called on the state after every step, j being the grid index the step
 reached (1..N): an inverse-problem solver's measurement-consistency step (:mod:`diffusekit.inverse`), so every
-sampler runs every such method. A multistep sampler keeps its x0_hat history across it.
+sampler but ``adaptive`` (which has no grid steps, and refuses one) runs every such method. A multistep
+sampler keeps its x0_hat history across it.
 
 ``edm`` is the former name of ``edm_churn``, kept for one release: it still samples, with a
 ``DeprecationWarning`` (:func:`sampler_name`).
@@ -36,6 +41,7 @@ from torch import Tensor
 
 from ..conditions import Conditions, as_conditions
 from ..schedules import Schedule
+from .adaptive import adaptive_sampler
 from .ancestral import ddim, ddpm
 from .grid import evaluate_grid
 from .ode import dpmpp_2m, euler, heun, multistep
@@ -55,6 +61,7 @@ SAMPLERS = {
     "euler_maruyama": euler_maruyama,
     "ddim": ddim,
     "ddpm": ddpm,
+    "adaptive": adaptive_sampler,
 }
 # former name -> current name; an old name still works for one release, with a DeprecationWarning
 DEPRECATED_SAMPLERS = {"edm": "edm_churn"}
@@ -86,7 +93,10 @@ def options_of(fn) -> dict[str, inspect.Parameter]:
 
 
 def nfe(sampler: str, steps: int) -> int:
-    """Denoiser evaluations a sampler makes on a grid of ``steps`` steps."""
+    """Denoiser evaluations a sampler makes on a grid of ``steps`` steps; for ``adaptive`` a ValueError (its
+    count follows from the tolerance and the denoiser: read the callback's ``"nfe"``)."""
+    if sampler_name(sampler, stacklevel=3) == "adaptive":
+        raise ValueError("the adaptive sampler's NFE is not known before it runs: read the callback's 'nfe'")
     return 2 * steps - 1 if sampler_name(sampler, stacklevel=3) in ("heun", "edm_churn") else steps
 
 
