@@ -325,6 +325,7 @@ def ours_samplers() -> list[Sampler]:
     samplers = [ours("euler", "euler"), ours("heun", "heun"), ours("dpmpp_2m", "dpmpp_2m")]
     samplers += [ours(f"multistep{k}", "multistep", {"order": k}) for k in (2, 3, 4)]
     samplers += [ours(f"multistep{k}+corrector", "multistep", {"order": k, "corrector": True}) for k in (2, 3, 4)]
+    samplers += [ours(f"unipc{k}", "unipc", {"order": k}) for k in (2, 3)]  # bh2 + UniC, as diffusers' default
     samplers += [ours("ddim", "ddim"), ours("edm_churn", EDM_CHURN, CHURN), ours("ddpm", "ddpm"),
                  ours("euler_maruyama", "euler_maruyama")]
     return samplers
@@ -596,6 +597,8 @@ PAIRS = [
          "weight, ours integrates the order-3 interpolant exactly"),
     Pair("multistep2+corrector", "hf UniPC", False, "UniPC-2 (bh2 coefficients) vs ours: exact integration "
          "of the interpolant in predictor and corrector"),
+    Pair("unipc2", "hf UniPC", True, "UniPC-2 (bh2, UniC, lower_order_final); diffusers holds the flow sigmas "
+         "in float32"),
     Pair("multistep4", "kd lms", False, "LMS is Adams-Bashforth on dx/dsigma in ve_sigma; ours is "
          "exponential Adams-Bashforth in log-SNR with data prediction"),
     Pair("ddpm", "kd euler_ancestral", True, "the DDPM posterior step (eta = 1) with the same noise draws "

@@ -11,7 +11,8 @@ their options:
 | ``euler``        | PF-ODE, order 1              |                                           | N             |
 | ``heun``         | PF-ODE, order 2 (EDM Alg. 1) |                                           | 2N - 1        |
 | ``dpmpp_2m``     | PF-ODE, order 2 multistep    |                                           | N             |
-| ``multistep``    | PF-ODE, order k multistep    | ``order=3, corrector, lower_order_final`` | N             |
+| ``multistep``    | PF-ODE, order k multistep    | ``order=3, corrector, lower_order_final, variable`` | N   |
+| ``unipc``        | PF-ODE, UniPC (Zhao et al.)  | ``order=2, variant, corrector, lower_order_final`` | N    |
 | ``edm_churn``    | EDM Alg. 2 (churn)           | ``S_churn, S_tmin, S_tmax, S_noise``      | 2N - 1        |
 | ``euler_maruyama`` | reverse SDE                | ``g="forward"`` (or a scale, or g(t))     | N             |
 | ``ddim``         | DDIM                         | ``eta=0``                                 | N             |
@@ -48,6 +49,7 @@ from .ode import dpmpp_2m, euler, heun, multistep
 from .reference import reference_solve
 from .stochastic import edm_churn, euler_maruyama
 from .timesteps import SPACINGS, timesteps
+from .unipc import unipc
 
 __all__ = ["sample", "timesteps", "reference_solve", "SAMPLERS", "DEPRECATED_SAMPLERS", "SPACINGS", "nfe",
            "sampler_name", "same_sampler"]
@@ -57,6 +59,7 @@ SAMPLERS = {
     "heun": heun,
     "dpmpp_2m": dpmpp_2m,
     "multistep": multistep,
+    "unipc": unipc,
     "edm_churn": edm_churn,
     "euler_maruyama": euler_maruyama,
     "ddim": ddim,

@@ -6,17 +6,23 @@
 - ``dpmpp_2m``: DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2): a data-prediction exponential integrator
   in lambda = log(alpha / sigma), second order through the previous x0_hat.
 - ``multistep``: the same exponential integrator to any order k (default 3): x0_hat is interpolated
-  through the last k points as a polynomial in lambda and the integral of e^{-(h - tau)} P(tau) over the
-  step is taken exactly (Gauss-Legendre in float64). This is the exponential Adams-Bashforth method of
-  DEIS (Zhang & Chen 2023) in lambda with data prediction. Unlike the published DPM-Solver++(3M), whose
-  second-difference term carries half the Taylor weight, every order here is exact for polynomial
-  x0_hat, which the convergence test checks. ``corrector=True`` adds UniPC's corrector (Zhao et al.
-  2023, UniC): once x0_hat at the new point is known (it is needed for the next step anyway), the step
-  just taken is redone with it as one more interpolation node, raising the order by one at no extra
-  evaluation. The final step to t = 0 is a denoising step and is not corrected. With
-  ``lower_order_final`` (default), grids of fewer than 15 steps take the step onto the last nonzero time
-  at order <= 2, as DPM-Solver does: that step is long in lambda and high-order extrapolation over it
-  hurts at low NFE.
+  through the last k points as a polynomial in ve_sigma = sigma / alpha = e^{-lambda} (``variable="sigma"``,
+  the default) or in lambda (``variable="lambda"``), and the integral of e^{-(h - tau)} P over the step is
+  taken exactly (Gauss-Legendre in float64). In lambda this is the exponential Adams-Bashforth method of
+  DEIS (Zhang & Chen 2023) with data prediction. ve_sigma is the better variable where steps are long in
+  lambda: near the data x0_hat = x0 + O(ve_sigma^2) (Tweedie), a low-degree polynomial in ve_sigma but
+  a sum of exponentials in lambda, which a polynomial in lambda extrapolates badly over the long low-noise
+  steps of a few-step grid (at 5-10 steps on EDM's Karras grid, interpolating in lambda errs 2-15x more:
+  ``benchmarks/multistep_gap.py``). With ``variable="sigma"`` the final step to sigma = 0 integrates the
+  interpolant of eps = (x_t - alpha x0_hat) / sigma in ve_sigma exactly down to 0 (the data-prediction
+  step has no finite form there), instead of the denoising step x = x0_hat. Unlike the published
+  DPM-Solver++(3M), whose second-difference term carries half the Taylor weight, every order here is exact
+  for polynomial x0_hat, which the convergence test checks. ``corrector=True`` adds UniPC's corrector idea
+  (Zhao et al. 2023, UniC): once x0_hat at the new point is known (it is needed for the next step anyway),
+  the step just taken is redone with it as one more interpolation node, raising the order by one at no
+  extra evaluation; not before the final step, which starts from the point x0_hat was evaluated at. (The
+  published UniPC, with its B(h) coefficients, is ``unipc``.) With ``lower_order_final`` (default), grids
+  of fewer than 15 steps take the step onto the last nonzero time at order <= 2, as DPM-Solver does.
 
 All of them are written in x_t with coefficients that stay finite at alpha = 0, so they start at t = 1 on
 rectified-flow and zero-terminal-SNR schedules.
@@ -84,27 +90,53 @@ def dpmpp_2m(denoise, x, grid: Grid, *, cond, callback, measure=None):
 
 
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(24)
+VARIABLES = ("sigma", "lambda")
 
 
-def _multistep_weights(lams: list[float], h: float, origin: float | None = None) -> np.ndarray:
-    """Weights w_j with sum_j w_j D_j = int_0^h e^{-(h - tau)} P(tau) dtau, P the interpolant of D_j at
-    tau_j = lams[j] - origin (origin: the step's start, by default lams[0])."""
-    taus = np.asarray(lams, dtype=np.float64) - (lams[0] if origin is None else origin)
+def _basis_variable(variable: str, lam: np.ndarray) -> np.ndarray:
+    """The variable x0_hat is interpolated in: ve_sigma = e^{-lambda} or lambda itself."""
+    return np.exp(-lam) if variable == "sigma" else lam
+
+
+def _multistep_weights(lams: list[float], h: float, origin: float | None = None,
+                       variable: str = "sigma") -> np.ndarray:
+    """Weights w_j with sum_j w_j D_j = int_0^h e^{-(h - tau)} P(lambda_0 + tau) dtau, P the interpolant of
+    D_j at lams[j] as a polynomial in ``variable`` (ve_sigma = e^{-lambda}, or lambda), lambda_0 the step's
+    start (``origin``, by default lams[0]). 24-point Gauss-Legendre in lambda: the integrand is a sum of
+    exponentials in lambda, smooth over any finite step."""
+    start = lams[0] if origin is None else origin
     tau = 0.5 * h * (_NODES + 1)  # Gauss-Legendre nodes on [0, h]
     kernel = 0.5 * h * _WEIGHTS * np.exp(-(h - tau))
-    weights = np.empty(len(taus))
-    for j in range(len(taus)):  # Lagrange basis polynomial L_j at the nodes
-        others = np.delete(taus, j)
-        basis = np.prod((tau[:, None] - others) / (taus[j] - others), axis=1)
+    at = _basis_variable(variable, start + tau)
+    nodes = _basis_variable(variable, np.asarray(lams, dtype=np.float64))
+    weights = np.empty(len(nodes))
+    for j in range(len(nodes)):  # Lagrange basis polynomial L_j at the quadrature nodes
+        others = np.delete(nodes, j)
+        basis = np.prod((at[:, None] - others) / (nodes[j] - others), axis=1)
         weights[j] = kernel @ basis
     return weights
 
 
+def _final_weights(ve_sigmas: list[float]) -> np.ndarray:
+    """w_j = int_0^{s_0} L_j(s) ds, L_j the Lagrange basis in ve_sigma s at the nodes ``ve_sigmas`` (the
+    step's start first): the final step x_hat(0) = x_hat(s_0) - sum_j w_j eps_j integrates the eps
+    interpolant exactly (Gauss-Legendre, exact for these polynomials)."""
+    nodes = np.asarray(ve_sigmas, dtype=np.float64)
+    s = 0.5 * nodes[0] * (_NODES + 1)
+    weights = np.empty(len(nodes))
+    for j in range(len(nodes)):
+        others = np.delete(nodes, j)
+        weights[j] = (0.5 * nodes[0] * _WEIGHTS) @ np.prod((s[:, None] - others) / (nodes[j] - others), axis=1)
+    return weights
+
+
 def multistep(denoise, x, grid: Grid, *, cond, callback, measure=None, order: int = 3, corrector: bool = False,
-              lower_order_final: bool = True):
+              lower_order_final: bool = True, variable: str = "sigma"):
     if not isinstance(order, int) or not 1 <= order <= 6:
         raise ValueError(f"multistep order must be an integer in 1..6, got {order!r}")
-    history: list[tuple[float, object]] = []  # (lambda, x0_hat), newest first
+    if variable not in VARIABLES:
+        raise ValueError(f"multistep variable must be one of {', '.join(VARIABLES)}, got {variable!r}")
+    history: list[tuple] = []  # (lambda, x0_hat, the x_t it came from, alpha there), newest first
     step = None  # (x_i, lambda_i, nodes) of the step just taken, for the corrector
     for i in range(grid.steps):
         x0_hat = call_denoise(denoise, x, grid.t[i], cond)
@@ -113,30 +145,51 @@ def multistep(denoise, x, grid: Grid, *, cond, callback, measure=None, order: in
         lam, lam_next = grid.lam(i), grid.lam(i + 1)
         if corrector and step is not None and grid.t[i + 1] > 0.0:
             # UniC (Zhao et al. 2023): redo the step just taken with the new x0_hat as one more node;
-            # x0_hat itself is kept, so this costs no evaluation. (Not before the final denoising step,
-            # whose output would not change.)
+            # x0_hat itself is kept, so this costs no evaluation. (Not before the final step, which
+            # starts from the point x0_hat was evaluated at.)
             x_prev, lam_prev, nodes = step
-            nodes = [(lam, x0_hat)] + nodes
-            w = _multistep_weights([p[0] for p in nodes], lam - lam_prev, origin=lam_prev) * grid.alpha[i]
-            x = _combine(_first_order(grid, i - 1)[0], x_prev, w, nodes)
-        history = ([(lam, x0_hat)] + history)[:order] if math.isfinite(lam) else []
+            nodes = [(lam, x0_hat, x, grid.alpha[i])] + nodes
+            w = _multistep_weights([p[0] for p in nodes], lam - lam_prev, lam_prev,
+                                   variable) * grid.alpha[i]
+            x_eval, x = x, _combine(_first_order(grid, i - 1)[0], x_prev, w, nodes)
+        else:
+            x_eval = x
+        history = ([(lam, x0_hat, x_eval, grid.alpha[i])] + history)[:order] if math.isfinite(lam) else []
         k = len(history)
         if lower_order_final and grid.steps < 15 and i == grid.steps - 2:
             k = min(k, 2)  # DPM-Solver's lower_order_final: long last steps amplify high-order extrapolation
         ratio, weight = _first_order(grid, i)
         step = (x, lam, history[:k]) if math.isfinite(lam) else None
+        if not math.isfinite(lam_next) and grid.sigma[i + 1] == 0.0 and variable != "lambda" and k >= 2:
+            x = after_step(measure, _final_step(grid, i, x, history[:k]), i)
+            continue
         if k < 2 or not math.isfinite(lam_next):  # start, restart after t = 1, or the final denoising step
             x = after_step(measure, ratio * x + weight * x0_hat, i)
             continue
         nodes = history[:k]
-        w = _multistep_weights([p[0] for p in nodes], lam_next - lam) * grid.alpha[i + 1]
+        w = _multistep_weights([p[0] for p in nodes], lam_next - lam, None,
+                               variable) * grid.alpha[i + 1]
         x = after_step(measure, _combine(ratio, x, w, nodes), i)
     return x
+
+
+def _final_step(grid: Grid, i: int, x, nodes):
+    """The step to sigma = 0: the PF-ODE d x_hat / d s = eps (x_hat = x / alpha, s = sigma / alpha =
+    e^{-lambda}) integrated from s_i down to 0, eps_j = (x_hat_j - x0_hat_j) / s_j interpolated in s
+    through the nodes.
+    The data-prediction form has no finite limit there (lambda = inf); in eps the integral is finite and
+    exact for the interpolant (the final step of Adams-Bashforth in sigma, k-diffusion's ``sample_lms``)."""
+    w = _final_weights([math.exp(-p[0]) for p in nodes])
+    out = x / grid.alpha[i]
+    for wj, (lam, x0_hat, x_at, alpha) in zip(w, nodes, strict=True):
+        ve = math.exp(-lam)
+        out.sub_((x_at / alpha - x0_hat) / ve, alpha=float(wj))
+    return out * grid.alpha[i + 1]
 
 
 def _combine(ratio: float, x, weights, nodes):
     """ratio * x + sum_j weights_j * x0_hat_j, accumulated in place (one temporary, not one per term)."""
     out = x * ratio
-    for w, (_, x0_hat) in zip(weights, nodes, strict=True):
+    for w, (_, x0_hat, *_) in zip(weights, nodes, strict=True):
         out.add_(x0_hat, alpha=float(w))
     return out
