@@ -14,6 +14,8 @@ same kind and run) and print the table:
       single-frame moving-MNIST images (every MNIST training digit at a random place), masked;
     - ``joint-unmasked``: ``joint`` with the groups fed as if they were clips (``video.mask_images: false``);
     - ``joint-absolute``: ``joint`` with absolute (sin-cos) temporal positions instead of the relative bias.
+    - ``joint-text``: ``joint`` conditioned on captions instead of class labels (``data.captions``: "a
+      handwritten three moving", ...; the image groups take the caption of the clip they replace).
 ``score RUN...``
     ``--n`` clips of each run (its own sampler settings, class-major labels, seeds 0..n-1) scored against ``--n``
     held-out clips of moving MNIST's test split (MNIST test digits, never trained on): frame FID / KID (standard
@@ -21,7 +23,9 @@ same kind and run) and print the table:
     published FVD, which uses I3D), flicker against the data's, the digit classifier's identity agreement along
     each clip and the share of frames showing the requested digit, and motion smoothness from digit centroids
     against the held-out clips' own (same drawing, whole-pixel positions). Also the run's training clips, wall
-    time, clips/s and peak memory from its log, and the sampling time per clip.
+    time, clips/s and peak memory from its log, and the sampling time per clip. A caption-conditioned run is
+    asked for each digit by its first caption of ``--captions`` (``train``: a wording it was trained on;
+    ``heldout``: a paraphrase it never saw), the digit then being the requested class.
 ``floor``
     The same metrics for ``--n`` training clips against the ``--n`` held-out clips: what real data scores.
 ``predict RUN``
@@ -68,6 +72,7 @@ import numpy as np
 import torch
 
 from diffusekit.config import resolve
+from diffusekit.data.captions import captions_for
 from diffusekit.generate import class_major_labels, load_model
 from diffusekit.generate_video import generate_clips
 from diffusekit.guidance import GuidanceSettings
@@ -90,6 +95,7 @@ ARMS = {
     "joint": [*_SMALL, *_JOINT],
     "joint-unmasked": [*_SMALL, *_JOINT, "video.mask_images=false"],
     "joint-absolute": [*_SMALL, *_JOINT, "network.options={temporal_position: absolute}"],
+    "joint-text": [*_SMALL, *_JOINT, "data.captions=true"],
 }
 
 
@@ -175,20 +181,31 @@ def cmd_score(args) -> None:
     for run in map(Path, args.runs):
         model = load_model(run)
         labels = class_major_labels(args.n, model.num_classes) if model.num_classes else None
+        condition, requested, prompts = None, labels, None
+        if model.config.data.captions:  # asked by caption: the first wording of each digit in the chosen split
+            from diffusekit.text import TextEncoder
+
+            prompts = [per_class[0] for per_class in captions_for("moving-mnist", args.captions)]
+            encoding = TextEncoder().encode(prompts)
+            requested = class_major_labels(args.n, len(prompts))
+            condition = {"text": encoding.states[requested], "text_mask": encoding.mask[requested],
+                         "text_pooled": encoding.pooled[requested]}
         s = model.config.sample
         started = time.perf_counter()
-        clips = generate_clips(model.denoiser, args.n, model.image_shape, labels=labels,
+        clips = generate_clips(model.denoiser, args.n, model.image_shape, labels=labels, condition=condition,
                                num_classes=model.num_classes, sampler=s.sampler, steps=s.steps, spacing=s.spacing,
-                               guidance=GuidanceSettings.from_sample(s) if labels is not None else 1.0,
+                               guidance=GuidanceSettings.from_sample(s) if requested is not None else 1.0,
                                options=s.options, seed=args.seed, batch_size=50,
                                frame_conditioning=model.config.video.context_frames > 0)
         seconds = time.perf_counter() - started
-        row = {"kind": "score", "run": str(run), **_run_log(run), "n": args.n, "seed": args.seed,
+        label = str(run) + (f" (captions: {args.captions})" if prompts else "")
+        row = {"kind": "score", "run": label, **_run_log(run), "n": args.n, "seed": args.seed,
                "sample_s_per_clip": seconds / args.n, "threads": torch.get_num_threads(),
-               "steps": s.steps, "guidance": s.guidance, **scorer.score(clips, labels),
+               "steps": s.steps, "guidance": s.guidance, **scorer.score(clips, requested),
+               "prompts": prompts, "caption_split": args.captions if prompts else None,
                "reference": scorer.reference, "date": datetime.date.today().isoformat()}
         PICTURES.mkdir(parents=True, exist_ok=True)
-        name = run.name
+        name = run.name + (f"-{args.captions}" if prompts else "")
         save_png(clip_grid(clips[:10 * max(1, args.n // 10)][:: max(1, args.n // 10)]), PICTURES / f"{name}.png")
         save_animation(clip_frames(clips[:: max(1, args.n // 10)][:10], 5), PICTURES / f"{name}.gif")
         _save(row)
@@ -414,6 +431,8 @@ def main() -> None:
     t.add_argument("--images", type=int, help="training clips seen (run.total_images; default: the preset's)")
     s = sub.add_parser("score")
     s.add_argument("runs", nargs="+")
+    s.add_argument("--captions", choices=("train", "heldout"), default="train",
+                   help="caption-conditioned runs: ask with trained wordings or with held-out paraphrases")
     s.add_argument("--n", type=int, default=400)
     s.add_argument("--seed", type=int, default=0)
     f = sub.add_parser("floor")

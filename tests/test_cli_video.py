@@ -8,7 +8,7 @@ from PIL import Image
 
 from diffusekit.cli import main
 
-from .assets import require_mnist
+from .assets import require_mnist, require_text_encoder
 
 require_mnist()  # moving MNIST is made from MNIST digits
 
@@ -164,3 +164,34 @@ def test_train_on_a_folder_of_videos_skipping_a_short_one(tmp_path, capsys):
     assert "(2 clips (1, 4, 8, 8), 0 classes)" in capsys.readouterr().err  # one clip from each long GIF
     assert _sample(run_dir, "--n", 2, "--out", tmp_path / "x.gif") == 0
     assert Image.open(tmp_path / "x.gif").n_frames == 4
+
+
+def test_a_text_conditioned_clip_run_is_sampled_from_prompts(tmp_path, capsys):
+    require_text_encoder()
+    run_dir = tmp_path / "text"
+    argv = [*TRAIN, "--run-dir", str(run_dir), "--set", "data.captions=true", "--set", "video.image_fraction=0.5",
+            "--set", "video.image_data=mnist", "--set", "run.sample_every=null"]
+    argv[argv.index("--images") + 1] = "16"
+    assert main(argv) == 0
+    out = tmp_path / "clips.npz"
+    prompts = ["a handwritten three moving", "the digit 7 bouncing around"]
+    assert _sample(run_dir, "--n", 4, "--out", out, "--prompt", prompts[0], "--prompt", prompts[1]) == 0
+    with np.load(out) as data:
+        assert data["images"].shape == (4, 1, 4, 16, 16) and data["labels"].tolist() == [0, 0, 1, 1]
+        assert json.loads(str(data["meta"]))["prompts"] == prompts
+    capsys.readouterr()
+    err = _error(capsys, _sample(run_dir, "--n", 1, "--out", tmp_path / "x.npz"))
+    assert "is text-conditioned (data.captions): give what to draw with --prompt" in err
+    err = _error(capsys, _sample(run_dir, "--n", 1, "--out", tmp_path / "y.npz", "--prompt", " "))
+    assert "--prompt: empty prompt" in err
+
+
+def test_captioned_clips_refuse_image_groups_without_their_classes(tmp_path, capsys):
+    images = tmp_path / "images"  # unlabelled pictures cannot take a digit's caption
+    images.mkdir()
+    for i in range(3):
+        Image.new("L", (16, 16), 40 * i).save(images / f"{i}.png")
+    argv = [*TRAIN, "--run-dir", str(tmp_path / "run"), "--set", "data.captions=true",
+            "--set", "video.image_fraction=0.5", "--set", f"video.image_data={images}"]
+    err = _error(capsys, main(argv))
+    assert "an image group takes the caption of the clip it replaces" in err and "has 0" in err

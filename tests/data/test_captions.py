@@ -28,3 +28,8 @@ def test_errors():
         captions_for("tiles")
     with pytest.raises(ValueError, match="caption split"):
         captions_for("mnist", "test")
+
+
+def test_moving_mnist_captions_describe_a_moving_digit():
+    train = captions_for("moving-mnist")
+    assert "a handwritten three moving" in train[3] and "the digit 3 bouncing around" in train[3]

@@ -94,3 +94,27 @@ def test_load_clips_opens_a_folder(tmp_path):
     iio.imwrite(tmp_path / "a.gif", _pattern(8))
     data = load_clips(tmp_path, frames=8, resolution=16, channels=1)
     assert data.item_shape == (1, 8, 16, 16) and len(data) == 1
+
+
+def test_captions_from_metadata_and_text_files_number_the_videos(tmp_path):
+    for name, frames in (("a.gif", 4), ("b.gif", 8), ("c.gif", 4), ("d.gif", 4)):
+        iio.imwrite(tmp_path / name, _pattern(frames), duration=40, loop=0)
+    _write_frame_folder(tmp_path / "walk", _pattern(4))
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.gif", "text": "a red ball"}\n'
+                                             '{"file_name": "walk", "text": "a person walking"}\n')
+    (tmp_path / "a.txt").write_text("ignored: metadata.jsonl wins")
+    (tmp_path / "b.txt").write_text("a red ball\n")
+    (tmp_path / "c.txt").write_text("a blue cube")
+    with pytest.warns(UserWarning, match=r"skipped 1 of 5 videos: 1 without a caption \(d.gif\)"):
+        data = video_folder(tmp_path, frames=4, resolution=8, captions=True)
+    assert data.class_names == ("a blue cube", "a person walking", "a red ball")  # sorted; no caption file is stray
+    assert [v.path.name for v in data.videos] == ["a.gif", "b.gif", "c.gif", "walk"]
+    assert data.labels.tolist() == [2, 2, 2, 0, 1]  # b.gif gives two clips of its caption
+    plain = video_folder(tmp_path, frames=4, resolution=8)
+    assert plain.num_classes == 0 and len(plain.videos) == 5 and not plain.report.counts
+
+
+def test_a_folder_without_any_caption_says_how_to_give_them(tmp_path):
+    iio.imwrite(tmp_path / "a.gif", _pattern(4), duration=40, loop=0)
+    with pytest.raises(BadFileError, match="has no captions: give a metadata.jsonl"):
+        video_folder(tmp_path, frames=4, resolution=8, captions=True)

@@ -134,6 +134,9 @@ def test_a_video_run_with_image_groups_and_context_resumes_bit_identical(tmp_pat
     (["video.image_fraction=1.0"], "video.image_fraction must be in [0, 1)"),
     (["latent.autoencoder=runs/ae"], "latent.autoencoder is not supported for video runs"),
     (["eval.every=100"], "eval.every is not supported for video runs"),
+    (["data.name=cahn-hilliard", "data.captions=true"], "the clip dataset 'cahn-hilliard' has no captions"),
+    (["data.name=moving-mnist", "data.captions=true", "video.options={digits: 2}"],
+     "data.captions on moving-mnist names the clip's digit: set video.options.digits: 1"),
 ])
 def test_video_configs_that_cannot_work_are_refused(overrides, message):
     from diffusekit.config import ConfigError

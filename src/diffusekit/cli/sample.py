@@ -14,7 +14,7 @@ import torch
 
 from ..cascade import sampling_condition
 from ..data import DATASETS
-from ..errors import BadFileError, TextEncoderNotInstalled, UsageError, UserError
+from ..errors import BadFileError, UsageError, UserError
 from ..generate import class_major_labels, generate, load_model
 from ..images import ANIMATION_FORMATS, make_grid, save_png, to_uint8
 from ..metrics.classifier import load_or_train_classifier
@@ -32,6 +32,7 @@ from .flags import (
     progress_bar,
     set_threads,
 )
+from .prompts import text_condition
 from .sample_video import add_video_arguments, sample_clips
 
 __all__ = ["add_parser", "cmd_sample"]
@@ -53,31 +54,6 @@ def _labels(args, model):
             raise UsageError(f"--class {label}: out of range 0..{model.num_classes - 1}")
         return torch.full((args.n,), label, dtype=torch.long)
     return class_major_labels(args.n, model.num_classes) if model.num_classes else None
-
-
-def _text_condition(args, model, condition):
-    """(condition with the --prompt text, prompt index per image) for a caption-conditioned run
-    (``data.captions``); (condition, None) otherwise. One prompt is used for every image; several give class-major
-    rows, one prompt per row."""
-    prompts = args.prompt or []
-    if not model.config.data.captions:
-        if prompts:
-            raise UsageError(f"--prompt: {args.source} is not text-conditioned (its data.captions is off)")
-        return condition, None
-    if not prompts:
-        raise UsageError(f"{args.source} is text-conditioned (data.captions): give what to draw with --prompt TEXT, "
-                         "e.g. --prompt 'a handwritten seven' (repeat it for one row per prompt)")
-    if any(not p.strip() for p in prompts):
-        raise UsageError("--prompt: empty prompt; the text must say what to draw")
-    from ..text import TextEncoder  # lazy: the text encoder and its packages load only for text-conditioned runs
-
-    try:
-        encoding = TextEncoder().encode(prompts)
-    except TextEncoderNotInstalled as e:
-        raise UsageError(f"--prompt needs the text encoder: {e}") from None
-    which = class_major_labels(args.n, len(prompts))
-    text = {"text": encoding.states[which], "text_mask": encoding.mask[which], "text_pooled": encoding.pooled[which]}
-    return {**(condition or {}), **text}, which
 
 
 def _read_low_res(path: str):
@@ -141,7 +117,7 @@ def cmd_sample(args) -> int:
     options.update(parse_options(args.option))
     labels = _labels(args, model)
     condition, labels = _cascade_condition(args, model, labels)
-    condition, prompt_index = _text_condition(args, model, condition)
+    condition, prompt_index = text_condition(args, model, condition)
     guidance = guidance_from_args(args, s)
     if labels is None and prompt_index is None and guidance.autoguide is None:
         if args.guidance not in (None, 1.0):

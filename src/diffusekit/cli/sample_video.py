@@ -20,6 +20,7 @@ from ..images import clip_frames, clip_grid, save_animation, save_png
 from ..metrics.stats import open_npz
 from ..sampling import same_sampler
 from .flags import check_sampling, guidance_from_args, parse_options, positive_int, progress_bar
+from .prompts import text_condition
 
 __all__ = ["add_video_arguments", "sample_clips", "read_context"]
 
@@ -93,7 +94,7 @@ def _check_video_flags(args, model, frame_conditioning: bool) -> None:
         raise UsageError("--context and --context-frames go together: the clip and how many of its frames are given")
     if args.context is not None and not frame_conditioning:
         raise UsageError(f"--context: {name} was not trained for prediction (its video.context_frames is 0)")
-    for flag, used in (("--reject", args.reject), ("--low-res", args.low_res), ("--prompt", args.prompt)):
+    for flag, used in (("--reject", args.reject), ("--low-res", args.low_res)):
         if used:
             raise UsageError(f"{flag} is for image models; {name} is {model.describe_kind()}")
 
@@ -107,11 +108,12 @@ def sample_clips(args, model, outs: list[Path], device, execution, labels) -> in
     sampler = args.sampler or s.sampler
     options = dict(s.options) if same_sampler(sampler, s.sampler) else {}
     options.update(parse_options(args.option))
+    condition, prompt_index = text_condition(args, model, None)  # a caption-conditioned run: --prompt
     guidance = guidance_from_args(args, s)
-    if labels is None and guidance.autoguide is None:
+    if labels is None and prompt_index is None and guidance.autoguide is None:
         if args.guidance not in (None, 1.0):
-            raise UsageError("--guidance: classifier-free guidance needs a class-conditional model; an unconditional "
-                             "one can be guided with --autoguide")
+            raise UsageError("--guidance: classifier-free guidance needs a class- or text-conditional model; an "
+                             "unconditional one can be guided with --autoguide")
         guidance = guidance.unguided()
     steps, spacing = args.steps or s.steps, args.spacing or s.spacing
     check_sampling(model.denoiser.schedule, sampler, steps, spacing, options)
@@ -123,7 +125,8 @@ def sample_clips(args, model, outs: list[Path], device, execution, labels) -> in
         try:
             clips = generate_clips(model.denoiser, args.n, model.image_shape, frames=args.frames, context=context,
                                    context_frames=args.context_frames or 0, frame_conditioning=frame_conditioning,
-                                   labels=labels, num_classes=model.num_classes, sampler=sampler, steps=steps,
+                                   labels=labels, num_classes=model.num_classes, condition=condition,
+                                   sampler=sampler, steps=steps,
                                    spacing=spacing, guidance=guidance, options=options, seed=args.seed,
                                    batch_size=args.batch_size, device=device, progress=bar.update)
         except ValueError as e:
@@ -132,9 +135,11 @@ def sample_clips(args, model, outs: list[Path], device, execution, labels) -> in
     meta = {"checkpoint": str(model.checkpoint), "cur_nimg": model.cur_nimg, "weights": model.weights,
             "sampler": sampler, "steps": steps, "guidance": guidance.scale, "guidance_settings": guidance.describe(),
             "seed": args.seed, "options": options, "execution": execution.describe(device),
-            "frames": int(clips.shape[2]), "context": args.context, "context_frames": args.context_frames}
-    for out in outs:
-        write_clips(out, clips, labels, meta, columns=args.columns, fps=args.fps)
+            "frames": int(clips.shape[2]), "context": args.context, "context_frames": args.context_frames,
+            "prompts": args.prompt or None}
+    for out in outs:  # a text run's .npz stores the prompt index as the label
+        write_clips(out, clips, labels if prompt_index is None else prompt_index, meta, columns=args.columns,
+                    fps=args.fps)
     summary = {"out": [str(o) for o in outs], "n": args.n, "frames": int(clips.shape[2]),
                "checkpoint": str(model.checkpoint), "weights": model.weights, "sampler": sampler, "steps": steps,
                "guidance": guidance.scale, "wall_s": round(wall, 2)}

@@ -10,6 +10,7 @@ from ..cascade import CascadeSettings
 from ..data.augment import AugmentSettings
 from ..data.builtin import DATASETS
 from ..data.captions import CAPTIONED_DATASETS
+from ..data.clip_datasets import CLIP_DATASETS
 from ..data.folder_transform import FolderTransform
 from ..data.intensity import check_intensity
 from ..guidance import GuidanceSettings
@@ -278,9 +279,23 @@ def _validate_video(config: Config) -> None:
         raise ConfigError(f"video.p_context must be in [0, 1], got {v.p_context}")
     others = {"latent.autoencoder": config.latent.autoencoder is not None,
               "cascade.low_resolution": config.cascade.low_resolution is not None,
-              "data.augment": bool(config.data.augment), "data.captions": config.data.captions,
+              "data.augment": bool(config.data.augment),
               "data.intensity": config.data.intensity is not None, "eval.every": config.eval.every is not None}
     unsupported = [key for key, used in others.items() if used]
     if unsupported:
         raise ConfigError(f"{unsupported[0]} is not supported for video runs (video.frames is set); sampled clips "
                           "are scored by diffusekit.metrics.video (docs/video.md)")
+    if config.data.captions:
+        _validate_video_captions(config)
+
+
+def _validate_video_captions(config: Config) -> None:
+    """Text conditioning of clips: captions exist for one-digit moving MNIST and for video folders."""
+    name, options = config.data.name, config.video.options
+    if name in CLIP_DATASETS and name not in CAPTIONED_DATASETS:
+        raise ConfigError(f"data.captions: the clip dataset {name!r} has no captions; captions exist for "
+                          f"{', '.join(n for n in CLIP_DATASETS if n in CAPTIONED_DATASETS)} and video folders "
+                          "(metadata.jsonl, .txt files)")
+    if name == "moving-mnist" and options.get("digits", 2) != 1:
+        raise ConfigError("data.captions on moving-mnist names the clip's digit: set video.options.digits: 1 "
+                          f"(got {options.get('digits', 2)!r}; clips of several digits have no label)")

@@ -1,5 +1,7 @@
 """Captions for the labelled built-in datasets: text conditioning from the class label (``data.captions``).
 
+``moving-mnist`` (clips of one bouncing digit, whose label is the digit) has captions that describe a moving digit.
+
 Each class gets a few phrasings built from templates. The ``train`` templates are the only captions a
 text-conditioned run sees; the ``heldout`` templates are disjoint paraphrases (no template and no caption in
 common with ``train``), kept for measuring whether a model generalises to wording it never saw.
@@ -32,6 +34,18 @@ _FASHION = {
 }
 
 
+_MOVING_MNIST = {
+    "train": ("a handwritten {w} moving", "the digit {d} bouncing around", "a video of the number {w}",
+              "a moving digit {w}", "the number {w} sliding across the frame"),
+    "heldout": ("a clip where a scribbled {d} drifts about", "a pen-drawn figure {w} in motion",
+                "the numeral {d} travelling around the screen"),
+}
+
+
+def _moving_mnist(split: str) -> list[list[str]]:
+    return [[t.format(w=w, d=d) for t in _MOVING_MNIST[split]] for d, w in enumerate(_DIGIT_WORDS)]
+
+
 def _mnist(split: str) -> list[list[str]]:
     return [[t.format(w=w, d=d) for t in _MNIST[split]] for d, w in enumerate(_DIGIT_WORDS)]
 
@@ -40,7 +54,7 @@ def _fashion(split: str) -> list[list[str]]:
     return [[t.format(n=n) for t in _FASHION[split]] for n in _FASHION_ITEMS]
 
 
-_BUILDERS = {"mnist": _mnist, "fashion-mnist": _fashion}
+_BUILDERS = {"mnist": _mnist, "fashion-mnist": _fashion, "moving-mnist": _moving_mnist}
 CAPTIONED_DATASETS = tuple(_BUILDERS)
 
 

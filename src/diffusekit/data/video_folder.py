@@ -17,6 +17,13 @@ categories (:data:`VIDEO_SKIP_CATEGORIES`): unreadable, too short (fewer than ``
 ``frames``), not a video, and empty class folders (dropped, the other classes renumbered). By default they are
 skipped with one warning that counts them; ``strict=True`` raises instead. A folder with no usable clip is an
 error either way.
+
+Captions (``captions=True``, for text conditioning), as for image folders (:mod:`diffusekit.data.folder_meta`): a
+``metadata.jsonl`` in the top folder with ``file_name`` (the video file's or frame folder's path relative to the
+top folder) and ``text`` per line, or a same-named ``.txt`` beside the video (``walk.mp4`` -> ``walk.txt``; a
+frame folder ``walk/`` -> ``walk.txt``); ``metadata.jsonl`` wins where both exist. The labels then number the
+distinct captions (``class_names`` holds them, sorted) instead of the class folders, and videos without a caption
+are skipped (``no_caption``). Caption files and ``metadata.jsonl`` are never counted as stray files.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from torch import Tensor
 
 from ..errors import BadFileError, UsageError
 from .folder_files import IMAGE_EXTENSIONS, describe_skipped, existing_folder, flatten_image, read_image
+from .folder_meta import LABELS_FILE, METADATA_FILE, read_metadata
 from .transform import fit_square
 
 __all__ = ["VIDEO_EXTENSIONS", "FRAME_EXTENSIONS", "VIDEO_SKIP_CATEGORIES", "Video", "VideoFolder",
@@ -49,7 +57,8 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, RuntimeError, Inde
 VIDEO_SKIP_CATEGORIES = {"unreadable": "unreadable (corrupt or not decodable: {examples})",
                          "too_short": "too short (under {min_frames} frames: {examples})",
                          "not_video": "not videos ({examples})",
-                         "empty_class": "empty class folders, dropped ({examples})"}
+                         "empty_class": "empty class folders, dropped ({examples})",
+                         "no_caption": "without a caption ({examples})"}
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,17 @@ def _count_frames(path: Path, frame_files: list[Path]) -> int:
     return int(imageio_ffmpeg.count_frames_and_secs(str(path))[0])
 
 
+def _caption_file(video: Path) -> Path:
+    """The ``.txt`` caption beside a video file or frame folder."""
+    return video.parent / f"{video.stem if video.is_file() else video.name}.txt"
+
+
+def _not_videos(files: list[Path], videos: list[Path], root: Path) -> list[Path]:
+    """The stray files among ``files``: neither videos nor the captions and metadata written beside them."""
+    known = {_caption_file(v) for v in videos} | {root / METADATA_FILE, root / LABELS_FILE}
+    return [p for p in files if p.is_file() and not _is_video_file(p) and p not in known]
+
+
 def _find_videos(root: Path, report: VideoFolderReport) -> tuple[list[tuple[Path, list[Path], int]], list[str]]:
     """(path, frame files, class index) of every candidate video, and the class names (empty when unlabelled)."""
     entries = _visible(root)
@@ -116,23 +136,35 @@ def _find_videos(root: Path, report: VideoFolderReport) -> tuple[list[tuple[Path
                                                                             for q in p.iterdir())]
     if not classes:
         found = [(p, frame_folders.get(p, []), 0) for p in entries if _is_video_file(p) or frame_folders.get(p)]
-        report.skipped["not_video"] += [p for p in entries if p.is_file() and not _is_video_file(p)]
+        report.skipped["not_video"] += _not_videos(entries, [f[0] for f in found], root)
         return found, []
     loose = [p.name for p in entries if _is_video_file(p) or frame_folders.get(p)]
     if loose:
         shown = ", ".join(loose[:5]) + (f" and {len(loose) - 5} more" if len(loose) > 5 else "")
         raise BadFileError(f"{root} has class folders ({', '.join(p.name for p in classes)}) and also videos "
                            f"outside them: {shown}. Move them into a class folder, or point at a folder of videos")
-    report.skipped["not_video"] += [p for p in entries if p.is_file()]
+    report.skipped["not_video"] += _not_videos(entries, [], root)
     found = []
     for k, folder in enumerate(classes):
-        for p in _visible(folder):
-            files = _frame_files(p) if p.is_dir() else []
-            if _is_video_file(p) or files:
-                found.append((p, files, k))
-            elif p.is_file():
-                report.skipped["not_video"].append(p)
+        inside = _visible(folder)
+        videos = [(p, _frame_files(p) if p.is_dir() else [], k) for p in inside]
+        videos = [v for v in videos if _is_video_file(v[0]) or v[1]]
+        found += videos
+        report.skipped["not_video"] += _not_videos(inside, [v[0] for v in videos], root)
     return found, [p.name for p in classes]
+
+
+def _captions_of(root: Path, videos: list[Video]) -> list[str | None]:
+    """Each video's caption (``metadata.jsonl`` first, else the ``.txt`` beside it), None where it has none."""
+    written = read_metadata(root).captions
+    out = []
+    for video in videos:
+        caption = written.get(video.path.relative_to(root).as_posix())
+        side = _caption_file(video.path)
+        if caption is None and side.is_file():
+            caption = side.read_text(encoding="utf-8").strip()
+        out.append(caption if caption else None)
+    return out
 
 
 def _to_frame(array: np.ndarray, resolution: int, channels: int) -> np.ndarray:
@@ -151,7 +183,7 @@ class VideoFolder:
     """
 
     def __init__(self, path: str | Path, frames: int, resolution: int, channels: int = 3, *,
-                 stride: int | None = None, min_frames: int | None = None):
+                 stride: int | None = None, min_frames: int | None = None, captions: bool = False):
         root = existing_folder(path, "videos")
         if frames < 1:
             raise UsageError(f"frames must be at least 1, got {frames}")
@@ -184,8 +216,18 @@ class VideoFolder:
                 report.skipped["too_short"].append(path_)
             else:
                 videos.append(Video(path_, length, label, tuple(files)))
+        if captions:  # the labels number the distinct captions (module docstring)
+            texts = _captions_of(root, videos)
+            report.skipped["no_caption"] += [v.path for v, text in zip(videos, texts, strict=True) if text is None]
+            kept = [(v, text) for v, text in zip(videos, texts, strict=True) if text is not None]
+            class_names = sorted({text for _, text in kept})
+            number = {text: k for k, text in enumerate(class_names)}
+            videos = [Video(v.path, v.length, number[text], v.frame_files) for v, text in kept]
+            if not videos and texts:
+                raise BadFileError(f"{root} has no captions: give a {METADATA_FILE} with file_name and text per line, "
+                                   "or a .txt file beside each video")
         used = sorted({v.label for v in videos})
-        if class_names:
+        if class_names and not captions:
             report.skipped["empty_class"] += [root / name for k, name in enumerate(class_names) if k not in used]
         if not videos:
             found = report.describe()
@@ -253,10 +295,10 @@ class VideoFolder:
 
 
 def video_folder(path: str | Path, frames: int, resolution: int, channels: int = 3, *, stride: int | None = None,
-                 strict: bool = False, min_frames: int | None = None) -> VideoFolder:
+                 strict: bool = False, min_frames: int | None = None, captions: bool = False) -> VideoFolder:
     """:class:`VideoFolder`, reporting what was left out: one warning that counts the skipped videos by
     category, or with ``strict=True`` a BadFileError listing them."""
-    data = VideoFolder(path, frames, resolution, channels, stride=stride, min_frames=min_frames)
+    data = VideoFolder(path, frames, resolution, channels, stride=stride, min_frames=min_frames, captions=captions)
     report = data.report
     if report.counts:
         skipped = sum(n for k, n in report.counts.items() if k != "empty_class")

@@ -40,8 +40,9 @@ from ..cascade import training_condition
 from ..conditions import select
 from ..config import Config, ConfigError, to_dict
 from ..config.validate import check_guidance
-from ..data import DATASETS, ImageArrays
+from ..data import ImageArrays
 from ..data.augment import augment
+from ..data.captions import CAPTIONED_DATASETS
 from ..errors import NonFiniteError
 from ..guidance import drop_conditions
 from ..latent import encode_dataset, load_autoencoder
@@ -158,7 +159,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.run.seed + 1)
         self.captions = None
         if config.data.captions:  # encoded once: the caption set is finite
-            self.captions = (caption_table(config.data.name) if config.data.name in DATASETS
+            self.captions = (caption_table(config.data.name) if config.data.name in CAPTIONED_DATASETS
                              else folder_caption_table(data.class_names))  # a folder: one per distinct caption
             if self.captions.num_classes != data.num_classes:
                 raise ValueError(f"{config.data.name} has {data.num_classes} classes but "
@@ -227,8 +228,14 @@ class Trainer:
         if v.frames is None:
             return None
         pool = load_image_pool(config, data) if v.image_fraction > 0 else None
-        return VideoBatches(config, pool, conditional=bool(self.num_classes), null_label=self.num_classes,
-                            frame_conditioning=v.context_frames > 0)
+        texts = self.captions
+        if texts is not None and pool is not None and pool.num_classes != texts.num_classes:
+            raise ConfigError(f"video.image_fraction with data.captions: an image group takes the caption of the clip "
+                              f"it replaces, so its images need the clips' classes ({texts.num_classes}), but "
+                              f"{v.image_data or 'the clips frames'} has {pool.num_classes} (e.g. use "
+                              "video.image_data: mnist beside moving-mnist, or video.image_fraction: 0)")
+        return VideoBatches(config, pool, conditional=bool(self.num_classes) or texts is not None,
+                            null_label=self.num_classes, frame_conditioning=v.context_frames > 0)
 
     def _make_evaluator(self):
         return TrainingEvaluator(self.config, self.data, autoencoder=self.autoencoder)

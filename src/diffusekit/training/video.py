@@ -36,6 +36,8 @@ def load_training_clips(config: Config, split: str | None = None) -> ClipArrays 
     options = dict(v.options)
     if d.name not in CLIP_DATASETS:
         options.setdefault("strict", d.strict)
+        if d.captions:  # a folder's labels then number its videos' distinct captions
+            options["captions"] = True
     try:
         clips = load_clips(d.name, split or d.split, frames=v.frames, resolution=d.resolution, channels=d.channels,
                            **options)
