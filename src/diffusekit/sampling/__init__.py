@@ -16,6 +16,7 @@ their options:
 | ``euler_maruyama`` | reverse SDE                | ``g="forward"`` (or a scale, or g(t))     | N             |
 | ``ddim``         | DDIM                         | ``eta=0``                                 | N             |
 | ``ddpm``         | ancestral (DDIM, eta = 1)    |                                           | N             |
+| ``dpmpp_3m_sde`` | DPM-Solver++(3M) SDE         | ``eta=1, s_noise=1``                      | N             |
 
 The callback receives ``{"i", "t", "x", "x0_hat"}`` after each denoiser call of the main sequence.
 ``measure(x, j) -> x``, when given, is called on the state after every step, j being the grid index the step
@@ -37,6 +38,7 @@ from torch import Tensor
 from ..conditions import Conditions, as_conditions
 from ..schedules import Schedule
 from .ancestral import ddim, ddpm
+from .dpm_solver_sde import dpmpp_3m_sde
 from .grid import evaluate_grid
 from .ode import dpmpp_2m, euler, heun, multistep
 from .reference import reference_solve
@@ -55,6 +57,7 @@ SAMPLERS = {
     "euler_maruyama": euler_maruyama,
     "ddim": ddim,
     "ddpm": ddpm,
+    "dpmpp_3m_sde": dpmpp_3m_sde,
 }
 # former name -> current name; an old name still works for one release, with a DeprecationWarning
 DEPRECATED_SAMPLERS = {"edm": "edm_churn"}
