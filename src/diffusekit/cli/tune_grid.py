@@ -41,7 +41,7 @@ def steps_for_nfe(sampler: str, budget: int) -> int:
 
 def tune_model_grids(model, budgets: list[int], *, sampler: str, options: dict, guidance: GuidanceSettings,
                      n: int, seed: int = FIT_SEED, reference_steps: int | None = 100, t_start: float | None = None,
-                     max_evals: int = 300, device: str = "cpu", log=None) -> list[TunedGrid]:
+                     max_evals: int = 300, restarts: int = 1, device: str = "cpu", log=None) -> list[TunedGrid]:
     """One tuned grid per NFE budget for ``model`` (a :class:`~diffusekit.models.LoadedModel`): ``n`` images of
     class-major labels from noise seeded by (seed, i), sampled with ``guidance`` as the run samples, fitted
     against a reference solve of the same noise (``reference_steps`` multistep steps, None: the adaptive
@@ -75,7 +75,7 @@ def tune_model_grids(model, budgets: list[int], *, sampler: str, options: dict, 
     grids = []
     for k in steps:
         result = tune_grid(denoise, noise, schedule, sampler, k, reference=reference, options=options, cond=cond,
-                           t_start=t_start, max_evals=max_evals, log=log)
+                           t_start=t_start, max_evals=max_evals, restarts=restarts, log=log)
         grids.append(TunedGrid.create(
             result.times, schedule, sampler, options=dict(options),
             error={"fit_rmse": result.error, "start": result.start, "starts_fit_rmse": result.start_errors,
@@ -113,7 +113,8 @@ def cmd_tune_grid(args) -> int:
     try:
         grids = tune_model_grids(model, budgets, sampler=sampler, options=options, guidance=guidance, n=args.n,
                                  seed=args.seed, reference_steps=args.reference_steps or None,
-                                 t_start=args.t_start, max_evals=args.max_evals, device=device, log=log)
+                                 t_start=args.t_start, max_evals=args.max_evals, restarts=args.restarts,
+                                 device=device, log=log)
     except (ValueError, TypeError) as e:
         raise UsageError(str(e)) from None
     save_grids(grids, args.out)
@@ -143,7 +144,10 @@ def add_parser(sub) -> None:
     s.add_argument("--t-start", type=float, metavar="T",
                    help="the grids' first time (default: where the run's spacing starts, t = 1 for uniform)")
     s.add_argument("--max-evals", type=positive_int, default=300,
-                   help="sampler runs per start grid (Karras, log-SNR) in the Nelder-Mead search (default 300)")
+                   help="sampler runs per Nelder-Mead search (default 300); one search per start grid (Karras, "
+                        "log-SNR) and restart")
+    s.add_argument("--restarts", type=int, default=1, metavar="R",
+                   help="restarts of each search from where it stopped, with a fresh simplex (default 1)")
     add_guidance_arguments(s)
     s.add_argument("--ema", help="EMA name, or 'model' for the raw weights (default: the run's sample.ema / first EMA)")
     s.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N")

