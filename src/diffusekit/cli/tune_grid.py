@@ -41,11 +41,11 @@ def steps_for_nfe(sampler: str, budget: int) -> int:
 
 def tune_model_grids(model, budgets: list[int], *, sampler: str, options: dict, guidance: GuidanceSettings,
                      n: int, seed: int = FIT_SEED, reference_steps: int | None = 100, t_start: float | None = None,
-                     max_evals: int = 300, restarts: int = 1, device: str = "cpu", log=None) -> list[TunedGrid]:
+                     max_evals: int = 100, restarts: int = 1, device: str = "cpu", log=None) -> list[TunedGrid]:
     """One tuned grid per NFE budget for ``model`` (a :class:`~diffusekit.models.LoadedModel`): ``n`` images of
     class-major labels from noise seeded by (seed, i), sampled with ``guidance`` as the run samples, fitted
     against a reference solve of the same noise (``reference_steps`` multistep steps, None: the adaptive
-    ``reference_solve``)."""
+    ``reference_solve``). The searches start from the Karras and log-SNR grids and from the run's own spacing."""
     schedule = model.denoiser.schedule
     if not is_deterministic(sampler, options):
         raise ValueError(f"sampler {sampler!r} with {options or 'its defaults'} is stochastic: grids are tuned to "
@@ -72,10 +72,12 @@ def tune_model_grids(model, budgets: list[int], *, sampler: str, options: dict, 
                  else "reference_solve (DOP853, 1e-10)")
     if log is not None:
         log(f"reference ({described}) from t = {t_start:g}: {time.perf_counter() - started:.1f}s")
+    spacings = dict.fromkeys(["karras", "logsnr", model.config.sample.spacing])  # the run's own grid starts too
     grids = []
     for k in steps:
+        starts = {name: timesteps(schedule, k, name) for name in spacings}
         result = tune_grid(denoise, noise, schedule, sampler, k, reference=reference, options=options, cond=cond,
-                           t_start=t_start, max_evals=max_evals, restarts=restarts, log=log)
+                           t_start=t_start, starts=starts, max_evals=max_evals, restarts=restarts, log=log)
         grids.append(TunedGrid.create(
             result.times, schedule, sampler, options=dict(options),
             error={"fit_rmse": result.error, "start": result.start, "starts_fit_rmse": result.start_errors,
@@ -143,9 +145,9 @@ def add_parser(sub) -> None:
                         "DOP853 solve at 1e-10 (exact, but thousands of network calls)")
     s.add_argument("--t-start", type=float, metavar="T",
                    help="the grids' first time (default: where the run's spacing starts, t = 1 for uniform)")
-    s.add_argument("--max-evals", type=positive_int, default=300,
-                   help="sampler runs per Nelder-Mead search (default 300); one search per start grid (Karras, "
-                        "log-SNR) and restart")
+    s.add_argument("--max-evals", type=positive_int, default=100,
+                   help="sampler runs per Nelder-Mead search (default 100); one search per start grid (Karras, "
+                        "log-SNR, the run's spacing) and restart")
     s.add_argument("--restarts", type=int, default=1, metavar="R",
                    help="restarts of each search from where it stopped, with a fresh simplex (default 1)")
     add_guidance_arguments(s)

@@ -1,6 +1,6 @@
 """DPM-Solver++(3M) SDE: the third-order multistep solver of the reverse SDE in log-SNR with data prediction.
 
-Lu et al. 2022b ("DPM-Solver++", Sec. 5 and App. B) give the SDE-DPM-Solver++ family: the exact solution
+Lu et al. 2022b ("DPM-Solver++") give the SDE-DPM-Solver++ solvers: the exact solution
 of the reverse SDE's linear part in lambda = log(alpha / sigma), with x0_hat approximated by a polynomial
 through past evaluations. With eta scaling the injected noise (eta = 1: the reverse SDE, eta = 0: the
 probability-flow ODE) and h_eta = (1 + eta) h over a step h = lambda_s - lambda_t, one step from t to s is,
