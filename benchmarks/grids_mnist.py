@@ -18,7 +18,8 @@ so a row can be reproduced with ``diffusekit sample --grid``. Standard Inception
 Usage::
 
     .venv/bin/python benchmarks/grids_mnist.py runs/mnist --threads 1            # NFE 5, 8, 10
-    .venv/bin/python benchmarks/grids_mnist.py runs/mnist --nfe 5 --n 50 --fit-n 16 --max-evals 20   # smoke
+    .venv/bin/python benchmarks/grids_mnist.py runs/mnist --nfe 5 --n 50 --fit-n 16 \
+        --max-evals 20 --reference-steps 40                                        # smoke
 """
 
 from __future__ import annotations
