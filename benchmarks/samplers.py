@@ -317,7 +317,7 @@ def ours(label: str, sampler_name: str, options: dict | None = None) -> Sampler:
         return Prepared(run, float(schedule(ts[0]).ve_sigma), 1.0, readback)
 
     return Sampler(label, "diffusekit", build, heun_type=nfe(sampler_name, 3) == 5,
-                   stochastic=sampler_name in (EDM_CHURN, "ddpm", "euler_maruyama"), float64=True,
+                   stochastic=sampler_name in (EDM_CHURN, "ddpm", "euler_maruyama", "dpmpp_3m_sde"), float64=True,
                    meta={"sampler": sampler_name, "options": options})
 
 
@@ -328,6 +328,7 @@ def ours_samplers() -> list[Sampler]:
     samplers += [ours(f"unipc{k}", "unipc", {"order": k}) for k in (2, 3)]  # bh2 + UniC, as diffusers' default
     samplers += [ours("ddim", "ddim"), ours("edm_churn", EDM_CHURN, CHURN), ours("ddpm", "ddpm"),
                  ours("euler_maruyama", "euler_maruyama")]
+    samplers += [ours("dpmpp_3m_sde", "dpmpp_3m_sde")]
     return samplers
 
 
@@ -401,6 +402,7 @@ def kd_samplers(kd) -> list[Sampler]:
         make("euler_ancestral", "sample_euler_ancestral", stochastic=True, noise=True),
         make("heun churn", "sample_heun", KD_CHURN, heun=True, stochastic=True, global_noise=True),
         make("dpmpp_2m_sde", "sample_dpmpp_2m_sde", stochastic=True, noise=True),
+        make("dpmpp_3m_sde", "sample_dpmpp_3m_sde", stochastic=True, noise=True),
     ]
 
 
@@ -608,6 +610,8 @@ PAIRS = [
     Pair("edm_churn", "kd heun churn", False, "the same algorithm (EDM Algorithm 2), but k-diffusion draws "
          "the churn noise from torch's global generator at every step, ours only where churn applies: other "
          "noise, so only the distributions (swd, tv) compare"),
+    Pair("dpmpp_3m_sde", "kd dpmpp_3m_sde", True, "DPM-Solver++(3M) SDE (eta = 1) with the same noise draws "
+         "(k-diffusion's noise_sampler fed from the same generator instead of its Brownian tree)"),
     Pair("euler_maruyama", "kd dpmpp_2m_sde", False, "the same reverse SDE, discretised differently "
          "(Euler-Maruyama in t vs a second-order exponential integrator in log-SNR)"),
 ]

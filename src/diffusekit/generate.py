@@ -28,7 +28,8 @@ from .models import Execution, LoadedModel, load_guide, resolve_checkpoint
 from .models import load_model as load_network
 from .sampling import sample, timesteps
 
-__all__ = ["LoadedModel", "load_model", "load_guide", "generate", "class_major_labels", "resolve_checkpoint"]
+__all__ = ["LoadedModel", "load_model", "load_guide", "generate", "class_major_labels", "resolve_checkpoint",
+           "image_noise"]
 
 
 def load_model(path, ema: str | None = None, device: str | torch.device = "cpu",
@@ -54,7 +55,8 @@ def class_major_labels(n: int, num_classes: int) -> Tensor:
     return torch.sort(torch.arange(n) % num_classes).values
 
 
-def _noise(shape: tuple[int, ...], seed: int, first: int, count: int) -> Tensor:
+def image_noise(shape: tuple[int, ...], seed: int, first: int, count: int) -> Tensor:
+    """The starting noise of images first..first+count-1 [count, *shape] (float32): image i's from seed (seed, i)."""
     out = torch.empty((count, *shape), dtype=torch.float32)
     for j in range(count):
         g = torch.Generator().manual_seed(seed * 1_000_003 + first + j)
@@ -67,7 +69,8 @@ def generate(denoiser: Denoiser, n: int, image_shape: tuple[int, int, int], *, l
              num_classes: int = 0, sampler: str = "multistep", steps: int = 20, spacing: str = "uniform",
              guidance: float | GuidanceSettings = 1.0, options: dict | None = None, seed: int = 0,
              batch_size: int = 250, device: str | torch.device = "cpu", progress=None, first: int = 0,
-             guide: Denoiser | None = None, condition: dict | None = None, decode=None) -> Tensor:
+             guide: Denoiser | None = None, condition: dict | None = None, decode=None,
+             ts: Tensor | None = None) -> Tensor:
     """``n`` images, float32 [n, C, H, W] in (about) [-1, 1], on the CPU. ``labels``: [n] class indices for a
     conditional model (None: unconditional, or the null class for a conditional one). ``first``: the index
     of the first image, so a shard (images first..first+n-1) equals that slice of one big call. ``guide``: the
@@ -76,7 +79,8 @@ def generate(denoiser: Denoiser, n: int, image_shape: tuple[int, int, int], *, l
     :func:`diffusekit.cascade.sampling_condition`; or a text-conditioned model's ``text``, ``text_mask`` and
     ``text_pooled``, which classifier-free guidance contrasts with the null text). ``decode``: a latent model's
     decoder (``LoadedModel.decode``), applied to each batch: the images are then the decoded ones, while
-    ``image_shape`` stays the latent shape the sampler draws."""
+    ``image_shape`` stays the latent shape the sampler draws. ``ts``: an explicit time grid (e.g. a tuned one,
+    :mod:`diffusekit.sampling.grid_files`), used instead of ``steps`` and ``spacing``."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     for key, value in (condition or {}).items():
@@ -98,14 +102,14 @@ def generate(denoiser: Denoiser, n: int, image_shape: tuple[int, int, int], *, l
     if autoguided and guide is None:
         guide = load_guide(settings, image_shape, num_classes, device)
     schedule = denoiser.schedule
-    ts = timesteps(schedule, steps, spacing)
+    ts = timesteps(schedule, steps, spacing) if ts is None else ts
     denoise = apply_guidance(denoiser, settings, ts=ts, schedule=schedule,
                              null=null_condition(num_classes) if num_classes or text else None, guide=guide)
     per_image = {**({} if labels is None else {"labels": labels}), **(condition or {})}  # the sampler's cond
     out = []
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
-        noise = _noise(image_shape, seed, first + start, count).to(device)
+        noise = image_noise(image_shape, seed, first + start, count).to(device)
         cond = to_device(select(per_image, slice(start, start + count)), device)
         generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + first + start + 7_919)
         x = sample(denoise, noise, ts, schedule, sampler, generator=generator, cond=cond, **(options or {}))

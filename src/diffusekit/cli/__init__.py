@@ -7,6 +7,7 @@
 - :mod:`~diffusekit.cli.ema`: ``ema`` (post-hoc EMA reconstructions and their FID sweep);
 - :mod:`~diffusekit.cli.restore`: ``restore`` (inverse problems; its files in :mod:`~diffusekit.cli.restore_io`);
 - :mod:`~diffusekit.cli.report`: ``report`` (a run's HTML report);
+- :mod:`~diffusekit.cli.tune_grid`: ``tune-grid`` (time grids tuned to a trained model, for ``sample --grid``);
 - :mod:`~diffusekit.cli.flags`: what several commands share (guidance flags, ``--option``, threads, progress).
 
 :func:`main` is the error boundary: a :class:`~diffusekit.errors.UserError` is printed as one line and exits with
@@ -21,7 +22,7 @@ import errno
 import sys
 
 from ..errors import UserError
-from . import ema, evaluation, info, report, restore, sample, train
+from . import ema, evaluation, info, report, restore, sample, train, tune_grid
 
 __all__ = ["main", "build_parser"]
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_parser(sub)
     ema.add_parser(sub)
     report.add_parser(sub)
+    tune_grid.add_parser(sub)
     return parser
 
 

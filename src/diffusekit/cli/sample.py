@@ -21,7 +21,8 @@ from ..metrics.classifier import load_or_train_classifier
 from ..metrics.stats import open_npz
 from ..models import PRECISIONS, Execution, cascade_settings
 from ..rejection import generate_with_rejection
-from ..sampling import same_sampler
+from ..sampling import same_sampler, sampler_name
+from ..sampling.grid_files import load_grids, select_grid
 from .flags import (
     add_guidance_arguments,
     check_sampling,
@@ -126,6 +127,10 @@ def cmd_sample(args) -> int:
         guidance = guidance.unguided()
     steps = args.steps or s.steps
     spacing = args.spacing or s.spacing
+    tuned = None
+    if args.grid:  # a tuned grid brings its sampler, options and steps
+        tuned = _tuned_grid(args, model.denoiser.schedule)
+        sampler, steps, options = tuned.sampler, tuned.steps, {**tuned.options, **parse_options(args.option)}
     check_sampling(model.denoiser.schedule, sampler, steps, spacing, options)
     if args.reject_rounds is not None and not args.reject:
         raise UsageError("--reject-rounds needs --reject")
@@ -134,7 +139,8 @@ def cmd_sample(args) -> int:
     classifier = _rejection_classifier(args, model) if args.reject else None
     started = time.perf_counter()
     common = dict(sampler=sampler, steps=steps, spacing=spacing, guidance=guidance, options=options,
-                  seed=args.seed, batch_size=args.batch_size, device=device, decode=model.decode)
+                  seed=args.seed, batch_size=args.batch_size, device=device, decode=model.decode,
+                  ts=None if tuned is None else tuned.ts())
     extra, rejection = {}, None
     with progress_bar(args.n, args.quiet) as bar:
         if classifier is None:
@@ -155,6 +161,8 @@ def cmd_sample(args) -> int:
     meta = {"checkpoint": str(model.checkpoint), "cur_nimg": model.cur_nimg, "weights": model.weights,
             "sampler": sampler, "steps": steps, "guidance": guidance.scale, "guidance_settings": guidance.describe(),
             "seed": args.seed, "options": options, "execution": execution.describe(device)}
+    if tuned is not None:
+        meta["grid"] = {"file": args.grid, "times": tuned.times}
     if model.latent is not None:  # which autoencoder decoded the latents
         meta["latent"] = {k: model.latent[k] for k in ("autoencoder", "weights", "digest")}
     if prompt_index is not None:
@@ -176,6 +184,17 @@ def cmd_sample(args) -> int:
         summary["rejection"]["unaccepted"] = len(rejection["unaccepted"])
     print(json.dumps(summary), file=sys.stderr)
     return 0
+
+
+def _tuned_grid(args, schedule):
+    """--grid FILE: the file's grid for --steps (or its only one) and --sampler (if given), on this schedule."""
+    if args.spacing:
+        raise UsageError("--spacing: --grid gives the times; leave --spacing out")
+    try:
+        return select_grid(load_grids(args.grid), schedule, sampler=args.sampler and sampler_name(args.sampler),
+                           steps=args.steps)
+    except ValueError as e:
+        raise UsageError(f"--grid {args.grid}: {e}") from None
 
 
 def _rejection_classifier(args, model):
@@ -242,6 +261,9 @@ def add_parser(sub) -> None:
     s.add_argument("--steps", type=positive_int, help="sampling steps (default: the run's sample.steps)")
     s.add_argument("--spacing", help="time grid spacing: uniform, karras, logsnr, trailing")
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="sampler option, e.g. order=3")
+    s.add_argument("--grid", metavar="GRIDS.json",
+                   help="a tuned time grid from `diffusekit tune-grid`: its sampler, options and times (the one "
+                        "for --steps when the file holds several)")
     add_guidance_arguments(s)
     s.add_argument("--low-res", metavar="SAMPLES.npz",
                    help="a cascade stage's low-resolution inputs: a .npz of float images [N, C, r, r] (and labels), "

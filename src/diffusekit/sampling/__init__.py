@@ -20,6 +20,7 @@ their options:
 | ``adaptive``     | PF-ODE, embedded RK (error   | ``rtol=1e-3, atol=1e-3, method="bs32"``   | from the      |
 |                  | control); uses only ts[0]    | (or ``"dp54"``)                           | tolerance:    |
 |                  | and ts[-1]                   |                                           | callback nfe  |
+| ``dpmpp_3m_sde`` | DPM-Solver++(3M) SDE         | ``eta=1, s_noise=1``                      | N             |
 
 The callback receives ``{"i", "t", "x", "x0_hat"}`` after each denoiser call of the main sequence (``adaptive``:
 after every call, with ``"nfe"``, the calls so far; :func:`nfe` cannot know its count in advance and raises).
@@ -44,6 +45,7 @@ from ..conditions import Conditions, as_conditions
 from ..schedules import Schedule
 from .adaptive import adaptive_sampler
 from .ancestral import ddim, ddpm
+from .dpm_solver_sde import dpmpp_3m_sde
 from .grid import evaluate_grid
 from .ode import dpmpp_2m, euler, heun, multistep
 from .reference import reference_solve
@@ -65,6 +67,7 @@ SAMPLERS = {
     "ddim": ddim,
     "ddpm": ddpm,
     "adaptive": adaptive_sampler,
+    "dpmpp_3m_sde": dpmpp_3m_sde,
 }
 # former name -> current name; an old name still works for one release, with a DeprecationWarning
 DEPRECATED_SAMPLERS = {"edm": "edm_churn"}
