@@ -10,7 +10,9 @@ the Karras, log-SNR and uniform grids, with the held-out protocol of ``fid_sweep
    MNIST test[1000:2000], for every candidate grid (tuned, karras, logsnr, uniform) at each NFE; the
    candidate with the lowest validation FID is the chosen one.
 3. Report: FID and KID of every candidate against the test slice, test[0:1000], with other samples (seeds
-   (``--test-seed``, i)); the chosen candidate's test FID is the held-out figure.
+   (``--test-seed``, i)); the chosen candidate's test FID is the held-out figure. With ``--splits test`` step 2
+   is skipped: every grid's test FID is reported, which is held out as it stands, because no grid is fitted or
+   chosen on images (the tuned one is fitted to a reference solve of its own noise batch).
 
 Every sample is drawn as ``diffusekit eval`` draws it (image i from noise seed (seed, i), class-major labels),
 so a row can be reproduced with ``diffusekit sample --grid``. Standard Inception, pytorch-fid preprocessing.
@@ -63,6 +65,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fit-n", type=int, default=64, help="images in the fitting batch")
     parser.add_argument("--fit-seed", type=int, default=FIT_SEED)
     parser.add_argument("--val-seed", type=int, default=20000, help="sample seeds of the validation FIDs")
+    parser.add_argument("--splits", default="val,test",
+                        help="reference slices to score every grid on: val,test (choose on val, report on test) or "
+                        "test alone (no choice is made: every grid's held-out FID, none of them fitted to images)")
     parser.add_argument("--test-seed", type=int, default=0, help="sample seeds of the test FIDs")
     parser.add_argument("--max-evals", type=int, default=60, help="sampler runs per Nelder-Mead search")
     parser.add_argument("--restarts", type=int, default=1, help="restarts of each search")
@@ -74,6 +79,9 @@ def main(argv=None) -> int:
     parser.add_argument("--grids-out", type=Path, default=None,
                         help="the tuned grids' JSON (default: beside --output, grids_mnist_grids.json)")
     args = parser.parse_args(argv)
+    splits = tuple(args.splits.split(","))
+    if not splits or set(splits) - {"val", "test"}:
+        raise SystemExit(f"--splits: give val, test or val,test, got {args.splits!r}")
     torch.set_num_threads(args.threads)
     budgets = [int(v) for v in args.nfe.split(",")]
     grids_out = args.grids_out or args.output.with_name(args.output.stem + "_grids.json")
@@ -96,7 +104,7 @@ def main(argv=None) -> int:
     save_grids(tuned, grids_out)
     log(f"grids written to {grids_out}")
     extractor = get_extractor("inception", "pytorch")
-    references = {split: reference_stats(extractor, split, args.n) for split in ("val", "test")}
+    references = {split: reference_stats(extractor, split, args.n) for split in splits}
     seeds = {"val": args.val_seed, "test": args.test_seed}
     rows = []
     for budget, grid in zip(budgets, tuned, strict=True):
@@ -112,9 +120,10 @@ def main(argv=None) -> int:
                 scores[name][split] = {"fid": values["fid"], "kid": values["kid"], "ref": slice_label(split, args.n),
                                        "seed": seeds[split], "seconds": round(time.perf_counter() - started, 1)}
                 log(f"NFE {budget} {name} {split}: FID {values['fid']:.2f}")
-        chosen = min(scores, key=lambda k: scores[k]["val"]["fid"])
+        chosen = min(scores, key=lambda k: scores[k]["val"]["fid"]) if "val" in splits else None
+        held_out = scores[chosen]["test"]["fid"] if chosen is not None and "test" in splits else None
         rows.append({"nfe": budget, "steps": steps, "chosen_on_val": chosen,
-                     "held_out_fid": scores[chosen]["test"]["fid"], "scores": scores,
+                     "held_out_fid": held_out, "scores": scores,
                      "grids": {k: v.tolist() for k, v in candidates.items()},
                      "tuned_fit": grid.error})
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "run": args.run,
@@ -126,13 +135,14 @@ def main(argv=None) -> int:
               "runtime_s": round(time.perf_counter() - began, 1)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(as_json(report), indent=1) + "\n")
-    header = " | ".join(f"{c} val / test FID" for c in ("tuned", *SPACINGS))
+    header = " | ".join(f"{c} {' / '.join(splits)} FID" for c in ("tuned", *SPACINGS))
     print(f"| NFE | {header} | chosen on val | held-out FID |")
     print("|---:|" + "---:|" * (len(SPACINGS) + 1) + "---|---:|")
     for r in rows:
-        cells = " | ".join(f"{r['scores'][c]['val']['fid']:.2f} / {r['scores'][c]['test']['fid']:.2f}"
+        cells = " | ".join(" / ".join(f"{r['scores'][c][split]['fid']:.2f}" for split in splits)
                            for c in ("tuned", *SPACINGS))
-        print(f"| {r['nfe']} | {cells} | {r['chosen_on_val']} | {r['held_out_fid']:.2f} |")
+        held_out = "" if r["held_out_fid"] is None else f"{r['held_out_fid']:.2f}"
+        print(f"| {r['nfe']} | {cells} | {r['chosen_on_val'] or ''} | {held_out} |")
     print(f"\nWrote {args.output} ({report['runtime_s']:.0f}s).")
     return 0
 
