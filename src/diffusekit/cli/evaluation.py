@@ -352,7 +352,8 @@ def _likelihood_arguments(e) -> None:
     e.add_argument("--nll-rtol", type=float, default=defaults.rtol, help="nll: the ODE solver's relative tolerance")
     e.add_argument("--nll-atol", type=float, default=defaults.atol, help="nll: the ODE solver's absolute tolerance")
     e.add_argument("--nll-divergence", default=defaults.divergence, choices=("exact", "hutchinson"),
-                   help="nll: the exact divergence (D network calls per step) or Hutchinson's estimate")
+                   help="nll: Hutchinson's estimate (default) or the exact divergence (D vector-Jacobian products "
+                   "per solver step: small data only)")
     e.add_argument("--nll-probes", type=positive_int, default=defaults.probes,
                    help="nll: Hutchinson probes per step (default 1)")
     e.add_argument("--nll-t-min", type=float, help="nll: where the ODE stops (default: ode_nll's)")

@@ -40,7 +40,7 @@ class LikelihoodSettings:
     # nll: diffusekit.likelihood.ode_nll
     rtol: float = 1e-5
     atol: float = 1e-5
-    divergence: str = "exact"  # exact | hutchinson
+    divergence: str = "hutchinson"  # hutchinson | exact (D vector-Jacobian products per step: small D only)
     probes: int = 1
     probe: str = "rademacher"
     nll_t_min: float | None = None  # None: ode_nll's own default
