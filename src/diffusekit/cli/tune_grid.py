@@ -68,7 +68,7 @@ def tune_model_grids(model, budgets: list[int], *, sampler: str, options: dict, 
     started = time.perf_counter()
     with torch.no_grad():
         reference = reference_samples(denoise, noise, schedule, t_start, cond=cond, steps=reference_steps)
-    described = (f"multistep order 3, {reference_steps} log-SNR steps" if reference_steps
+    described = (f"multistep order 3 + corrector, {reference_steps} log-SNR steps" if reference_steps
                  else "reference_solve (DOP853, 1e-10)")
     if log is not None:
         log(f"reference ({described}) from t = {t_start:g}: {time.perf_counter() - started:.1f}s")
@@ -141,8 +141,8 @@ def add_parser(sub) -> None:
     s.add_argument("--seed", type=int, default=FIT_SEED,
                    help=f"the fitting batch's noise seed (default {FIT_SEED}); evaluate on other seeds")
     s.add_argument("--reference-steps", type=int, default=100, metavar="K",
-                   help="reference: multistep order 3 with K log-SNR steps (default 100); 0: the adaptive "
-                        "DOP853 solve at 1e-10 (exact, but thousands of network calls)")
+                   help="reference: multistep order 3 with the corrector, K log-SNR steps (default 100); 0: the "
+                        "adaptive DOP853 solve at 1e-10 (exact, but thousands of network calls)")
     s.add_argument("--t-start", type=float, metavar="T",
                    help="the grids' first time (default: where the run's spacing starts, t = 1 for uniform)")
     s.add_argument("--max-evals", type=positive_int, default=100,

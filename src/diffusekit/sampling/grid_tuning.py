@@ -105,8 +105,8 @@ class GridParametrisation:
 def reference_samples(denoise, noise: Tensor, schedule: Schedule, t_start: float, *, cond: Conditions | None = None,
                       steps: int | None = None) -> Tensor:
     """Where the probability-flow ODE takes ``sigma(t_start) * noise``: ``reference_solve`` (steps None; exact
-    to ~1e-10) or ``multistep`` order 3 with ``steps`` steps uniform in log-SNR from ``t_start`` down to
-    ve_sigma = 1e-4 (for networks)."""
+    to ~1e-10) or ``multistep`` order 3 with the corrector (its most accurate form on such a grid) with ``steps``
+    steps uniform in log-SNR from ``t_start`` down to ve_sigma = 1e-4 (for networks)."""
     if steps is None:
         return reference_solve(denoise, noise, schedule, t_start, cond=cond)
     grid = GridParametrisation(schedule, steps, t_start, sigma_floor=1e-4)
@@ -114,7 +114,7 @@ def reference_samples(denoise, noise: Tensor, schedule: Schedule, t_start: float
     if ts is None:
         raise ValueError(f"the schedule cannot place a {steps}-step log-SNR grid from t = {t_start}")
     with torch.no_grad():
-        return run_sampler(denoise, noise, ts, schedule, "multistep", cond=cond, order=3)
+        return run_sampler(denoise, noise, ts, schedule, "multistep", cond=cond, order=3, corrector=True)
 
 
 def grid_error(denoise, noise: Tensor, reference: Tensor, ts: Tensor, schedule: Schedule, sampler: str,
