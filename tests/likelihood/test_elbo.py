@@ -149,9 +149,19 @@ def test_bad_arguments():
     denoise = GAUSSIAN.denoiser(schedule)
     with pytest.raises(ValueError, match="unknown time mode 'sobol'"):
         elbo(denoise, schedule, X, time="sobol")
-    with pytest.raises(ValueError, match="need 0 < t_min < t_max <= 1"):
+    with pytest.raises(ValueError, match="need 0 <= t_min < t_max <= 1"):
         elbo(denoise, schedule, X, t_min=0.5, t_max=0.4)
+    with pytest.raises(ValueError, match="noiseless there"):
+        elbo(denoise, schedule, X, t_min=0.0)
     with pytest.raises(ValueError, match="multiple of 8"):
         elbo(denoise, schedule, X, nodes=12)
     with pytest.raises(ValueError, match="noise must be"):
         elbo(denoise, schedule, X, samples=2, noise=torch.zeros(3, 3, 2))
+
+
+def test_a_schedule_noisier_than_the_default_start_at_t_0_starts_there():
+    """VDM's learned schedule has sigma / alpha = e^(gamma_min / 2) ~ 1.3e-3 > 1e-3 at t = 0: the default window
+    then begins at t = 0, whose reconstruction term is finite."""
+    schedule = schedules.get("learned")
+    bound = elbo(GAUSSIAN.denoiser(schedule), schedule, X, samples=2, generator=torch.Generator().manual_seed(0))
+    assert bound.t_min == 0.0 and torch.isfinite(bound.total).all()

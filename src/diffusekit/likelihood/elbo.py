@@ -110,10 +110,13 @@ def _check(schedule: Schedule, x: Tensor, t_min: float | None, t_max: float, sam
         raise ValueError(f"samples must be >= 1, got {samples}")
     if nodes < _GL_ORDER or nodes % _GL_ORDER:
         raise ValueError(f"nodes must be a positive multiple of {_GL_ORDER}, got {nodes}")
-    if t_min is None:
+    if t_min is None:  # a schedule that is noisier than that at t = 0 (the learned one) starts at 0
         t_min = float(schedule.t_from_ve_sigma(DEFAULT_VE_SIGMA_MIN))
-    if not 0.0 < t_min < t_max <= 1.0:
-        raise ValueError(f"need 0 < t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
+    if not 0.0 <= t_min < t_max <= 1.0:
+        raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
+    if not float(schedule(torch.tensor(t_min, dtype=torch.float64)).ve_sigma) > 0.0:
+        raise ValueError(f"t_min={t_min}: the schedule is noiseless there (sigma / alpha = 0), where the bound's "
+                         "reconstruction term is infinite; give t_min > 0")
     if noise is not None and tuple(noise.shape) != (samples, *x.shape):
         raise ValueError(f"noise must be [samples, *x.shape] = {[samples, *x.shape]}, got {list(noise.shape)}")
     return t_min
