@@ -24,6 +24,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import sys
@@ -88,6 +89,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rescale", type=float)
     parser.add_argument("--threshold", choices=THRESHOLDS)
     parser.add_argument("--eps-scale", type=float, help="epsilon scaling's lambda")
+    parser.add_argument("--autoguide", metavar="RUN_OR_CKPT",
+                        help="autoguidance (EDM2): --guidance is then the weight against this weaker model")
+    parser.add_argument("--autoguide-ema", metavar="NAME", help="the guide's EMA, or 'model'")
+    parser.add_argument("--no-interval", action="store_true", help="guide at every step (drop the run's interval)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", choices=tuple(SLICE_STARTS), default="val",
                         help="reference slice: val = MNIST test[1000:2000] (choose settings here), test = "
@@ -114,7 +119,10 @@ def main(argv=None) -> int:
         raise SystemExit(f"{args.run}: expected a class-conditional MNIST run")
     guidance = GuidanceSettings.from_sample(model.config.sample, scale=args.guidance, rescale=args.rescale,
                                             interval=tuple(args.interval) if args.interval else None,
-                                            threshold=args.threshold, eps_scale=args.eps_scale)
+                                            threshold=args.threshold, eps_scale=args.eps_scale,
+                                            autoguide=args.autoguide, autoguide_ema=args.autoguide_ema)
+    if args.no_interval:
+        guidance = dataclasses.replace(guidance, interval=None)
     options = {".".join(keys): value for keys, value in map(parse_override, args.option)} or None
     settings = SamplingSettings.from_config(model.config.sample, guidance=guidance, seed=args.seed,
                                             sampler=args.sampler, steps=args.steps, spacing=args.spacing,

@@ -37,11 +37,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffusekit import schedules
+from diffusekit.sampling import sample
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sampler_grids import FLOW_UNIFORM, KARRAS_DEFAULT, GridSpec  # noqa: E402
 from samplers import RESULTS, Problem, import_k_diffusion, make_problems  # noqa: E402
 
 NODES, WEIGHTS = np.polynomial.legendre.leggauss(24)
+EDM80 = schedules.get("edm", sigma_max=80.0)  # alpha = 1, sigma = 80 t: t = ve_sigma / 80
 BUDGETS = [5, 8, 10, 15, 20, 35, 50, 100]
 
 
@@ -54,6 +58,7 @@ class Variant:
     lower_order_final: bool = True
     final: str = "denoise"  # denoise | integrate (eps: in sigma; x0 in sigma: P(0)) | eps (eps in sigma)
     corrector: bool = False
+    library: dict | None = None  # the options of diffusekit's ``multistep`` that are this variant, if any
 
 
 def _variable(name: str, lam: np.ndarray) -> np.ndarray:
@@ -75,6 +80,8 @@ RULES = {
     "auto": lambda lam_from, lam_to: "sigma" if lam_from >= 0.0 else "lambda",
     # by noise level: above sigma = 1, in u; below, in lambda
     "sigma>1:u": lambda lam_from, lam_to: "u" if lam_from < 0.0 else "lambda",
+    # above sigma = 1 in u (D linear in u at high noise), at or below it in sigma (D = x0 + O(sigma^2))
+    "u|sigma": lambda lam_from, lam_to: "u" if lam_from < 0.0 else "sigma",
 }
 
 
@@ -118,14 +125,17 @@ def variant_solve(denoise, x: torch.Tensor, sigmas: list[float], v: Variant) -> 
                 s_nodes = np.asarray([math.exp(-p[0]) for p in nodes])
                 w = [np.prod(-np.delete(s_nodes, j) / (s_nodes[j] - np.delete(s_nodes, j))) for j in range(len(nodes))]
                 return sum(float(wj) * p[1] for wj, p in zip(w, nodes, strict=True))
-            if (v.final == "eps" or (v.final == "integrate" and v.quantity == "eps")) and len(nodes) > 1:
+            if (v.final == "eps" or (v.final == "integrate" and v.quantity != "x0")) and len(nodes) > 1:
                 w = _final_integral([math.exp(-p[0]) for p in nodes], s_from)
                 return x_from + sum(float(wj) * p[2] for wj, p in zip(w, nodes, strict=True))
             return nodes[0][1]
         lam_to = -math.log(s_to)
         variable = RULES[v.variable](lam_from, lam_to) if v.variable in RULES else v.variable
         lams = [p[0] for p in nodes]
-        if v.quantity == "x0":  # x_to / s_to = x_from / s_from + int D du
+        quantity = v.quantity
+        if quantity == "x0|eps":  # data prediction above unit noise, noise prediction in sigma at or below
+            quantity, variable = ("x0", variable) if lam_from < 0.0 else ("eps", "sigma")
+        if quantity == "x0":  # x_to / s_to = x_from / s_from + int D du
             w = _weights(variable, lams, lam_from, lam_to, 1.0)
             return s_to * (x_from / s_from + sum(float(wj) * p[1] for wj, p in zip(w, nodes, strict=True)))
         w = _weights(variable, lams, lam_from, lam_to, -1.0)  # x_to = x_from - int e^-lam eps dlam
@@ -147,7 +157,7 @@ def variant_solve(denoise, x: torch.Tensor, sigmas: list[float], v: Variant) -> 
 
 
 VARIANTS = [
-    Variant("ours: x0/lambda k3 lof"),
+    Variant("ours: x0/lambda k3 lof", library={"order": 3, "variable": "lambda"}),
     Variant("x0/lambda k3 no-lof", lower_order_final=False),
     Variant("x0/lambda k4 no-lof", order=4, lower_order_final=False),
     Variant("x0/u k3 lof", variable="u"),
@@ -155,7 +165,7 @@ VARIANTS = [
     Variant("eps/lambda k3 lof", quantity="eps"),
     Variant("eps/sigma k3 lof", quantity="eps", variable="sigma"),
     Variant("eps/sigma k4 no-lof (=lms)", quantity="eps", variable="sigma", order=4, lower_order_final=False,
-            final="integrate"),
+            final="integrate", library={"order": 4, "prediction": "noise", "lower_order_final": False}),
     Variant("eps/sigma k4 no-lof denoise", quantity="eps", variable="sigma", order=4, lower_order_final=False),
     Variant("eps/sigma k3 no-lof integrate", quantity="eps", variable="sigma", lower_order_final=False,
             final="integrate"),
@@ -169,9 +179,10 @@ VARIANTS = [
     Variant("x0/sigma k2 no-lof integrate +corr", variable="sigma", order=2, lower_order_final=False,
             final="integrate", corrector=True),
     Variant("x0/sigma k3 lof +corr", variable="sigma", corrector=True),
-    Variant("x0/sigma k3 lof final-eps", variable="sigma", final="eps"),
+    Variant("x0/sigma k3 lof final-eps", variable="sigma", final="eps", library={"order": 3}),
     Variant("x0/sigma k4 lof final-eps", variable="sigma", order=4, final="eps"),
-    Variant("x0/sigma k3 lof final-eps +corr", variable="sigma", final="eps", corrector=True),
+    Variant("x0/sigma k3 lof final-eps +corr", variable="sigma", final="eps", corrector=True,
+            library={"order": 3, "corrector": True}),
     Variant("x0/sigma k3 no-lof final-eps +corr", variable="sigma", lower_order_final=False, final="eps",
             corrector=True),
     Variant("x0/sigma k4 lof final-eps +corr", variable="sigma", order=4, final="eps", corrector=True),
@@ -188,6 +199,18 @@ VARIANTS = [
     Variant("x0/u k3 lof +corr", variable="u", corrector=True),
     Variant("x0/h>1:u k3 lof +corr", variable="h>1:u", corrector=True),
     Variant("eps/sigma k3 lof +corr", quantity="eps", variable="sigma", corrector=True),
+    Variant("eps/sigma k4 no-lof integrate +corr", quantity="eps", variable="sigma", order=4,
+            lower_order_final=False, final="integrate", corrector=True),
+    Variant("x0|eps/u|sigma k3 lof +corr", quantity="x0|eps", variable="u|sigma", final="integrate", corrector=True),
+    Variant("x0|eps/u|sigma k4 lof +corr", quantity="x0|eps", variable="u|sigma", order=4, final="integrate",
+            corrector=True),
+    Variant("x0|eps/sigma k4 lof +corr", quantity="x0|eps", variable="sigma", order=4, final="integrate",
+            corrector=True, library={"order": 4, "corrector": True, "prediction": "switch"}),
+    Variant("x0|eps/sigma k3 lof +corr", quantity="x0|eps", variable="sigma", final="integrate", corrector=True,
+            library={"order": 3, "corrector": True, "prediction": "switch"}),
+    Variant("x0/u|sigma k3 lof final-eps", variable="u|sigma", final="eps"),
+    Variant("x0/u|sigma k3 lof final-eps +corr", variable="u|sigma", final="eps", corrector=True),
+    Variant("x0/u|sigma k4 lof final-eps +corr", variable="u|sigma", order=4, final="eps", corrector=True),
 ]
 
 
@@ -201,6 +224,7 @@ def run(problem: Problem, split_name: str, grids: list[GridSpec], budgets: list[
     gmm = split.gmm
     ref, _ = split.reference(80.0, 1.0)
     denoise = lambda x, s: gmm.x0_hat(x, 1.0, s)  # noqa: E731
+    split_denoiser = gmm.denoiser(EDM80)
     out: dict = {}
     for grid in grids:
         table = out.setdefault(grid.name, {})
@@ -208,7 +232,12 @@ def run(problem: Problem, split_name: str, grids: list[GridSpec], budgets: list[
             sigmas = grid.ve(b).tolist()
             start = 80.0 * split.noise.to(torch.float64)
             for v in variants:
-                table.setdefault(v.name, {})[b] = score(variant_solve(denoise, start, sigmas, v), ref)
+                x = variant_solve(denoise, start, sigmas, v)
+                table.setdefault(v.name, {})[b] = score(x, ref)
+                if v.library is not None:  # the variant written out here against the library's own sampler
+                    ours = sample(split_denoiser, split.noise.to(torch.float64), torch.tensor(sigmas, dtype=torch.float64) / 80.0,
+                                  EDM80, "multistep", **v.library)
+                    table[v.name][b]["library_max_diff"] = float((ours - x).abs().max())
             if kd is not None:
                 model = lambda x, s: gmm.x0_hat(x, torch.ones_like(s), s)  # noqa: E731
                 x = kd.sample_lms(model, start, torch.tensor(sigmas, dtype=torch.float64), disable=True)

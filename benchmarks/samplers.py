@@ -325,6 +325,11 @@ def ours_samplers() -> list[Sampler]:
     samplers = [ours("euler", "euler"), ours("heun", "heun"), ours("dpmpp_2m", "dpmpp_2m")]
     samplers += [ours(f"multistep{k}", "multistep", {"order": k}) for k in (2, 3, 4)]
     samplers += [ours(f"multistep{k}+corrector", "multistep", {"order": k, "corrector": True}) for k in (2, 3, 4)]
+    # noise prediction at or below unit noise (Adams-Bashforth in ve_sigma there), data prediction above
+    samplers += [ours(f"multistep{k}+corrector switch", "multistep", {"order": k, "corrector": True,
+                                                                      "prediction": "switch"}) for k in (3, 4)]
+    samplers += [ours("multistep4 noise", "multistep", {"order": 4, "prediction": "noise",
+                                                        "lower_order_final": False})]
     samplers += [ours(f"unipc{k}", "unipc", {"order": k}) for k in (2, 3)]  # bh2 + UniC, as diffusers' default
     samplers += [ours("ddim", "ddim"), ours("edm_churn", EDM_CHURN, CHURN), ours("ddpm", "ddpm"),
                  ours("euler_maruyama", "euler_maruyama")]
@@ -601,8 +606,10 @@ PAIRS = [
          "of the interpolant in predictor and corrector"),
     Pair("unipc2", "hf UniPC", True, "UniPC-2 (bh2, UniC, lower_order_final); diffusers holds the flow sigmas "
          "in float32"),
-    Pair("multistep4", "kd lms", False, "LMS is Adams-Bashforth on dx/dsigma in ve_sigma; ours is "
-         "exponential Adams-Bashforth in log-SNR with data prediction"),
+    Pair("multistep4", "kd lms", False, "LMS is Adams-Bashforth on dx/dsigma = eps in ve_sigma; ours by default "
+         "interpolates x0_hat in ve_sigma (data prediction, exponential integrator)"),
+    Pair("multistep4 noise", "kd lms", True, "Adams-Bashforth on dx/dsigma = eps in ve_sigma, order 4 from the "
+         "start-up ramp on; LMS takes each coefficient by scipy quad (epsrel 1e-4), ours by Gauss-Legendre"),
     Pair("ddpm", "kd euler_ancestral", True, "the DDPM posterior step (eta = 1) with the same noise draws "
          "(k-diffusion's noise_sampler fed from the same generator)"),
     Pair("ddpm", "hf DDPM", True, "the DDPM posterior step with the same noise draws; diffusers' levels are "

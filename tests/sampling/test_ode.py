@@ -16,7 +16,8 @@ RF = schedules.get("rectified_flow")
 def _integrates_to_zero(sampler, options):
     """multistep in ve_sigma integrates its last step down to sigma = 0; the other samplers' last step from
     sigma_min is a denoising step."""
-    return sampler == "multistep" and options.get("variable", "sigma") == "sigma"
+    return sampler == "multistep" and (options.get("variable", "sigma") == "sigma"
+                                       or options.get("prediction", "data") != "data")
 
 
 def _convergence(sampler, schedule, spacing, steps_list, **options):
@@ -57,7 +58,9 @@ CASES += [("multistep", options, expected, EDM, "karras")
           for options, expected in [({"order": 1}, 1.0), ({"order": 2}, 2.0), ({"order": 1, "corrector": True}, 2.0),
                                     ({"order": 2, "corrector": True}, 3.0), ({"order": 4}, 4.0),
                                     ({"order": 3, "variable": "lambda"}, 3.0),
-                                    ({"order": 3, "variable": "lambda", "corrector": True}, 4.0)]]
+                                    ({"order": 3, "variable": "lambda", "corrector": True}, 4.0),
+                                    ({"order": 3, "prediction": "noise"}, 3.0),
+                                    ({"order": 3, "prediction": "switch", "corrector": True}, 4.0)]]
 # Step counts in the asymptotic regime of every case: measured fitted orders 1.00 (Euler, multistep 1), 0.99
 # (Euler, rectified flow), 2.03-2.16 (Heun, DPM-Solver++(2M), multistep 2, multistep 1 + corrector), 3.12-3.19
 # (multistep 3, multistep 2 + corrector) and 4.14 (multistep 3 + corrector). From 16 steps on, orders 3 and 4
@@ -70,6 +73,7 @@ ORDER_TOLERANCE = 0.25
 def _case_id(case):
     sampler, options, _, schedule, spacing = case
     variable = "-lambda" if options.get("variable") == "lambda" else ""
+    variable += f"-{options['prediction']}" if "prediction" in options else ""
     return (f"{sampler}{options.get('order', '')}{'c' * bool(options.get('corrector'))}{variable}-{schedule!r}-"
             f"{spacing}")
 
@@ -90,6 +94,63 @@ def test_multistep_order_4_beats_order_3():
     _, e3 = _convergence("multistep", EDM, "karras", [32, 64], order=3)
     _, e4 = _convergence("multistep", EDM, "karras", [32, 64], order=4)
     assert e4[-1] < e3[-1]
+
+
+def linear_multistep(D, sigmas, x, order=4):
+    """Adams-Bashforth on dx/dsigma = (x - D) / sigma in sigma, written from k-diffusion's ``sample_lms``
+    (Karras et al. 2022, app. of k-diffusion): the step integrates the Lagrange polynomial through the last
+    min(i + 1, order) derivatives over [sigma_i, sigma_{i+1}], each coefficient by scipy's adaptive quadrature."""
+    from scipy import integrate  # lazy: only this reference uses scipy
+
+    ds = []
+    for i in range(len(sigmas) - 1):
+        ds.insert(0, (x - D(x, sigmas[i])) / sigmas[i])
+        ds = ds[:order]
+        nodes = sigmas[i - len(ds) + 1:i + 1][::-1]  # sigma_i, sigma_{i-1}, ...
+
+        def basis(tau, j):
+            return math.prod((tau - nodes[k]) / (nodes[j] - nodes[k]) for k in range(len(nodes)) if k != j)
+
+        coeffs = [integrate.quad(basis, sigmas[i], sigmas[i + 1], args=(j,), epsabs=1e-14, epsrel=1e-13)[0]
+                  for j in range(len(ds))]
+        x = x + sum(c * d for c, d in zip(coeffs, ds, strict=True))
+    return x
+
+
+@pytest.mark.parametrize("steps", [5, 10, 25])
+def test_multistep_noise_prediction_is_linear_multistep(steps):
+    """multistep with noise prediction, order 4 and no lower-order final step is k-diffusion's LMS."""
+    gmm = smooth_gmm()
+    n = noise(64, 3)
+    ts = timesteps(EDM, steps, "karras")
+    sigmas = [float(EDM(t).ve_sigma) for t in ts]
+    expected = linear_multistep(lambda x, s: gmm.x0_hat(x, 1.0, s), sigmas, sigmas[0] * n)
+    ours = sample(gmm.denoiser(EDM), n, ts, EDM, "multistep", order=4, prediction="noise", lower_order_final=False)
+    torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_multistep_switch_is_data_then_noise_prediction():
+    """``switch``: the data-prediction steps while ve_sigma > 1, the noise-prediction ones from ve_sigma <= 1."""
+    gmm = smooth_gmm()
+    n = noise(16, 3)
+    ts = timesteps(EDM, 12, "karras")
+    ve = [float(EDM(t).ve_sigma) for t in ts]
+    first_low = next(i for i, v in enumerate(ve) if v <= 1.0)
+    seen = {}
+    for prediction in ("data", "noise", "switch"):
+        states = []
+        sample(gmm.denoiser(EDM), n, ts, EDM, "multistep", prediction=prediction, callback=lambda s: states.append(s["x"]))
+        seen[prediction] = states
+    for i in range(first_low + 1):  # up to the first point at or below unit noise: the data-prediction path
+        torch.testing.assert_close(seen["switch"][i], seen["data"][i], rtol=0, atol=0)
+    assert not torch.allclose(seen["switch"][first_low + 1], seen["data"][first_low + 1])
+    assert not torch.allclose(seen["switch"][first_low + 1], seen["noise"][first_low + 1])
+
+
+def test_multistep_refuses_an_unknown_prediction():
+    with pytest.raises(ValueError, match="prediction must be one of data, noise, switch, got 'eps'"):
+        sample(smooth_gmm().denoiser(EDM), noise(4, 3), timesteps(EDM, 8, "karras"), EDM, "multistep",
+               prediction="eps")
 
 
 def edm_algorithm_1(D, sigmas, x):
