@@ -4,7 +4,8 @@ identical grid: controlled experiments, one change at a time.
 Every variant is a linear multistep method for the probability-flow ODE in VE form (alpha = 1,
 sigma = ve_sigma, lambda = -log sigma), built from three choices:
 
-- the interpolated quantity: ``x0`` (the denoiser output D) or ``eps`` ((x - D) / sigma, = dx/dsigma);
+- the interpolated quantity: ``x0`` (the denoiser output D), ``eps`` ((x - D) / sigma, = dx/dsigma), or
+  ``x0|eps`` (x0 on steps starting above sigma = 1, eps in sigma from sigma <= 1);
 - the interpolation variable: ``lambda``, ``u`` = e^lambda = 1 / sigma, or ``sigma`` = e^-lambda;
 - the order k (the start-up ramps 1, 2, .., k as both libraries do), lower_order_final, the corrector
   (UniC: redo the step just taken with the new point as one more node), and the final step to sigma = 0
@@ -12,9 +13,10 @@ sigma = ve_sigma, lambda = -log sigma), built from three choices:
 
 The step is exact for the interpolant: with y = x / sigma, dy/du = D, so data prediction integrates P(u)
 over u = e^lambda; with eps, dx/dsigma = eps. Each integral is taken by 24-point Gauss-Legendre in
-lambda (float64). Two variants are the libraries' own methods and are checked against them:
-``x0 / lambda / k=3 / lower_order_final`` is diffusekit's ``multistep`` (to float64 rounding) and
-``eps / sigma / k=4 / integrate`` is k-diffusion's ``sample_lms`` (to its quad tolerance, epsrel 1e-4).
+lambda (float64). Variants that are a library method are checked against it: each with ``library``
+options is run through diffusekit's own ``multistep`` with them as well, and the largest difference is
+recorded (``library_max_diff``, float64 rounding); ``eps / sigma / k=4 / integrate`` is also k-diffusion's
+``sample_lms`` (its row beside it).
 A ``rule`` variable picks the variable per step (see ``RULES``).
 
 Scored on the sampler benchmark's problems and splits (``samplers.py``: same noise, same exact

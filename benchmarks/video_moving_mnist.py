@@ -50,6 +50,7 @@ Usage::
 
     .venv/bin/python benchmarks/video_moving_mnist.py train preset --run-dir runs/moving-mnist --threads 2
     .venv/bin/python benchmarks/video_moving_mnist.py train joint --run-dir runs/mm-joint --threads 1
+    .venv/bin/python benchmarks/video_moving_mnist.py train joint --run-dir runs/mm-joint-s1 --seed 1 --images 8000
     .venv/bin/python benchmarks/video_moving_mnist.py score runs/moving-mnist runs/mm-joint --n 400
     .venv/bin/python benchmarks/video_moving_mnist.py floor --n 400
     .venv/bin/python benchmarks/video_moving_mnist.py predict runs/moving-mnist --n 100
@@ -120,6 +121,8 @@ def cmd_train(args) -> None:
         overrides.append(f"video.options.count={args.clips}")
     if args.images is not None:
         overrides.append(f"run.total_images={args.images}")
+    if args.seed:
+        overrides.append(f"run.seed={args.seed}")  # initial weights, data order, noise; the clips stay the same
     command = [sys.executable, "-m", "diffusekit", "train", "--preset", "moving-mnist", "--run-dir", args.run_dir,
                "--threads", str(args.threads), "--quiet"]
     for override in overrides:
@@ -429,6 +432,7 @@ def main() -> None:
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--clips", type=int, default=2_000, help="training clips of the comparison arms")
     t.add_argument("--images", type=int, help="training clips seen (run.total_images; default: the preset's)")
+    t.add_argument("--seed", type=int, default=0, help="the run's seed (run.seed): another draw of the same arm")
     s = sub.add_parser("score")
     s.add_argument("runs", nargs="+")
     s.add_argument("--captions", choices=("train", "heldout"), default="train",
