@@ -34,7 +34,8 @@ same kind and run) and print the table:
     digit, and for frames 5-8, whose truth exists, the centroid distance to the true digit's (px) and the pixel
     MSE, beside two baselines on the same frames: repeating the last given frame, and the data's physics run on from
     the last given frame (its true velocity, reflected at the walls: near the floor, not a model).
-    Writes a PNG and GIF of one clip per class.
+    Writes a PNG and GIF of one clip per class. ``--history-guidance W``: the same with history guidance on the
+    given frames (``diffusekit sample --history-guidance``), a row of its own.
 ``pictures``
     Held-out data as the samples are shown: 10 moving-MNIST test clips (a PNG of rows of frames and a GIF), and 4
     Cahn-Hilliard test clips of 8 frames 100 simulation frames apart (the phase separation coarsening).
@@ -245,7 +246,8 @@ def cmd_predict(args) -> None:
     s = model.config.sample
     started = time.perf_counter()
     made = generate_clips(model.denoiser, len(truth), model.image_shape, frames=frames, context=truth,
-                          context_frames=k, frame_conditioning=True, labels=labels, num_classes=model.num_classes,
+                          context_frames=k, frame_conditioning=True, history_guidance=args.history_guidance,
+                          labels=labels, num_classes=model.num_classes,
                           sampler=s.sampler, steps=s.steps, spacing=s.spacing,
                           guidance=GuidanceSettings.from_sample(s), options=s.options, seed=args.seed, batch_size=50)
     seconds = time.perf_counter() - started
@@ -261,15 +263,18 @@ def cmd_predict(args) -> None:
     future = truth[:, :, k:]
     mse = {"model": float((made[:, :, k:truth.shape[2]].clamp(-1, 1) - future).square().mean()),
            "repeat_last": float((truth[:, :, k - 1:k] - future).square().mean())}
-    row = {"kind": "predict", "run": str(run), "n": len(truth), "context_frames": k, "frames": frames,
+    label = str(run) if args.history_guidance == 1.0 else f"{run} (history guidance {args.history_guidance:g})"
+    row = {"kind": "predict", "run": label, "n": len(truth), "context_frames": k, "frames": frames,
+           "history_guidance": args.history_guidance,
            "seed": args.seed, "identity_made_frames": identity, "centroid_error_px_frames_5_8": centroid_error,
            "pixel_mse_frames_5_8": mse, "sample_s_per_clip": seconds / len(truth),
            "date": datetime.date.today().isoformat()}
     _save(row)
     PICTURES.mkdir(parents=True, exist_ok=True)
     first_of_class = [int(np.flatnonzero(held_out.labels == c)[0]) for c in range(10) if (held_out.labels == c).any()]
-    save_png(clip_grid(made[first_of_class]), PICTURES / f"{run.name}-predict.png")
-    save_animation(clip_frames(made[first_of_class], 5), PICTURES / f"{run.name}-predict.gif")
+    name = run.name if args.history_guidance == 1.0 else f"{run.name}-hg{args.history_guidance:g}"
+    save_png(clip_grid(made[first_of_class]), PICTURES / f"{name}-predict.png")
+    save_animation(clip_frames(made[first_of_class], 5), PICTURES / f"{name}-predict.gif")
     print(json.dumps(row, indent=1), flush=True)
 
 
@@ -445,6 +450,8 @@ def main() -> None:
     r.add_argument("run")
     r.add_argument("--n", type=int, default=100)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--history-guidance", type=float, default=1.0,
+                   help="history guidance on the given frames (Song et al. 2025; 1 = none)")
     sub.add_parser("pictures")
     p = sub.add_parser("speed")
     p.add_argument("--threads", type=int, default=2)

@@ -88,6 +88,12 @@ def test_prediction_keeps_the_given_frames_and_extends_the_clip(run, tmp_path):
     assert cont.shape == (2, 1, 6, 16, 16)
     assert np.array_equal(cont[:, 0, 0], np.full((2, 16, 16), -1.0))  # black, then white: the GIF's two frames
     assert np.array_equal(cont[:, 0, 1], np.ones((2, 16, 16)))
+    # history guidance: the same given frames, other made frames, recorded in the file
+    assert _sample(run, "--n", 2, "--context", tmp_path / "given.npz", "--context-frames", 2, "--frames", 9,
+                   "--history-guidance", 2, "--out", tmp_path / "guided.npz") == 0
+    with np.load(tmp_path / "guided.npz", allow_pickle=False) as f:
+        guided = f["images"]
+    assert np.array_equal(guided[:, :, :2], given[:, :, :2]) and not np.allclose(guided[:, :, 2:], more[:, :, 2:])
 
 
 def _error(capsys, code: int) -> str:
@@ -102,6 +108,8 @@ def _error(capsys, code: int) -> str:
     (["--context", "SHORT", "--context-frames", "2"], "fewer than --context-frames 2"),
     (["--context", "BIG", "--context-frames", "1"], "its frames are 1x8x8, the model's 1x16x16"),
     (["--reject"], "--reject is for image models"),
+    (["--history-guidance", "2"], "--history-guidance guides towards given frames"),
+    (["--context", "CLIP", "--context-frames", "2", "--history-guidance", "0.5"], "--history-guidance must be >= 1"),
 ])
 def test_video_sampling_errors(run, tmp_path, capsys, args, message):
     Image.new("L", (16, 16)).save(tmp_path / "short.gif")  # one frame

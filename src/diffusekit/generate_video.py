@@ -10,6 +10,11 @@
   sec. 3.1 use reconstruction guidance instead, a conditional network is the simpler exact route when it is
   trained for it). Window w draws its noise with the indices ``w * n + i``, so windows never share noise, and
   the given frames are copied into the output unchanged.
+- History guidance (``history_guidance`` = w > 1; Song et al. 2025, "History-Guided Video Diffusion", its
+  vanilla form): classifier-free guidance on the given frames, D = D(x | no frames) + w (D(x | frames) -
+  D(x | no frames)). A prediction model has learned both: ``video.p_context`` of its training clips carry
+  given frames, the others none. It costs a second network evaluation per step and composes with the label
+  or text guidance, which applies to the history-guided prediction.
 """
 
 from __future__ import annotations
@@ -20,15 +25,36 @@ from torch import Tensor
 from .denoiser import Denoiser
 from .generate import generate
 
-__all__ = ["generate_clips"]
+__all__ = ["HistoryGuided", "generate_clips"]
+
+
+class HistoryGuided:
+    """``denoiser`` guided towards its prediction given the frames in ``cond["context"]`` and away from its
+    prediction given none (history guidance, Song et al. 2025): D_u + w (D_c - D_u)."""
+
+    def __init__(self, denoiser: Denoiser, weight: float):
+        if not weight >= 1.0:
+            raise ValueError(f"history_guidance must be >= 1 (1 = none), got {weight}")
+        self.denoiser, self.weight, self.schedule = denoiser, float(weight), denoiser.schedule
+
+    def __call__(self, x: Tensor, t: Tensor, cond: dict | None = None) -> Tensor:
+        if cond is None or cond.get("context") is None:
+            raise ValueError("history guidance needs given frames (cond['context'] and cond['context_mask'])")
+        given = self.denoiser(x, t, cond)
+        none = {**cond, "context": torch.zeros_like(cond["context"]),
+                "context_mask": torch.zeros_like(cond["context_mask"])}
+        without = self.denoiser(x, t, none)
+        return without + self.weight * (given - without)
 
 
 def generate_clips(denoiser: Denoiser, n: int, clip_shape: tuple[int, int, int, int], *, frames: int | None = None,
                    context: Tensor | None = None, context_frames: int = 0, frame_conditioning: bool = False,
-                   condition: dict | None = None, progress=None, **options) -> Tensor:
+                   condition: dict | None = None, history_guidance: float = 1.0, progress=None,
+                   **options) -> Tensor:
     """``n`` clips float32 [n, C, frames, H, W] on the CPU. ``clip_shape``: the trained ``(C, F, H, W)``;
     ``frames``: the length to make (default F). ``context``: [n, C, >= k, H, W] clips whose first
     ``context_frames`` = k frames are given (the network must be built with ``frame_conditioning``).
+    ``history_guidance``: w of history guidance on the given frames (1 = none; needs ``context``).
     ``options``: those of :func:`~diffusekit.generate.generate` (labels, sampler, steps, guidance, seed, ...)."""
     channels, trained, height, width = clip_shape
     frames = trained if frames is None else int(frames)
@@ -37,6 +63,8 @@ def generate_clips(denoiser: Denoiser, n: int, clip_shape: tuple[int, int, int, 
     if context is None:
         if context_frames:
             raise ValueError("context_frames was given without context clips")
+        if history_guidance != 1.0:
+            raise ValueError("history guidance needs given frames (context clips and context_frames)")
         extra = {}
         if frame_conditioning:  # a prediction model asked for whole clips: no frame is given
             extra = {"context": torch.zeros(n, channels, frames, height, width),
@@ -58,6 +86,8 @@ def generate_clips(denoiser: Denoiser, n: int, clip_shape: tuple[int, int, int, 
                          f"{list(context.shape)}")
     if context.shape[2] < k:
         raise ValueError(f"the context clips have {context.shape[2]} frames, fewer than context_frames {k}")
+    if history_guidance != 1.0:
+        denoiser = HistoryGuided(denoiser, history_guidance)
     made = context[:, :, :k].float().cpu()
     given = torch.zeros(n, trained, dtype=torch.bool)
     given[:, :k] = True

@@ -108,7 +108,8 @@ def cmd_sample(args) -> int:
     if model.is_video:
         return sample_clips(args, model, outs, device, execution, _labels(args, model))
     video_only = [flag for flag, used in (("--frames", args.frames is not None), ("--context", args.context),
-                                          ("--context-frames", args.context_frames is not None)) if used]
+                                          ("--context-frames", args.context_frames is not None),
+                                          ("--history-guidance", args.history_guidance is not None)) if used]
     video_only += [f"--out {o}" for o in outs if o.suffix.lower() in ANIMATION_FORMATS]
     if video_only:
         raise UsageError(f"{video_only[0]} is for video models, but {model.checkpoint} is {model.describe_kind()}")

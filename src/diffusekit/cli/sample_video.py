@@ -37,6 +37,9 @@ def add_video_arguments(parser) -> None:
                         "(one clip); a single clip is continued --n times")
     parser.add_argument("--context-frames", type=positive_int, metavar="K",
                         help="with --context: how many leading frames of each context clip are given")
+    parser.add_argument("--history-guidance", type=float, metavar="W",
+                        help="with --context: guide towards the given frames, D(no frames) + W (D(frames) - "
+                             "D(no frames)) (history guidance, Song et al. 2025; 1 = none, default)")
     parser.add_argument("--fps", type=float, default=4.0, help="frames per second of .gif/.mp4 outputs")
 
 
@@ -94,6 +97,10 @@ def _check_video_flags(args, model, frame_conditioning: bool) -> None:
         raise UsageError("--context and --context-frames go together: the clip and how many of its frames are given")
     if args.context is not None and not frame_conditioning:
         raise UsageError(f"--context: {name} was not trained for prediction (its video.context_frames is 0)")
+    if args.history_guidance is not None and args.context is None:
+        raise UsageError("--history-guidance guides towards given frames: give --context and --context-frames")
+    if args.history_guidance is not None and not args.history_guidance >= 1.0:
+        raise UsageError(f"--history-guidance must be >= 1 (1 = none), got {args.history_guidance}")
     for flag, used in (("--reject", args.reject), ("--low-res", args.low_res)):
         if used:
             raise UsageError(f"{flag} is for image models; {name} is {model.describe_kind()}")
@@ -125,7 +132,7 @@ def sample_clips(args, model, outs: list[Path], device, execution, labels) -> in
         try:
             clips = generate_clips(model.denoiser, args.n, model.image_shape, frames=args.frames, context=context,
                                    context_frames=args.context_frames or 0, frame_conditioning=frame_conditioning,
-                                   labels=labels, num_classes=model.num_classes, condition=condition,
+                                   history_guidance=args.history_guidance or 1.0, labels=labels, num_classes=model.num_classes, condition=condition,
                                    sampler=sampler, steps=steps,
                                    spacing=spacing, guidance=guidance, options=options, seed=args.seed,
                                    batch_size=args.batch_size, device=device, progress=bar.update)
@@ -136,6 +143,7 @@ def sample_clips(args, model, outs: list[Path], device, execution, labels) -> in
             "sampler": sampler, "steps": steps, "guidance": guidance.scale, "guidance_settings": guidance.describe(),
             "seed": args.seed, "options": options, "execution": execution.describe(device),
             "frames": int(clips.shape[2]), "context": args.context, "context_frames": args.context_frames,
+            "history_guidance": args.history_guidance,
             "prompts": args.prompt or None}
     for out in outs:  # a text run's .npz stores the prompt index as the label
         write_clips(out, clips, labels if prompt_index is None else prompt_index, meta, columns=args.columns,
