@@ -36,6 +36,7 @@ import torch
 from diffusekit.config import parse_override
 from diffusekit.generate import load_model
 from diffusekit.guidance import THRESHOLDS, GuidanceSettings
+from diffusekit.metrics import classify, conditional_accuracy, load_or_train_classifier
 from diffusekit.metrics.evaluate import SamplingSettings, as_json, feature_metrics, sample_for_evaluation
 from diffusekit.metrics.inception import get_extractor
 from diffusekit.models import PRECISIONS, Execution
@@ -66,12 +67,13 @@ def _spacing(row: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| run | images | weights | sampler, steps | guidance | reference | seed | FID | KID | mean pixel | "
-             "haze | at 255 |", "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| run | images | weights | sampler, steps | guidance | reference | seed | FID | KID | accuracy | "
+             "mean pixel | haze | at 255 |", "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        accuracy = f"{r['accuracy']:.1%}" if "accuracy" in r else ""
         lines.append(f"| {r['run']} | {r['cur_nimg']:,} | {r['weights']} | {r['sampler']}, {r['steps']}{_spacing(r)} | "
                      f"{r['guidance']} | {r['split']} {r['ref']} | {r['seed']} | {r['fid']:.2f} | {r['kid']:.4f} | "
-                     f"{r['mean_pixel']:.1f} | {r['haze']:.3f} | {r['at_255']:.3f} |")
+                     f"{accuracy} | {r['mean_pixel']:.1f} | {r['haze']:.3f} | {r['at_255']:.3f} |")
     return "\n".join(lines)
 
 
@@ -130,13 +132,16 @@ def main(argv=None) -> int:
     extractor = get_extractor("inception", "pytorch")
     reference = reference_stats(extractor, args.split, args.n)
     started = time.perf_counter()
-    images, _, _ = sample_for_evaluation(model.denoiser, model.image_shape, model.num_classes, args.n, settings)
+    images, labels, _ = sample_for_evaluation(model.denoiser, model.image_shape, model.num_classes, args.n, settings)
     values, _ = feature_metrics(images, ("fid", "kid"), reference, extractor)
+    classifier, _ = load_or_train_classifier("mnist")  # 99.5% on real test digits (docs/guidance.md)
+    accuracy = conditional_accuracy(classify(classifier, images.float() / 127.5 - 1), labels, model.num_classes)
     row = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "run": args.run,
            "cur_nimg": model.cur_nimg, "weights": model.weights, "sampler": settings.sampler, "steps": settings.steps,
            "spacing": settings.spacing, "options": settings.options, "guidance": guidance.describe(),
            "split": args.split, "ref": ref, "seed": args.seed, "n": args.n, "execution": execution.describe(),
-           "fid": values["fid"], "kid": values["kid"], **pixel_statistics(images),
+           "fid": values["fid"], "kid": values["kid"], "accuracy": accuracy["overall"],
+           "worst_class_accuracy": accuracy["min_class"], **pixel_statistics(images),
            "seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__}
     rows = _rows(output) + [row]  # read now, not at the start: rows other calls added meanwhile are kept
     output.parent.mkdir(parents=True, exist_ok=True)
