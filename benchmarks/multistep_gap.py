@@ -160,7 +160,8 @@ def variant_solve(denoise, x: torch.Tensor, sigmas: list[float], v: Variant) -> 
 
 VARIANTS = [
     Variant("ours: x0/lambda k3 lof", library={"order": 3, "variable": "lambda"}),
-    Variant("x0/lambda k3 no-lof", lower_order_final=False),
+    Variant("x0/lambda k3 no-lof", lower_order_final=False,
+            library={"order": 3, "variable": "lambda", "lower_order_final": False}),
     Variant("x0/lambda k4 no-lof", order=4, lower_order_final=False),
     Variant("x0/u k3 lof", variable="u"),
     Variant("x0/sigma k3 lof", variable="sigma"),
