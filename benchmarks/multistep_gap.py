@@ -238,7 +238,8 @@ def run(problem: Problem, split_name: str, grids: list[GridSpec], budgets: list[
                 x = variant_solve(denoise, start, sigmas, v)
                 table.setdefault(v.name, {})[b] = score(x, ref)
                 if v.library is not None:  # the variant written out here against the library's own sampler
-                    ours = sample(split_denoiser, split.noise.to(torch.float64), torch.tensor(sigmas, dtype=torch.float64) / 80.0,
+                    ts = torch.tensor(sigmas, dtype=torch.float64) / 80.0
+                    ours = sample(split_denoiser, split.noise.to(torch.float64), ts,
                                   EDM80, "multistep", **v.library)
                     table[v.name][b]["library_max_diff"] = float((ours - x).abs().max())
             if kd is not None:

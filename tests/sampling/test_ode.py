@@ -108,7 +108,7 @@ def linear_multistep(D, sigmas, x, order=4):
         ds = ds[:order]
         nodes = sigmas[i - len(ds) + 1:i + 1][::-1]  # sigma_i, sigma_{i-1}, ...
 
-        def basis(tau, j):
+        def basis(tau, j, nodes=nodes):
             return math.prod((tau - nodes[k]) / (nodes[j] - nodes[k]) for k in range(len(nodes)) if k != j)
 
         coeffs = [integrate.quad(basis, sigmas[i], sigmas[i + 1], args=(j,), epsabs=1e-14, epsrel=1e-13)[0]
@@ -138,9 +138,9 @@ def test_multistep_switch_is_data_then_noise_prediction():
     first_low = next(i for i, v in enumerate(ve) if v <= 1.0)
     seen = {}
     for prediction in ("data", "noise", "switch"):
-        states = []
-        sample(gmm.denoiser(EDM), n, ts, EDM, "multistep", prediction=prediction, callback=lambda s: states.append(s["x"]))
-        seen[prediction] = states
+        seen[prediction] = states = []
+        sample(gmm.denoiser(EDM), n, ts, EDM, "multistep", prediction=prediction,
+               callback=lambda step, states=states: states.append(step["x"]))
     for i in range(first_low + 1):  # up to the first point at or below unit noise: the data-prediction path
         torch.testing.assert_close(seen["switch"][i], seen["data"][i], rtol=0, atol=0)
     assert not torch.allclose(seen["switch"][first_low + 1], seen["data"][first_low + 1])

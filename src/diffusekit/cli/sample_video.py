@@ -132,7 +132,8 @@ def sample_clips(args, model, outs: list[Path], device, execution, labels) -> in
         try:
             clips = generate_clips(model.denoiser, args.n, model.image_shape, frames=args.frames, context=context,
                                    context_frames=args.context_frames or 0, frame_conditioning=frame_conditioning,
-                                   history_guidance=args.history_guidance or 1.0, labels=labels, num_classes=model.num_classes, condition=condition,
+                                   history_guidance=args.history_guidance or 1.0, labels=labels,
+                                   num_classes=model.num_classes, condition=condition,
                                    sampler=sampler, steps=steps,
                                    spacing=spacing, guidance=guidance, options=options, seed=args.seed,
                                    batch_size=args.batch_size, device=device, progress=bar.update)

@@ -11,7 +11,8 @@ their options:
 | ``euler``        | PF-ODE, order 1              |                                           | N             |
 | ``heun``         | PF-ODE, order 2 (EDM Alg. 1) |                                           | 2N - 1        |
 | ``dpmpp_2m``     | PF-ODE, order 2 multistep    |                                           | N             |
-| ``multistep``    | PF-ODE, order k multistep    | ``order=3, corrector, lower_order_final, variable, prediction`` | N   |
+| ``multistep``    | PF-ODE, order k multistep    | ``order=3, corrector, lower_order_final,``| N             |
+|                  |                              | ``variable, prediction``                  |               |
 | ``unipc``        | PF-ODE, UniPC (Zhao et al.)  | ``order=2, variant, corrector, lower_order_final`` | N    |
 | ``edm_churn``    | EDM Alg. 2 (churn)           | ``S_churn, S_tmin, S_tmax, S_noise``      | 2N - 1        |
 | ``euler_maruyama`` | reverse SDE                | ``g="forward"`` (or a scale, or g(t))     | N             |
