@@ -193,8 +193,7 @@ def _noise_step(grid: Grid, i: int, x, nodes):
     s_i to s_{i+1}, eps_j = (x_hat_j - x0_hat_j) / s_j interpolated in s through the nodes: Adams-Bashforth
     in ve_sigma, k-diffusion's ``sample_lms``. On the step to sigma = 0 the data-prediction form has no
     finite limit (lambda = inf); in eps the integral is finite and exact for the interpolant."""
-    s_to = 0.0 if not math.isfinite(grid.lam(i + 1)) else math.exp(-grid.lam(i + 1))
-    w = _noise_weights([math.exp(-p[0]) for p in nodes], math.exp(-grid.lam(i)), s_to)
+    w = _noise_weights([math.exp(-p[0]) for p in nodes], grid.ve_sigma(i), grid.ve_sigma(i + 1))
     out = x / grid.alpha[i]
     for wj, (lam, x0_hat, x_at, alpha) in zip(w, nodes, strict=True):
         out.sub_((x_at / alpha - x0_hat) / math.exp(-lam), alpha=float(wj))
